@@ -1,0 +1,447 @@
+"""`patchkit apply MODEL`: materialise a model's workspace, one git checkout per upstream.
+
+Each repo is the pin checked out on branch `patchkit/<model>` with one commit per patch,
+applied by `git am -3` in series order, layer by layer. What was applied is recorded in the
+state file; a second run with nothing changed does no git work beyond looking. When a pin or
+a patch changed, the repo is rebuilt from the last commit that still holds. Local edits are
+never overwritten without --force, and --force keeps them on a backup branch first.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from patchkit import cache, git, patchfile, state, workspace
+from patchkit.errors import Diagnostic, InvalidInput, LocalEdits, PatchkitError, UnsafePatch
+from patchkit.lock import FileLock
+from patchkit.manifest import Manifest, Model, Upstream
+from patchkit.patchfile import Patch
+from patchkit.paths import display
+
+Progress = Callable[[str], None]
+
+_AM = ["am", "-3", "--keep-cr", "--whitespace=nowarn", "--committer-date-is-author-date",
+       "--no-gpg-sign", "--no-message-id", "--no-scissors", "--quiet"]
+
+
+@dataclass(frozen=True)
+class HunkFailure:
+    file: str
+    hunk: str  # "hunk #2 @@ -10,7 +10,8 @@ def f" or a reason such as "file not found"
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PatchFailure:
+    patch: str  # layer/name
+    path: str  # the patch file, for display
+    subject: str
+    hunks: tuple[HunkFailure, ...]
+    git_output: tuple[str, ...]
+
+
+@dataclass
+class RepoResult:
+    upstream: str
+    path: str
+    pin: str
+    total: int
+    action: str = "unchanged"  # unchanged | built | rebuilt | repaired | failed
+    applied: int = 0
+    reused: int = 0
+    head: str = ""
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+    backups: list[str] = field(default_factory=list)
+    failure: PatchFailure | None = None
+
+
+@dataclass
+class ApplyReport:
+    model: str
+    workspace: str
+    repos: list[RepoResult]
+
+    @property
+    def failed(self) -> bool:
+        return any(r.failure for r in self.repos)
+
+    @property
+    def noop(self) -> bool:
+        return all(r.action == "unchanged" for r in self.repos)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+@dataclass
+class _Plan:
+    upstream: Upstream
+    patches: list[Patch]
+    dir: Path
+    action: str  # unchanged | build | rebuild | repair
+    keep: int = 0  # leading patches whose commits are reused
+    base: str = ""  # the commit to rebuild from
+    reason: str = ""
+    edits: list[str] = field(default_factory=list)
+    check: workspace.RepoCheck | None = None
+
+
+def model_dir(workspace_root: Path, model: str) -> Path:
+    return workspace_root / model
+
+
+def apply(manifest: Manifest, model_name: str, workspace_root: Path, *, force: bool = False,
+          progress: Progress = lambda _msg: None, lock_timeout: float | None = None) -> ApplyReport:
+    model = manifest.model(model_name)
+    series = {up: patchfile.load_series(model.patches[up]) for up in model.layers}
+    mdir = model_dir(workspace_root, model.name)
+    _check_static(series, _plan_all(manifest, model, series, mdir, inspect=False))
+    lock = FileLock(state.meta_dir(mdir) / "lock", timeout=lock_timeout,
+                    on_wait=lambda who: progress(f"waiting for the workspace lock held by {who}"))
+    with lock:
+        _clean_tmp(mdir)
+        plans = _plan_all(manifest, model, series, mdir, inspect=True)
+        _check_static(series, plans)
+        _refuse_edits(plans, force)
+        work = [p for p in plans if p.action != "unchanged"]
+        mirrors = _ensure_mirrors(work, progress)
+        _check_symlinks(work, mirrors)
+        results = _build_all(model, mdir, plans, mirrors, progress)
+    return ApplyReport(model.name, display(mdir), results)
+
+
+# -- planning ------------------------------------------------------------------------------
+
+def _plan_all(manifest: Manifest, model: Model, series: dict[str, list[Patch]], mdir: Path, *,
+              inspect: bool) -> list[_Plan]:
+    """What each repo needs. Without INSPECT only the state file is read (no git at all)."""
+    recorded = state.load(mdir)
+    return [_plan(manifest.upstreams[up], series[up], mdir / up, model.name, recorded.get(up), inspect)
+            for up in model.layers]
+
+
+def _plan(upstream: Upstream, patches: list[Patch], repo: Path, model: str,
+          rec: state.RepoState | None, inspect: bool) -> _Plan:
+    plan = _Plan(upstream, patches, repo, "build", base=upstream.pin)
+    if not repo.exists():
+        plan.reason = "new" if rec is None else "repo missing, rebuilding"
+        return plan
+    check = workspace.inspect(repo, model) if inspect else None
+    if (check is not None and not check.is_repo) or rec is None:
+        plan.action, plan.reason = "rebuild", "not recorded in the workspace state"
+        plan.edits = [f"{display(repo)} exists but patchkit did not make it"]
+        return plan  # with --force it is moved aside whole
+    plan.check = check
+    if rec.status == state.BUILDING:
+        plan.action, plan.reason = "repair", "an earlier apply was interrupted here"
+        return plan
+    edits = workspace.local_edits(check, model, rec.head) if check else []
+    keep = _common_prefix(rec, upstream, patches)
+    if rec.status == state.APPLIED and keep == len(patches) == len(rec.patches):
+        plan.action = "unchanged"
+        plan.keep, plan.base = keep, rec.head
+        if edits:
+            plan.reason = "local edits (left alone: nothing to rebuild)"
+            plan.edits = edits
+        return plan
+    plan.action, plan.edits = "rebuild", edits
+    plan.keep = keep
+    plan.base = rec.patches[keep - 1].commit if keep else upstream.pin
+    plan.reason = _why_rebuild(rec, upstream, patches, keep)
+    return plan
+
+
+def _common_prefix(rec: state.RepoState, upstream: Upstream, patches: list[Patch]) -> int:
+    if rec.pin != upstream.pin:
+        return 0
+    n = 0
+    for old, new in zip(rec.patches, patches):
+        if old.id != new.ref.id or old.sha256 != new.sha256:
+            break
+        n += 1
+    return n
+
+
+def _why_rebuild(rec: state.RepoState, upstream: Upstream, patches: list[Patch], keep: int) -> str:
+    if rec.pin != upstream.pin:
+        return f"pin changed {rec.pin[:12]} -> {upstream.pin[:12]}"
+    if rec.status == state.FAILED:
+        return f"retrying from {rec.failed_patch}"
+    if keep < len(patches) and keep < len(rec.patches):
+        old, new = rec.patches[keep], patches[keep]
+        return f"patch {new.ref.id} changed" if old.id == new.ref.id else f"series changed at {new.ref.id}"
+    return "patches added" if len(patches) > len(rec.patches) else "patches removed"
+
+
+def _refuse_edits(plans: list[_Plan], force: bool) -> None:
+    blocked = [p for p in plans if p.edits and p.action != "unchanged"]
+    if not blocked or force:
+        return
+    details = []
+    for plan in blocked:
+        details.append(f"{display(plan.dir)} ({plan.reason}):")
+        details += [f"  {line}" for line in plan.edits]
+    details.append("commit them elsewhere or run `patchkit apply --force`, which first keeps them on a "
+                   "backup branch")
+    raise LocalEdits("refusing to rebuild: local edits would be overwritten", details=details)
+
+
+# -- checks before anything is written -----------------------------------------------------
+
+def _check_static(series: dict[str, list[Patch]], plans: list[_Plan]) -> None:
+    problems: list[Diagnostic] = []
+    unsafe: list[str] = []
+    for plan in plans:
+        if plan.action == "unchanged":
+            continue
+        for patch in series[plan.upstream.name][plan.keep:]:
+            parsed, diags = patchfile.parse(patch)
+            problems += diags
+            if parsed:
+                unsafe += [f"{display(patch.ref.path)}: {path!r} is {why}"
+                           for path, why in patchfile.unsafe_paths(parsed)]
+    if problems:
+        raise InvalidInput(problems)
+    if unsafe:
+        raise UnsafePatch("refusing patches that write outside their repository; nothing was written",
+                          details=unsafe)
+
+
+def _check_symlinks(plans: list[_Plan], mirrors: dict[str, Path]) -> None:
+    unsafe = []
+    for plan in plans:
+        created: set[str] = set()
+        prefixes: dict[str, list[tuple[Patch, str]]] = {}
+        parsed_all = []
+        for patch in plan.patches[plan.keep:]:
+            parsed, _ = patchfile.parse(patch)
+            assert parsed is not None  # checked by _check_static
+            parsed_all.append(parsed)
+            for change in parsed.files:
+                for path in change.paths:
+                    for prefix in patchfile.symlink_prefixes(path):
+                        if prefix in created:
+                            unsafe.append(f"{display(patch.ref.path)}: {path!r} goes through the symlink "
+                                          f"{prefix!r} that an earlier patch creates")
+                        prefixes.setdefault(prefix, []).append((patch, path))
+                if change.creates_symlink:
+                    created.add(change.path)
+        links = cache.symlinks(mirrors[plan.upstream.name], plan.base, sorted(prefixes)) if prefixes else set()
+        for link in sorted(links):
+            for patch, path in prefixes[link]:
+                unsafe.append(f"{display(patch.ref.path)}: {path!r} goes through the symlink {link!r} "
+                              f"of {plan.upstream.name}")
+    if unsafe:
+        raise UnsafePatch("refusing patches that write through a symlink; nothing was written", details=unsafe)
+
+
+# -- mirrors -------------------------------------------------------------------------------
+
+def _ensure_mirrors(plans: list[_Plan], progress: Progress) -> dict[str, Path]:
+    if not plans:
+        return {}
+
+    def one(plan: _Plan) -> tuple[str, Path]:
+        path, fetched = cache.ensure_pin(plan.upstream)
+        if fetched:
+            progress(f"{plan.upstream.name}: {fetched.action} mirror of {plan.upstream.url} "
+                     f"({fetched.seconds:.1f} s)")
+        return plan.upstream.name, path
+
+    errors: list[PatchkitError] = []
+    mirrors: dict[str, Path] = {}
+    with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
+        for future in [pool.submit(one, p) for p in plans]:
+            try:
+                name, path = future.result()
+                mirrors[name] = path
+            except PatchkitError as exc:
+                errors.append(exc)
+    if errors:
+        first = errors[0]
+        first.details += [line for exc in errors[1:] for line in exc.lines()]
+        raise first
+    return mirrors
+
+
+# -- building ------------------------------------------------------------------------------
+
+def _build_all(model: Model, mdir: Path, plans: list[_Plan], mirrors: dict[str, Path],
+               progress: Progress) -> list[RepoResult]:
+    recorder = _Recorder(mdir, model.name)
+    work = [p for p in plans if p.action != "unchanged"]
+    results: dict[str, RepoResult] = {}
+    for plan in plans:
+        if plan.action == "unchanged":
+            results[plan.upstream.name] = RepoResult(
+                plan.upstream.name, display(plan.dir), plan.upstream.pin, len(plan.patches),
+                applied=len(plan.patches), reused=len(plan.patches), head=plan.base,
+                notes=[plan.reason, *plan.edits] if plan.edits else [])
+    if work:
+        with ThreadPoolExecutor(max_workers=min(4, len(work))) as pool:
+            futures = {p.upstream.name: pool.submit(_build, model.name, p, mirrors[p.upstream.name],
+                                                    recorder, progress) for p in work}
+            for name, future in futures.items():
+                results[name] = future.result()
+    return [results[p.upstream.name] for p in plans]
+
+
+class _Recorder:
+    """Serialises state-file updates from the repo builders."""
+
+    def __init__(self, mdir: Path, model: str) -> None:
+        self.mdir, self.model = mdir, model
+        self._lock = threading.Lock()
+
+    def set(self, upstream: str, entry: state.RepoState) -> None:
+        with self._lock:
+            repos = state.load(self.mdir)
+            repos[upstream] = entry
+            state.save(self.mdir, self.model, repos)
+
+
+def _build(model: str, plan: _Plan, mirror: Path, recorder: _Recorder, progress: Progress) -> RepoResult:
+    up = plan.upstream
+    branch = workspace.branch_name(model)
+    result = RepoResult(up.name, display(plan.dir), up.pin, len(plan.patches))
+    base_state = state.RepoState(state.BUILDING, up.url, up.pin, branch, plan.base)
+    recorder.set(up.name, base_state)
+    if plan.check and plan.check.is_repo:
+        result.backups = _make_clean(plan, model)
+    elif plan.dir.exists():
+        result.backups = [_move_aside(plan.dir)]
+    if not (plan.dir / ".git").is_dir():
+        _clone(mirror, plan.dir)
+        plan.keep, plan.base = 0, up.pin
+    elif not git.has_commit(plan.dir, plan.base):
+        git.run(["fetch", "--quiet", "origin", "--tags", "+refs/heads/*:refs/remotes/origin/*",
+                 f"+{cache.PIN_REFS}/*:{cache.PIN_REFS}/*"], plan.dir)
+    git.run(["checkout", "--quiet", "-B", branch, plan.base], plan.dir)
+    todo = plan.patches[plan.keep:]
+    verb = {"build": "applying", "rebuild": "re-applying", "repair": "repairing, applying"}[plan.action]
+    progress(f"{up.name}: {verb} {len(todo)} patch{'es' if len(todo) != 1 else ''} on {up.pin[:12]}"
+             + (f" ({plan.reason})" if plan.reason and plan.action != "build" else "")
+             + (f", reusing {plan.keep}" if plan.keep else ""))
+    failure = _am(plan.dir, todo) if todo else None
+    commits = git.out(["rev-list", "--reverse", f"{up.pin}..HEAD"], plan.dir).split() if plan.patches else []
+    applied = tuple(state.AppliedPatch(p.ref.id, p.sha256, c) for p, c in zip(plan.patches, commits))
+    head = git.out(["rev-parse", "HEAD"], plan.dir)
+    result.applied, result.reused, result.head = len(applied), plan.keep, head
+    result.action = {"build": "built", "rebuild": "rebuilt", "repair": "repaired"}[plan.action]
+    result.reason = plan.reason
+    if failure is not None:
+        failed = plan.patches[len(applied)]
+        result.failure = _diagnose(plan.dir, failed, failure)
+        result.action = "failed"
+        recorder.set(up.name, state.RepoState(state.FAILED, up.url, up.pin, branch, head, applied, failed.ref.id))
+        progress(f"{up.name}: {failed.ref.id} does not apply")
+    else:
+        recorder.set(up.name, state.RepoState(state.APPLIED, up.url, up.pin, branch, head, applied))
+        progress(f"{up.name}: {len(applied)} patches applied, head {head[:12]}")
+    return result
+
+
+def _make_clean(plan: _Plan, model: str) -> list[str]:
+    """Bring an existing repo to a clean state; whatever would be lost goes to a backup branch."""
+    assert plan.check is not None
+    backups = []
+    if plan.edits or plan.check.changed or plan.check.operation:
+        backups = workspace.backup(plan.dir, model, plan.check)
+    if plan.check.operation:
+        workspace.clear_operation(plan.dir)
+    if plan.check.changed or plan.check.operation:
+        git.run(["reset", "--quiet", "--hard"], plan.dir)
+    return backups
+
+
+def _move_aside(path: Path) -> str:
+    target = path.with_name(f"{path.name}.patchkit-backup")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.patchkit-backup{n}")
+    path.rename(target)
+    return display(target)
+
+
+def _clone(mirror: Path, dest: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f"tmp-{dest.name}-", dir=state.meta_dir(dest.parent)))
+    try:
+        git.run(["clone", "--quiet", "--local", "--no-checkout", "-c", "core.autocrlf=false",
+                 "-c", f"remote.origin.fetch=+{cache.PIN_REFS}/*:{cache.PIN_REFS}/*",
+                 str(mirror), str(tmp / "repo")])
+        (tmp / "repo").rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _clean_tmp(mdir: Path) -> None:
+    for stale in state.meta_dir(mdir).glob("tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _am(repo: Path, patches: list[Patch]) -> git.Result | None:
+    """Apply PATCHES with git am; on failure stop cleanly at the last good commit."""
+    tmp = Path(tempfile.mkdtemp(prefix="tmp-am-", dir=state.meta_dir(repo.parent)))
+    try:
+        files = []
+        for i, patch in enumerate(patches, 1):
+            file = tmp / f"{i:04d}.patch"
+            file.write_bytes(patch.data)  # the bytes that were hashed, not whatever is on disk now
+            files.append(str(file))
+        result = git.run([*_AM, *files], repo, check=False, env=git.COMMITTER)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if result.ok:
+        return None
+    git.run(["am", "--quit"], repo, check=False)
+    git.run(["reset", "--quiet", "--hard", "HEAD"], repo)
+    return result
+
+
+_PATCH_FAILED = re.compile(r"^error: patch failed: (.+):(\d+)$")
+_NO_FILE = re.compile(r"^error: (.+): (does not exist in index|No such file or directory|already exists in working directory|already exists in index)$")
+
+
+def _diagnose(repo: Path, patch: Patch, am: git.Result) -> PatchFailure:
+    """Which files and hunks of PATCH fail on the repo's HEAD, from `git apply --check`."""
+    parsed, _ = patchfile.parse(patch)
+    check = git.run(["apply", "--check", "--verbose", "-"], repo, check=False, input_bytes=patch.data)
+    hunks: list[HunkFailure] = []
+    lines = check.stderr.splitlines()
+    for i, line in enumerate(lines):
+        m = _PATCH_FAILED.match(line)
+        if m:
+            file, start = m.group(1), int(m.group(2))
+            change = parsed.file(file) if parsed else None
+            found = patchfile.hunk_at(change, start) if change else None
+            label = f"hunk #{found[0]} {found[1].header()}" if found else f"hunk at line {start}"
+            hunks.append(HunkFailure(file, label, "context does not match"))
+            continue
+        m = _NO_FILE.match(line)
+        if m:
+            hunks.append(HunkFailure(m.group(1), m.group(2)))
+    if not hunks:
+        hunks = [HunkFailure(f, "conflict in three-way merge") for f in _conflicted(am)]
+    output = [ln for ln in (am.stdout + am.stderr).splitlines() if ln.strip()]
+    subject = parsed.subject if parsed else patch.name
+    return PatchFailure(patch.ref.id, display(patch.ref.path), subject, tuple(hunks), tuple(output[-15:]))
+
+
+def _conflicted(am: git.Result) -> list[str]:
+    found = []
+    for line in (am.stdout + am.stderr).splitlines():
+        m = re.match(r"^CONFLICT \([^)]*\): Merge conflict in (.+)$", line)
+        if m:
+            found.append(m.group(1))
+    return found or ["(see git output)"]
+

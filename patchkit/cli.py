@@ -1,0 +1,242 @@
+"""The command line. The only module that prints; everything else returns data or raises."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from patchkit import __version__, cache, manifest as manifest_mod
+from patchkit.errors import InvalidInput, PatchkitError
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_INTERNAL = 70
+
+
+class Ctx:
+    def __init__(self, manifest_path: str | None, quiet: bool) -> None:
+        self.manifest_path = manifest_path
+        self.quiet = quiet
+        self._manifest: manifest_mod.Manifest | None = None
+
+    def manifest(self) -> manifest_mod.Manifest:
+        if self._manifest is None:
+            path = Path(self.manifest_path) if self.manifest_path else manifest_mod.find()
+            self._manifest = manifest_mod.load(path)
+        return self._manifest
+
+    def workspace(self, option: str | None) -> Path:
+        if option:
+            return Path(option)
+        if os.environ.get("PATCHKIT_WORKSPACE"):
+            return Path(os.environ["PATCHKIT_WORKSPACE"])
+        return self.manifest().root / "work"
+
+    def progress(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(f"patchkit: {message}", err=True)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)  # type: ignore[arg-type]
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON document on stdout.")
+workspace_option = click.option("--workspace", "-w", metavar="DIR",
+                                help="Workspace root (default: PATCHKIT_WORKSPACE, else ./work beside upstreams.yaml).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--manifest", "-m", metavar="PATH", envvar="PATCHKIT_MANIFEST",
+              help="The upstreams.yaml to use (default: found in the current folder or its parents).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@click.version_option(__version__, prog_name="patchkit")
+@click.pass_context
+def cli(ctx: click.Context, manifest: str | None, quiet: bool) -> None:
+    """Keep hardware ports of ML models alive while their upstreams move."""
+    ctx.obj = Ctx(manifest, quiet)
+
+
+@cli.command()
+@click.option("--remote", is_flag=True, help="Also check that every pin resolves and every track exists upstream.")
+@json_option
+@click.pass_obj
+def validate(obj: Ctx, remote: bool, as_json: bool) -> None:
+    """Check upstreams.yaml, the series files and the patches; report every problem at once."""
+    from patchkit.validate import validate as run_validate
+
+    report = run_validate(obj.manifest(), remote=remote)
+    if as_json:
+        _emit_json({"manifest": report.manifest, "ok": report.exit_code == 0, "patches": report.patches,
+                    "errors": [dataclasses.asdict(d) for d in report.diagnostics],
+                    "unreachable": report.unreachable})
+    else:
+        for diag in report.diagnostics:
+            click.echo(str(diag), err=True)
+        m = obj.manifest()
+        if report.exit_code == 0:
+            click.echo(f"{report.manifest}: ok ({len(m.upstreams)} upstreams, {len(m.models)} models, "
+                       f"{report.patches} patches{', pins checked upstream' if remote else ''})")
+        else:
+            click.echo(f"{report.manifest}: {len(report.diagnostics)} error(s)", err=True)
+    sys.exit(report.exit_code)
+
+
+@cli.command("list")
+@json_option
+@click.pass_obj
+def list_cmd(obj: Ctx, as_json: bool) -> None:
+    """Show the models and the upstreams of the manifest."""
+    m = obj.manifest()
+    data = {
+        "upstreams": [{"name": u.name, "url": u.url, "pin": u.pin, "track": u.track} for u in m.upstreams.values()],
+        "models": [{"name": md.name, "description": md.description,
+                    "upstreams": {up: {"layers": list(layers), "patches": len(md.patches.get(up, ()))}
+                                  for up, layers in md.layers.items()}}
+                   for md in m.models.values()],
+    }
+    if as_json:
+        _emit_json(data)
+        return
+    click.echo("models:")
+    for md in data["models"]:
+        click.echo(f"  {md['name']}" + (f"  {md['description']}" if md["description"] else ""))
+        for up, info in md["upstreams"].items():
+            layers = " + ".join(info["layers"]) or "(no patches)"
+            click.echo(f"    {up:<20} {layers}  [{info['patches']} patches]")
+    click.echo("upstreams:")
+    for u in data["upstreams"]:
+        click.echo(f"  {u['name']:<20} {u['pin'][:12]}  track {u['track']:<12} {u['url']}")
+
+
+@cli.command()
+@click.argument("upstreams", nargs=-1)
+@click.option("--jobs", "-j", default=4, show_default=True, help="Upstreams fetched at once.")
+@json_option
+@click.pass_obj
+def fetch(obj: Ctx, upstreams: tuple[str, ...], jobs: int, as_json: bool) -> None:
+    """Create or update the mirrors of UPSTREAMS (default: all) in the cache."""
+    m = obj.manifest()
+    chosen = [m.upstream(name) for name in upstreams] if upstreams else list(m.upstreams.values())
+    total = len(chosen)
+    done = [0]
+
+    def on_done(up: manifest_mod.Upstream, outcome: cache.FetchResult | PatchkitError) -> None:
+        done[0] += 1
+        if isinstance(outcome, PatchkitError):
+            obj.progress(f"[{done[0]}/{total}] {up.name}: {outcome.message}")
+        else:
+            moved = ""
+            if outcome.track_before and outcome.track_after and outcome.track_before != outcome.track_after:
+                moved = f", {up.track} moved {outcome.track_before[:12]} -> {outcome.track_after[:12]}"
+            obj.progress(f"[{done[0]}/{total}] {up.name}: {outcome.action} in {outcome.seconds:.1f} s{moved}")
+
+    obj.progress(f"fetching {total} upstream{'s' if total != 1 else ''} into {cache.mirror_path(chosen[0]).parent}"
+                 if chosen else "nothing to fetch")
+    outcomes = cache.fetch_all(chosen, jobs=jobs, on_done=on_done)
+    errors = {name: o for name, o in outcomes.items() if isinstance(o, PatchkitError)}
+    if as_json:
+        _emit_json({name: ({"ok": False, "error": o.lines()} if isinstance(o, PatchkitError)
+                           else {"ok": True, **dataclasses.asdict(o)}) for name, o in outcomes.items()})
+    for error in errors.values():
+        for line in error.lines():
+            click.echo(f"patchkit: error: {line}", err=True)
+    sys.exit(max((e.exit_code for e in errors.values()), default=0))
+
+
+@cli.command("apply")
+@click.argument("model")
+@workspace_option
+@click.option("--force", is_flag=True, help="Rebuild repos with local edits, keeping the edits on a backup branch.")
+@click.option("--lock-timeout", type=float, metavar="SECONDS",
+              help="Give up when another apply holds the workspace this long (default: wait).")
+@json_option
+@click.pass_obj
+def apply_cmd(obj: Ctx, model: str, workspace: str | None, force: bool, lock_timeout: float | None,
+              as_json: bool) -> None:
+    """Build or update MODEL's workspace: every upstream at its pin plus its patch series."""
+    from patchkit.apply import apply
+
+    report = apply(obj.manifest(), model, obj.workspace(workspace), force=force, progress=obj.progress,
+                   lock_timeout=lock_timeout)
+    if as_json:
+        _emit_json({"model": report.model, "workspace": report.workspace, "noop": report.noop,
+                    "ok": not report.failed, "repos": report.repos})
+    else:
+        from patchkit.report import apply_lines
+
+        for line in apply_lines(report):
+            click.echo(line)
+    sys.exit(report.exit_code)
+
+
+@cli.command()
+@click.argument("model", required=False)
+@workspace_option
+@json_option
+@click.pass_obj
+def status(obj: Ctx, model: str | None, workspace: str | None, as_json: bool) -> None:
+    """Show, per repo, the pin, the patches applied and whether it is clean, stale or edited."""
+    from patchkit.report import status_lines
+    from patchkit.status import model_status
+
+    m = obj.manifest()
+    models = [m.model(model)] if model else list(m.models.values())
+    root = obj.workspace(workspace)
+    result = [model_status(m, md, root) for md in models]
+    if as_json:
+        _emit_json({"workspace": str(root), "models": result})
+        return
+    for line in status_lines(result):
+        click.echo(line)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI and exit with its code; errors become messages, never tracebacks."""
+    try:
+        cli.main(args=argv, prog_name="patchkit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("patchkit: interrupted", err=True)
+        sys.exit(130)
+    except InvalidInput as exc:
+        for diag in exc.diagnostics:  # file:line: message, one a line, as compilers do
+            click.echo(str(diag), err=True)
+        click.echo(f"patchkit: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except PatchkitError as exc:
+        lines = exc.lines()
+        click.echo(f"patchkit: error: {lines[0]}", err=True)
+        for line in lines[1:]:
+            click.echo(f"  {line}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("patchkit: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug in patchkit: say so plainly
+        click.echo(f"patchkit: internal error: {type(exc).__name__}: {exc}", err=True)
+        if os.environ.get("PATCHKIT_DEBUG"):
+            traceback.print_exc()
+        else:
+            click.echo("  (set PATCHKIT_DEBUG=1 for the traceback; please report it)", err=True)
+        sys.exit(EXIT_INTERNAL)
+

@@ -1,0 +1,113 @@
+"""The one place patchkit runs git.
+
+Everything goes through `run`, so the environment is controlled in one spot: inherited
+repository variables (a hook or an IDE may export GIT_DIR) are dropped, prompts are off so an
+unreachable https upstream fails instead of hanging, and messages are in the C locale so they
+can be parsed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from patchkit.errors import GitError
+
+# Variables that would point git at another repository than the one we name.
+_SCRUBBED = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_PREFIX",
+    "GIT_NAMESPACE",
+)
+
+# Committer of every commit patchkit makes: with the author date also used as committer date,
+# the same pin and patches give the same commit SHAs on every machine.
+COMMITTER = {"GIT_COMMITTER_NAME": "patchkit", "GIT_COMMITTER_EMAIL": "patchkit@localhost"}
+
+
+@dataclass(frozen=True)
+class Result:
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    env["LC_ALL"] = "C"
+    env["LANGUAGE"] = "C"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(
+    args: Sequence[str],
+    cwd: str | Path | None = None,
+    *,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    config: Sequence[tuple[str, str]] = (),
+    input_bytes: bytes | None = None,
+) -> Result:
+    """Run `git ARGS` in CWD; raise GitError on failure unless check is false."""
+    cmd = ["git"]
+    for key, value in config:
+        cmd += ["-c", f"{key}={value}"]
+    cmd += list(args)
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=base_env(env),
+            input=input_bytes if input_bytes is not None else b"",
+            capture_output=True,
+        )
+    except FileNotFoundError as exc:  # pragma: no cover - git is a hard requirement
+        raise GitError("git is not installed or not on PATH") from exc
+    result = Result(
+        tuple(cmd),
+        proc.returncode,
+        proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
+    )
+    if check and not result.ok:
+        raise failure(result, cwd)
+    return result
+
+
+def failure(result: Result, cwd: str | Path | None = None) -> GitError:
+    where = f" (in {cwd})" if cwd else ""
+    details = [f"exit code {result.returncode}"]
+    for label, text in (("stderr", result.stderr), ("stdout", result.stdout)):
+        if text.strip():
+            details.append(f"{label}:")
+            details += ["    " + line for line in text.rstrip().splitlines()[-20:]]
+    return GitError(f"git {' '.join(result.args[1:])} failed{where}", details=details)
+
+
+def out(args: Sequence[str], cwd: str | Path | None = None, **kw: object) -> str:
+    """Stdout of a git command that must succeed, stripped."""
+    return run(args, cwd, **kw).stdout.strip()  # type: ignore[arg-type]
+
+
+def has_commit(repo: str | Path, sha: str) -> bool:
+    return run(["cat-file", "-e", f"{sha}^{{commit}}"], repo, check=False).ok
+
+
+def is_ancestor(repo: str | Path, ancestor: str, descendant: str) -> bool:
+    return run(["merge-base", "--is-ancestor", ancestor, descendant], repo, check=False).ok

@@ -1,0 +1,301 @@
+"""`upstreams.yaml`: what is pinned and what each model's workspace is made of.
+
+The file is read with `yaml.compose`, so every problem is reported with its line, and all
+problems are collected before anything is raised: a user fixes them in one pass.
+
+    version: 1                     # optional; the schema version
+    upstreams:
+      mmcv:
+        url: https://github.com/open-mmlab/mmcv.git
+        pin: 0123456789abcdef0123456789abcdef01234567   # full commit SHA
+        track: 1.x                 # branch or tag that rebase follows
+    models:
+      fbocc:
+        description: FB-OCC on Ascend   # optional
+        upstreams:                 # upstream -> ordered patch layers
+          mmcv: [mmcv-npu, fbocc]
+          fb-bev: [fbocc]
+
+A layer's patches for an upstream live in `patches/<layer>/<upstream>/` with a `series` file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from patchkit import series as series_mod
+from patchkit.errors import BadInput, Diagnostic, InvalidInput
+from patchkit.paths import display
+
+MANIFEST_NAME = "upstreams.yaml"
+SCHEMA_VERSION = 1
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    url: str
+    pin: str
+    track: str
+    line: int
+    pin_line: int = 0
+
+
+@dataclass(frozen=True)
+class PatchRef:
+    """One entry of a series: where the patch file is and where it was named."""
+
+    layer: str
+    upstream: str
+    name: str
+    path: Path
+    series_path: Path
+    line: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.layer}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    line: int
+    description: str
+    layers: dict[str, tuple[str, ...]]  # upstream -> ordered layers
+    patches: dict[str, tuple[PatchRef, ...]] = field(default_factory=dict)  # upstream -> series
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    upstreams: dict[str, Upstream]
+    models: dict[str, Model]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def model(self, name: str) -> Model:
+        if name not in self.models:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise BadInput(f"unknown model {name!r} in {display(self.path)} (models: {known})")
+        return self.models[name]
+
+    def upstream(self, name: str) -> Upstream:
+        if name not in self.upstreams:
+            known = ", ".join(sorted(self.upstreams)) or "none"
+            raise BadInput(f"unknown upstream {name!r} in {display(self.path)} (upstreams: {known})")
+        return self.upstreams[name]
+
+
+def series_dir(root: Path, layer: str, upstream: str) -> Path:
+    return root / "patches" / layer / upstream
+
+
+def find(start: Path | None = None) -> Path:
+    """The nearest upstreams.yaml in START (default: the current directory) or its parents."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / MANIFEST_NAME
+        if candidate.is_file():
+            return candidate
+    raise BadInput(f"no {MANIFEST_NAME} in {here} or any parent folder (use --manifest PATH)")
+
+
+def load(path: Path) -> Manifest:
+    """Read and check PATH; raise InvalidInput listing every problem found."""
+    where = display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{where}: cannot read: {exc}") from None
+    checker = _Checker(path, where)
+    manifest = checker.check(text)
+    if checker.problems:
+        raise InvalidInput(checker.problems)
+    assert manifest is not None
+    return manifest
+
+
+class _Checker:
+    def __init__(self, path: Path, where: str) -> None:
+        self.path = path
+        self.where = where
+        self.problems: list[Diagnostic] = []
+        self._series: dict[tuple[str, str], list[PatchRef]] = {}  # a shared layer is read once
+
+    def error(self, node: yaml.Node | None, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 0
+        self.problems.append(Diagnostic(self.where, line, message))
+
+    # -- generic node helpers -------------------------------------------------------------
+
+    def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """Keys of a mapping node (unknown and duplicate keys reported)."""
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, f"{what} must be a mapping")
+            return {}
+        items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                self.error(key, f"{what}: keys must be plain names")
+                continue
+            if key.value in items:
+                first = items[key.value][0].start_mark.line + 1
+                self.error(key, f"{what}: duplicate key {key.value!r} (first on line {first})")
+                continue
+            if allowed and key.value not in allowed:
+                self.error(key, f"{what}: unknown key {key.value!r} (expected one of: {', '.join(allowed)})")
+                continue
+            items[key.value] = (key, value)
+        return items
+
+    def string(self, node: yaml.Node, what: str) -> str | None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:null" or node.value == "":
+            self.error(node, f"{what} must be a non-empty string")
+            return None
+        return str(node.value)
+
+    def name(self, key: yaml.Node, what: str) -> str | None:
+        value = str(key.value)
+        if not _NAME_RE.match(value):
+            self.error(key, f"{what} name {value!r} is not valid (letters, digits, '.', '_', '-'; no leading punctuation)")
+            return None
+        return value
+
+    def required(self, items: dict[str, tuple[yaml.Node, yaml.Node]], key: str, parent: yaml.Node, what: str) -> yaml.Node | None:
+        if key not in items:
+            self.error(parent, f"{what}: missing required key {key!r}")
+            return None
+        return items[key][1]
+
+    # -- the schema -----------------------------------------------------------------------
+
+    def check(self, text: str) -> Manifest | None:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc)
+            self.problems.append(Diagnostic(self.where, mark.line + 1 if mark else 0, f"invalid YAML: {problem}"))
+            return None
+        if root is None:
+            self.problems.append(Diagnostic(self.where, 1, "the manifest is empty (expected 'upstreams:' and 'models:')"))
+            return None
+        top = self.mapping(root, "top level", ("version", "upstreams", "models"))
+        if not isinstance(root, yaml.MappingNode):
+            return None
+        if "version" in top:
+            node = top["version"][1]
+            if not (isinstance(node, yaml.ScalarNode) and node.value == str(SCHEMA_VERSION)):
+                self.error(node, f"unsupported manifest version {getattr(node, 'value', '?')!r} "
+                           f"(this patchkit reads version {SCHEMA_VERSION})")
+        upstreams: dict[str, Upstream] = {}
+        node = self.required(top, "upstreams", root, "top level")
+        if node is not None:
+            upstreams = self.upstreams(node)
+        models: dict[str, Model] = {}
+        node = self.required(top, "models", root, "top level")
+        if node is not None:
+            models = self.models(node, upstreams)
+        return Manifest(self.path, upstreams, models)
+
+    def upstreams(self, node: yaml.Node) -> dict[str, Upstream]:
+        result: dict[str, Upstream] = {}
+        for key, (knode, value) in self.mapping(node, "upstreams", ()).items():
+            name = self.name(knode, "upstream")
+            what = f"upstream {key!r}"
+            fields = self.mapping(value, what, ("url", "pin", "track"))
+            if not isinstance(value, yaml.MappingNode):
+                continue
+            got: dict[str, str | None] = {}
+            for field_name in ("url", "pin", "track"):
+                fnode = self.required(fields, field_name, knode, what)
+                got[field_name] = self.string(fnode, f"{what}: {field_name}") if fnode is not None else None
+            pin = got["pin"]
+            if pin is not None and not _SHA_RE.match(pin):
+                self.error(fields["pin"][1], f"{what}: pin {pin!r} is not a full 40-hex commit SHA "
+                           "(pin commits, not branches or tags; lower-case hex)")
+                pin = None
+            if name and got["url"] and pin and got["track"]:
+                result[name] = Upstream(name, got["url"], pin, got["track"], knode.start_mark.line + 1,
+                                        fields["pin"][1].start_mark.line + 1)
+        return result
+
+    def models(self, node: yaml.Node, upstreams: dict[str, Upstream]) -> dict[str, Model]:
+        result: dict[str, Model] = {}
+        for key, (knode, value) in self.mapping(node, "models", ()).items():
+            name = self.name(knode, "model")
+            what = f"model {key!r}"
+            fields = self.mapping(value, what, ("description", "upstreams"))
+            description = ""
+            if "description" in fields:
+                description = self.string(fields["description"][1], f"{what}: description") or ""
+            layers_node = self.required(fields, "upstreams", knode, what) if isinstance(value, yaml.MappingNode) else None
+            layers: dict[str, tuple[str, ...]] = {}
+            patches: dict[str, tuple[PatchRef, ...]] = {}
+            if layers_node is not None:
+                for up, (unode, lnode) in self.mapping(layers_node, f"{what}: upstreams", ()).items():
+                    if up not in upstreams:
+                        hint = f" (declared: {', '.join(sorted(upstreams))})" if upstreams else ""
+                        self.error(unode, f"{what} names unknown upstream {up!r}{hint}")
+                        continue
+                    names = self.layer_list(lnode, f"{what}: layers of {up!r}")
+                    layers[up] = tuple(n for n, _ in names)
+                    patches[up] = tuple(ref for n, lnode_ in names for ref in self.layer_series(n, up, lnode_))
+            if name:
+                result[name] = Model(name, knode.start_mark.line + 1, description, layers, patches)
+        return result
+
+    def layer_list(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node]]:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return []  # an upstream used as pinned, with no patches
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"{what} must be a list of layer names")
+            return []
+        names: list[tuple[str, yaml.Node]] = []
+        for item in node.value:
+            value = self.string(item, what)
+            if value is None:
+                continue
+            if not _NAME_RE.match(value):
+                self.error(item, f"{what}: layer name {value!r} is not valid")
+            elif value in [n for n, _ in names]:
+                self.error(item, f"{what}: layer {value!r} is listed twice")
+            else:
+                names.append((value, item))
+        return names
+
+    def layer_series(self, layer: str, upstream: str, node: yaml.Node) -> list[PatchRef]:
+        if (layer, upstream) not in self._series:
+            self._series[layer, upstream] = self._read_series(layer, upstream, node)
+        return self._series[layer, upstream]
+
+    def _read_series(self, layer: str, upstream: str, node: yaml.Node) -> list[PatchRef]:
+        folder = series_dir(self.path.parent, layer, upstream)
+        series_path = folder / "series"
+        if not series_path.is_file():
+            self.error(node, f"layer {layer!r} has no series for upstream {upstream!r} "
+                       f"({display(series_path)} not found)")
+            return []
+        where = display(series_path)
+        entries, problems = series_mod.read(series_path, where)
+        self.problems += problems
+        refs = []
+        for entry in entries:
+            patch_path = folder / entry.name
+            if not patch_path.is_file():
+                self.problems.append(Diagnostic(where, entry.line, f"patch file {entry.name} not found in {display(folder)} "
+                                                f"(layer {layer!r}, named in {self.where}:{node.start_mark.line + 1})"))
+                continue
+            refs.append(PatchRef(layer, upstream, entry.name, patch_path, series_path, entry.line))
+        return refs

@@ -1,0 +1,36 @@
+"""Where things live, from the environment: the mirror cache, URL rewrites."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from patchkit.errors import BadInput
+
+
+def cache_root() -> Path:
+    """PATCHKIT_CACHE, else $XDG_CACHE_HOME/patchkit, else ~/.cache/patchkit."""
+    if os.environ.get("PATCHKIT_CACHE"):
+        return Path(os.environ["PATCHKIT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "patchkit"
+
+
+def url_rewrites() -> list[tuple[str, str]]:
+    """PATCHKIT_URL_REWRITE="FROM=TO;FROM2=TO2": fetch URLs starting with FROM from TO instead.
+
+    Handed to git as `url.TO.insteadOf=FROM`, so it means exactly what git's own setting
+    (which keeps working as well) means.
+    """
+    raw = os.environ.get("PATCHKIT_URL_REWRITE", "")
+    pairs = []
+    for item in filter(None, (part.strip() for part in raw.split(";"))):
+        source, sep, target = item.partition("=")
+        if not sep or not source or not target:
+            raise BadInput(f"PATCHKIT_URL_REWRITE: {item!r} is not FROM=TO")
+        pairs.append((source, target))
+    return pairs
+
+
+def git_config() -> list[tuple[str, str]]:
+    return [(f"url.{target}.insteadOf", source) for source, target in url_rewrites()]

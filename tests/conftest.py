@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.gitfixtures import PatchMaker, make_upstream, write_layer
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No user config, no real cache, fixed dates: every test sees the same git."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(
+        "[user]\n\tname = Test User\n\temail = test@example.org\n"
+        "[init]\n\tdefaultBranch = main\n[protocol \"file\"]\n\tallow = always\n"
+        "[advice]\n\tdetachedHead = false\n"
+    )
+    for key in list(os.environ):
+        if key.startswith(("PATCHKIT_", "GIT_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+    monkeypatch.setenv("GIT_AUTHOR_DATE", "1700000000 +0000")
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "1700000000 +0000")
+    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "cache"))
+
+
+MANIFEST = """\
+upstreams:
+  lib:
+    url: {lib_url}
+    pin: {lib_pin}
+    track: main
+  app:
+    url: {app_url}
+    pin: {app_pin}
+    track: main
+models:
+  demo:
+    description: two upstreams, two layers
+    upstreams:
+      lib: [shared, demo]
+      app: [demo]
+  other:
+    upstreams:
+      lib: [shared]
+"""
+
+
+@dataclass
+class Port:
+    """A port repository (manifest + patches) over two synthetic upstreams."""
+
+    root: Path
+    lib: Path
+    app: Path
+    lib_pin: str
+    app_pin: str
+    lib_patches: PatchMaker
+    app_patches: PatchMaker
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "upstreams.yaml"
+
+    def write_manifest(self, **overrides: str) -> None:
+        values = {"lib_url": str(self.lib), "app_url": str(self.app), "lib_pin": self.lib_pin,
+                  "app_pin": self.app_pin, **overrides}
+        self.manifest.write_text(MANIFEST.format(**values))
+
+    def repo(self, model: str, upstream: str) -> Path:
+        return self.root / "work" / model / upstream
+
+
+@pytest.fixture
+def port(tmp_path: Path) -> Port:
+    ups = tmp_path / "upstreams"
+    lib_pin = make_upstream(ups / "lib", {
+        "lib/core.py": "".join(f"def f{i}():\n    return {i}\n\n" for i in range(12)),
+        "lib/util.py": "VALUE = 1\n",
+        "README": "lib\n",
+    })
+    app_pin = make_upstream(ups / "app", {"app/main.py": "import lib\n\nprint('hi')\n", "setup.py": "NAME = 'app'\n"})
+    root = tmp_path / "port"
+    root.mkdir()
+    lib_patches = PatchMaker(ups / "lib", lib_pin, tmp_path / "scratch-lib")
+    app_patches = PatchMaker(ups / "app", app_pin, tmp_path / "scratch-app")
+    p = Port(root, ups / "lib", ups / "app", lib_pin, app_pin, lib_patches, app_patches)
+    shared1 = lib_patches.patch("lib: use the NPU device", {"lib/util.py": "VALUE = 1\nDEVICE = 'npu'\n"},
+                                body="Upstream-Status: Inappropriate [NPU only]")
+    shared2 = lib_patches.patch("lib: f3 returns 33", {"lib/core.py": (ups / "lib/lib/core.py").read_text()
+                                                       .replace("return 3\n", "return 33\n")},
+                                author="Second Porter <second@example.org>")
+    demo1 = lib_patches.patch("lib: demo tweak", {"lib/demo.py": "DEMO = True\n"})
+    app1 = app_patches.patch("app: say hello on npu", {"app/main.py": "import lib\n\nprint('hi npu')\n"})
+    app2 = app_patches.patch("app: add config", {"app/config.py": "CARDS = 8\n"})
+    write_layer(root, "shared", "lib", {"0001-lib-use-the-NPU-device.patch": shared1,
+                                        "0002-lib-f3-returns-33.patch": shared2})
+    write_layer(root, "demo", "lib", {"0001-lib-demo-tweak.patch": demo1})
+    write_layer(root, "demo", "app", {"0001-app-say-hello.patch": app1, "0002-app-add-config.patch": app2})
+    p.write_manifest()
+    return p
