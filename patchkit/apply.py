@@ -235,7 +235,9 @@ def _check_symlinks(plans: list[_Plan], mirrors: dict[str, Path]) -> None:
                         prefixes.setdefault(prefix, []).append((patch, path))
                 if change.creates_symlink:
                     created.add(change.path)
-        links = cache.symlinks(mirrors[plan.upstream.name], plan.base, sorted(prefixes)) if prefixes else set()
+        # a reused prefix's commit lives in the workspace repo, the pin in the mirror
+        where = mirrors[plan.upstream.name] if plan.base == plan.upstream.pin else plan.dir
+        links = cache.symlinks(where, plan.base, sorted(prefixes)) if prefixes else set()
         for link in sorted(links):
             for patch, path in prefixes[link]:
                 unsafe.append(f"{display(patch.ref.path)}: {path!r} goes through the symlink {link!r} "

@@ -36,7 +36,7 @@ def _repo_lines(repo: RepoResult, width: int) -> list[str]:
         lines = [f"{head}FAILED: {f.patch} does not apply on {repo.pin[:12]} "
                  f"(after {_plural(repo.applied, 'patch')} applied; branch left there, no git am in progress)",
                  f"{pad}{f.path}: {f.subject}"]
-        lines += [f"{pad}{h.file}: {h.hunk}" + (f": {h.detail}" if h.detail else "") for h in f.hunks]
+        lines += [f"{pad}{h.file}: {h.hunk}" + (f" -- {h.detail}" if h.detail else "") for h in f.hunks]
     else:
         extra = f", {repo.reused} reused" if repo.reused and repo.action != "unchanged" else ""
         why = f" ({repo.reason})" if repo.reason and repo.action not in ("built", "unchanged") else ""
