@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from patchkit import manifest
+from patchkit.errors import InvalidInput
+from tests.gitfixtures import patchkit
+
+SHA = "a" * 40
+
+BROKEN = f"""\
+upstreams:
+  mmcv:
+    url: https://example.org/mmcv.git
+    pin: {SHA}
+    track: 1.x
+    branch: main
+  mmdet:
+    url: https://example.org/mmdet.git
+    track: v2.28.2
+  mmdet3d:
+    url: https://example.org/mmdet3d.git
+    pin: v1.0.0rc4
+    track: v1.0.0rc4
+  lightning:
+    url: https://example.org/lightning.git
+    pin: {SHA.upper()}
+    track: "1.9"
+models:
+  fbocc:
+    upstreams:
+      mmcv: [mmcv-npu]
+      fb-bev: [fbocc]
+  surroundocc:
+    overlays: []
+    upstreams:
+      mmcv: [mmcv-npu, mmcv-npu]
+  bevdepth:
+    upstreams: [mmcv]
+  mmcv:
+    upstreams:
+      mmcv: [missing-layer]
+colour: blue
+"""
+
+
+def write_port(root: Path, text: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "upstreams.yaml").write_text(text)
+    series = root / "patches/mmcv-npu/mmcv"
+    series.mkdir(parents=True)
+    (series / "series").write_text("# shared NPU layer\n0001-present.patch\n\n0002-missing.patch\n"
+                                   "0001-present.patch\n0003-x.patch -p0\n")
+    (series / "0001-present.patch").write_text("From: A <a@b>\nSubject: x\n\n")
+    (series / "0003-x.patch").write_text("From: A <a@b>\nSubject: x\n\n")
+    return root / "upstreams.yaml"
+
+
+def test_every_schema_error_with_its_line(tmp_path: Path) -> None:
+    path = write_port(tmp_path, BROKEN)
+    with pytest.raises(InvalidInput) as info:
+        manifest.load(path)
+    got = [str(d).replace(str(tmp_path) + "/", "") for d in info.value.diagnostics]
+    expected = [
+        "upstreams.yaml:6: upstream 'mmcv': unknown key 'branch' (expected one of: url, pin, track)",
+        "upstreams.yaml:7: upstream 'mmdet': missing required key 'pin'",
+        "upstreams.yaml:12: upstream 'mmdet3d': pin 'v1.0.0rc4' is not a full 40-hex commit SHA"
+        " (pin commits, not branches or tags; lower-case hex)",
+        f"upstreams.yaml:16: upstream 'lightning': pin '{SHA.upper()}' is not a full 40-hex commit SHA"
+        " (pin commits, not branches or tags; lower-case hex)",
+        "upstreams.yaml:22: model 'fbocc' names unknown upstream 'fb-bev' (declared: mmcv)",
+        "patches/mmcv-npu/mmcv/series:4: patch file 0002-missing.patch not found in patches/mmcv-npu/mmcv"
+        " (layer 'mmcv-npu', named in upstreams.yaml:21)",
+        "patches/mmcv-npu/mmcv/series:5: 0001-present.patch is listed twice (first on line 2)",
+        "patches/mmcv-npu/mmcv/series:6: unsupported option '-p0' for 0003-x.patch"
+        " (git format-patch files apply with -p1 only)",
+        "upstreams.yaml:24: model 'surroundocc': unknown key 'overlays' (expected one of: description, upstreams)",
+        "upstreams.yaml:26: model 'surroundocc': layers of 'mmcv': layer 'mmcv-npu' is listed twice",
+        "upstreams.yaml:28: model 'bevdepth': upstreams must be a mapping",
+        "upstreams.yaml:31: layer 'missing-layer' has no series for upstream 'mmcv'"
+        " (patches/missing-layer/mmcv/series not found)",
+        "upstreams.yaml:32: top level: unknown key 'colour' (expected one of: version, upstreams, models)",
+    ]
+    assert sorted(got) == sorted(expected)
+
+
+def test_cli_reports_all_errors_with_exit_2(tmp_path: Path) -> None:
+    write_port(tmp_path, BROKEN)
+    for command in (["validate"], ["list"], ["apply", "fbocc"], ["status"]):
+        run = patchkit(tmp_path, *command)
+        assert run.code == 2, (command, run.text)
+        assert "upstreams.yaml:7: upstream 'mmdet': missing required key 'pin'" in run.err
+        assert "upstreams.yaml:32: top level: unknown key 'colour'" in run.err
+        assert "13 errors found" in run.err
+        assert "Traceback" not in run.text
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("upstreams:\n  a: [1, 2\nmodels: {}\n", "upstreams.yaml:3: invalid YAML: expected ',' or ']', but got ':'"),
+    ("upstreams:\n\ta: 1\n", "upstreams.yaml:2: invalid YAML: found character '\\t' that cannot start any token"),
+    ("", "upstreams.yaml:1: the manifest is empty"),
+    ("- a\n- b\n", "upstreams.yaml:1: top level must be a mapping"),
+    ("version: 2\nupstreams: {}\nmodels: {}\n", "upstreams.yaml:1: unsupported manifest version '2'"),
+    ("upstreams: {}\n", "upstreams.yaml:1: top level: missing required key 'models'"),
+    (f"upstreams:\n  a:\n    url: x\n    pin: {SHA}\n    track: m\n  a:\n    url: y\n    pin: {SHA}\n"
+     "    track: m\nmodels: {}\n", "upstreams.yaml:6: upstreams: duplicate key 'a' (first on line 2)"),
+    (f"upstreams:\n  a:\n    url: [x]\n    pin: {SHA}\n    track:\nmodels: {{}}\n",
+     "upstreams.yaml:3: upstream 'a': url must be a non-empty string"),
+    (f"upstreams:\n  ../a:\n    url: x\n    pin: {SHA}\n    track: m\nmodels: {{}}\n",
+     "upstreams.yaml:2: upstream name '../a' is not valid"),
+])
+def test_single_errors(tmp_path: Path, text: str, expected: str) -> None:
+    (tmp_path / "upstreams.yaml").write_text(text)
+    run = patchkit(tmp_path, "validate")
+    assert run.code == 2
+    assert expected in run.err, run.err
+    assert "Traceback" not in run.text
+
+
+def test_empty_track_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "upstreams.yaml").write_text(f"upstreams:\n  a:\n    url: x\n    pin: {SHA}\n    track:\nmodels: {{}}\n")
+    run = patchkit(tmp_path, "validate")
+    assert "upstreams.yaml:5: upstream 'a': track must be a non-empty string" in run.err
+
+
+def test_manifest_found_in_parent_and_overridable(tmp_path: Path) -> None:
+    text = f"upstreams:\n  a:\n    url: x\n    pin: {SHA}\n    track: m\nmodels:\n  m:\n    upstreams:\n      a:\n"
+    (tmp_path / "upstreams.yaml").write_text(text)
+    deep = tmp_path / "sub/dir"
+    deep.mkdir(parents=True)
+    run = patchkit(deep, "list", "--json")
+    assert run.code == 0, run.text
+    assert '"name": "m"' in run.out
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    assert patchkit(elsewhere, "list").code == 2
+    assert "no upstreams.yaml" in patchkit(elsewhere, "list").err
+    run = patchkit(elsewhere, "--manifest", str(tmp_path / "upstreams.yaml"), "list")
+    assert run.code == 0 and "a " in run.out
