@@ -1,0 +1,230 @@
+"""Benchmark `patchkit apply` against the same work done by a plain git shell script.
+
+Run it by hand from the repository root (it is not a test):
+
+    python bench/apply.py              # best of 3 runs per case, prints a table
+    python bench/apply.py --repeat 5   # best of 5
+    python bench/apply.py --json       # the numbers as JSON on stdout
+
+It builds, in a temporary folder, 4 upstream git repos (40 Python files of ~200 lines each)
+and 25 stacked `git format-patch` patches per upstream, split into the layers `shared`
+(10 patches) and `model` (15), plus a port repo whose upstreams.yaml declares the model
+`bench`. Every subprocess runs in a hermetic environment (its own HOME and .gitconfig, no
+system git config, its own PATCHKIT_CACHE). Timed, wall clock, best of N:
+
+  cold    `patchkit apply bench` with no mirror cache and no workspace
+  warm    `patchkit apply bench` with the mirrors cached, no workspace
+  no-op   `patchkit apply bench` on a workspace that is already applied
+
+against a bash script of raw git commands (mirror clone, local clone, checkout, `git am -3`),
+one upstream after the other. Goals: warm within 1.5x of raw git; no-op under 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+UPSTREAMS = 4
+FILES = 40
+LINES = 200
+LAYERS = (("shared", 10), ("model", 15))
+PATCHES = sum(n for _, n in LAYERS)
+SUBDIRS = ("", "pkg", "pkg/core", "pkg/ops", "tools", "tests")
+WARM_GOAL, NOOP_GOAL = 1.5, 0.5
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def hermetic_env(tmp: Path) -> dict[str, str]:
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    (home / ".gitconfig").write_text("[user]\n\tname = Bench\n\temail = bench@example.invalid\n"
+                                     "[init]\n\tdefaultBranch = main\n")
+    return {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1",
+            "PATCHKIT_CACHE": str(tmp / "cache"), "LC_ALL": "C", "TMPDIR": str(tmp)}
+
+
+def sh(args: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench: FAILED ({proc.returncode}): {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def python_file(rng: random.Random, tag: str, length: int = LINES) -> str:
+    lines = [f'"""Synthetic module {tag}."""', "", "import math", ""]
+    while len(lines) < length:
+        n = len(lines)
+        lines += [f"def {tag}_f{n}(x, y={rng.randint(0, 999)}):",
+                  f"    total = x * {rng.randint(1, 99)} + y  # step {n}",
+                  "    return math.sqrt(abs(total))", ""]
+    return "\n".join(lines[:length]) + "\n"
+
+
+def make_upstream(root: Path, name: str, patch_root: Path, env: dict[str, str]) -> str:
+    """Create upstream NAME with one commit and its 25 layered patches; return the pin."""
+    rng = random.Random(name)
+    repo = root / "upstream" / name
+    files = []
+    for i in range(FILES):
+        path = Path(SUBDIRS[i % len(SUBDIRS)]) / f"mod_{i:02d}.py"
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(python_file(rng, f"{name}_m{i}"))
+        files.append(path)
+    sh(["git", "init", "-q", "-b", "main", str(repo)], env)
+    sh(["git", "add", "-A"], env, repo)
+    sh(["git", "commit", "-q", "-m", f"{name}: initial import"], env, repo)
+    pin = sh(["git", "rev-parse", "HEAD"], env, repo).strip()
+    scratch = root / "scratch" / name
+    sh(["git", "clone", "-q", str(repo), str(scratch)], env)
+    layers = [layer for layer, n in LAYERS for _ in range(n)]
+    series: dict[str, list[str]] = {layer: [] for layer, _ in LAYERS}
+    for i, layer in enumerate(layers, 1):
+        for path in rng.sample(files, rng.randint(1, 3)):
+            lines = (scratch / path).read_text().splitlines(keepends=True)
+            at = rng.randrange(4, len(lines) - 4)
+            lines[at] = f"    # patched by {layer} #{i}\n" + lines[at].replace("+ y", f"+ y + {i}")
+            (scratch / path).write_text("".join(lines))
+        if i % 5 == 0:
+            new = Path(SUBDIRS[i % len(SUBDIRS)]) / f"npu_{i:02d}.py"
+            (scratch / new).write_text(python_file(rng, f"{name}_npu{i}", 40))
+            files.append(new)
+        sh(["git", "add", "-A"], env, scratch)
+        sh(["git", "commit", "-q", "-m", f"{layer}: change {i:02d} for {name}"], env, scratch)
+        patch_name = f"{i:04d}-{layer}-change-{i:02d}.patch"
+        folder = patch_root / layer / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / patch_name).write_text(sh(["git", "format-patch", "-1", "--stdout", "HEAD"], env, scratch))
+        series[layer].append(patch_name)
+    for layer, names in series.items():
+        (patch_root / layer / name / "series").write_text("".join(f"{n}\n" for n in names))
+    return pin
+
+
+def build_model(tmp: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    port = tmp / "port"
+    names = [f"up{i}" for i in range(UPSTREAMS)]
+    pins = {name: make_upstream(tmp, name, port / "patches", env) for name in names}
+    lines = ["upstreams:"]
+    for name, pin in pins.items():
+        lines += [f"  {name}:", f"    url: {tmp / 'upstream' / name}", f"    pin: {pin}", "    track: main"]
+    lines += ["models:", "  bench:", "    upstreams:"]
+    lines += [f"      {name}: [{', '.join(layer for layer, _ in LAYERS)}]" for name in names]
+    (port / "upstreams.yaml").write_text("\n".join(lines) + "\n")
+    return port, pins
+
+
+def raw_script(tmp: Path, port: Path, pins: dict[str, str], *, cold: bool) -> Path:
+    """The naive shell script doing patchkit's work with raw git, one upstream at a time."""
+    raw = tmp / "raw"
+    lines = ["#!/bin/bash", "set -euo pipefail", f"cd {raw}"]
+    if cold:
+        lines += [f"git clone -q --mirror {tmp / 'upstream' / name} cache/{name}.git" for name in pins]
+    for name, pin in pins.items():
+        patches = [str(port / "patches" / layer / name / entry) for layer, _ in LAYERS
+                   for entry in (port / "patches" / layer / name / "series").read_text().split()]
+        lines += [f"git clone -q --local --no-checkout cache/{name}.git work/{name}",
+                  f"git -C work/{name} checkout -q -B patchkit/bench {pin}",
+                  f"git -C work/{name} am -3 --keep-cr -q " + " ".join(patches)]
+    script = tmp / f"raw-{'cold' if cold else 'warm'}.sh"
+    script.write_text("\n".join(lines) + "\n")
+    return script
+
+
+def verify(work: Path, pins: dict[str, str], env: dict[str, str]) -> None:
+    for name, pin in pins.items():
+        count = sh(["git", "rev-list", "--count", f"{pin}..HEAD"], env, work / name).strip()
+        if count != str(PATCHES):
+            sys.exit(f"bench: FAILED: {work / name} has {count} commits above the pin, expected {PATCHES}")
+
+
+def best_of(repeat: int, prepare: Callable[[], None], args: list[str], cwd: Path, env: dict[str, str],
+            check: Callable[[], None]) -> float:
+    times = []
+    for _ in range(repeat):
+        prepare()
+        start = time.perf_counter()
+        proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if proc.returncode != 0:
+            sys.exit(f"bench: FAILED: {' '.join(args)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}")
+        check()
+    return min(times)
+
+
+def rm(*paths: Path) -> Callable[[], None]:
+    """A `prepare` step deleting PATHS before a timed run."""
+    def prepare() -> None:
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+    return prepare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case; the best is kept (default 3)")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    opts = parser.parse_args()
+    exe = shutil.which("patchkit")
+    patchkit = [exe] if exe else [sys.executable, "-m", "patchkit"]
+    with tempfile.TemporaryDirectory(prefix="patchkit-bench-") as name:
+        tmp = Path(name).resolve()
+        env = hermetic_env(tmp)
+        log(f"building {UPSTREAMS} upstreams x {PATCHES} patches in {tmp}")
+        start = time.perf_counter()
+        port, pins = build_model(tmp, env)
+        log(f"built in {time.perf_counter() - start:.1f} s; timing, best of {opts.repeat}")
+        cache, work, raw = tmp / "cache", port / "work", tmp / "raw"
+        apply = [*patchkit, "--quiet", "apply", "bench"]
+        check_pk = lambda: verify(work / "bench", pins, env)  # noqa: E731
+        check_raw = lambda: verify(raw / "work", pins, env)  # noqa: E731
+        pk = {"cold": best_of(opts.repeat, rm(cache, work), apply, port, env, check_pk),
+              "warm": best_of(opts.repeat, rm(work), apply, port, env, check_pk)}
+        heads = {n: sh(["git", "rev-parse", "HEAD"], env, work / "bench" / n) for n in pins}
+        pk["no-op"] = best_of(opts.repeat, lambda: None, apply, port, env, check_pk)
+        if {n: sh(["git", "rev-parse", "HEAD"], env, work / "bench" / n) for n in pins} != heads:
+            sys.exit("bench: FAILED: the no-op re-apply moved a workspace HEAD")
+        if not json.loads(sh([*patchkit, "--quiet", "apply", "bench", "--json"], env, port))["noop"]:
+            sys.exit("bench: FAILED: a re-apply on an applied workspace is not reported as a no-op")
+        bash = ["bash"]
+        cold_sh, warm_sh = raw_script(tmp, port, pins, cold=True), raw_script(tmp, port, pins, cold=False)
+        raw.mkdir()
+        rawt: dict[str, float | None] = {
+            "cold": best_of(opts.repeat, rm(raw / "cache", raw / "work"), [*bash, str(cold_sh)], raw, env, check_raw),
+            "warm": best_of(opts.repeat, rm(raw / "work"), [*bash, str(warm_sh)], raw, env, check_raw),
+            "no-op": None}
+    rows = {case: {"patchkit_s": round(pk[case], 4), "raw_git_s": None if rawt[case] is None else round(rawt[case], 4),
+                   "ratio": None if rawt[case] is None else round(pk[case] / rawt[case], 3)} for case in pk}
+    warm_ratio = pk["warm"] / rawt["warm"]  # type: ignore[operator]
+    goals = {"warm_within_1.5x_raw": warm_ratio <= WARM_GOAL, "noop_under_0.5s": pk["no-op"] < NOOP_GOAL}
+    if opts.json:
+        print(json.dumps({"upstreams": UPSTREAMS, "patches_per_upstream": PATCHES, "repeat": opts.repeat,
+                          "cpus": os.cpu_count(), "cases": rows, "goals": goals}, indent=2))
+        return
+    print(f"patchkit apply: {UPSTREAMS} upstreams x {PATCHES} patches, best of {opts.repeat}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'case':<8} {'patchkit s':>11} {'raw git s':>10} {'ratio':>7}")
+    for case, row in rows.items():
+        raw_s = "-" if row["raw_git_s"] is None else f"{row['raw_git_s']:.3f}"
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        print(f"{case:<8} {row['patchkit_s']:>11.3f} {raw_s:>10} {ratio:>7}")
+    print(f"goal: warm apply within {WARM_GOAL}x of raw git: {warm_ratio:.2f}x  "
+          f"{'PASS' if goals['warm_within_1.5x_raw'] else 'MISS'}")
+    print(f"goal: no-op re-apply under {NOOP_GOAL} s: {pk['no-op']:.3f} s  "
+          f"{'PASS' if goals['noop_under_0.5s'] else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
