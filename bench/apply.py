@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 UPSTREAMS = 4
@@ -57,7 +58,7 @@ def hermetic_env(tmp: Path) -> dict[str, str]:
 
 
 def sh(args: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"bench: FAILED ({proc.returncode}): {' '.join(args)}\n{proc.stdout}{proc.stderr}")
     return proc.stdout
@@ -150,18 +151,31 @@ def verify(work: Path, pins: dict[str, str], env: dict[str, str]) -> None:
             sys.exit(f"bench: FAILED: {work / name} has {count} commits above the pin, expected {PATCHES}")
 
 
-def best_of(repeat: int, prepare: Callable[[], None], args: list[str], cwd: Path, env: dict[str, str],
-            check: Callable[[], None]) -> float:
-    times = []
+@dataclass
+class Case:
+    """One timed command; PREPARE runs untimed before it, CHECK untimed after it."""
+
+    name: str
+    tool: str  # "patchkit" or "raw"
+    args: list[str]
+    cwd: Path
+    prepare: Callable[[], None]
+    check: Callable[[], None]
+    times: list[float] = field(default_factory=list)
+
+
+def run_rounds(cases: list[Case], repeat: int, env: dict[str, str]) -> None:
+    """Run every case once per round, in order, so that background load hits all of them alike."""
     for _ in range(repeat):
-        prepare()
-        start = time.perf_counter()
-        proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-        times.append(time.perf_counter() - start)
-        if proc.returncode != 0:
-            sys.exit(f"bench: FAILED: {' '.join(args)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}")
-        check()
-    return min(times)
+        for case in cases:
+            case.prepare()
+            start = time.perf_counter()
+            proc = subprocess.run(case.args, check=False, cwd=case.cwd, env=env, capture_output=True, text=True)
+            case.times.append(time.perf_counter() - start)
+            if proc.returncode != 0:
+                sys.exit(f"bench: FAILED: {' '.join(case.args)} exited {proc.returncode}\n"
+                         f"{proc.stdout}{proc.stderr}")
+            case.check()
 
 
 def rm(*paths: Path) -> Callable[[], None]:
@@ -186,44 +200,61 @@ def main() -> None:
         start = time.perf_counter()
         port, pins = build_model(tmp, env)
         log(f"built in {time.perf_counter() - start:.1f} s; timing, best of {opts.repeat}")
-        cache, work, raw = tmp / "cache", port / "work", tmp / "raw"
-        apply = [*patchkit, "--quiet", "apply", "bench"]
-        check_pk = lambda: verify(work / "bench", pins, env)  # noqa: E731
-        check_raw = lambda: verify(raw / "work", pins, env)  # noqa: E731
-        pk = {"cold": best_of(opts.repeat, rm(cache, work), apply, port, env, check_pk),
-              "warm": best_of(opts.repeat, rm(work), apply, port, env, check_pk)}
-        heads = {n: sh(["git", "rev-parse", "HEAD"], env, work / "bench" / n) for n in pins}
-        pk["no-op"] = best_of(opts.repeat, lambda: None, apply, port, env, check_pk)
-        if {n: sh(["git", "rev-parse", "HEAD"], env, work / "bench" / n) for n in pins} != heads:
-            sys.exit("bench: FAILED: the no-op re-apply moved a workspace HEAD")
-        if not json.loads(sh([*patchkit, "--quiet", "apply", "bench", "--json"], env, port))["noop"]:
-            sys.exit("bench: FAILED: a re-apply on an applied workspace is not reported as a no-op")
-        bash = ["bash"]
-        cold_sh, warm_sh = raw_script(tmp, port, pins, cold=True), raw_script(tmp, port, pins, cold=False)
+        cache, work, raw = tmp / "cache", port / "work" / "bench", tmp / "raw"
         raw.mkdir()
-        rawt: dict[str, float | None] = {
-            "cold": best_of(opts.repeat, rm(raw / "cache", raw / "work"), [*bash, str(cold_sh)], raw, env, check_raw),
-            "warm": best_of(opts.repeat, rm(raw / "work"), [*bash, str(warm_sh)], raw, env, check_raw),
-            "no-op": None}
-    rows = {case: {"patchkit_s": round(pk[case], 4), "raw_git_s": None if rawt[case] is None else round(rawt[case], 4),
-                   "ratio": None if rawt[case] is None else round(pk[case] / rawt[case], 3)} for case in pk}
-    warm_ratio = pk["warm"] / rawt["warm"]  # type: ignore[operator]
+        apply = [*patchkit, "--quiet", "apply", "bench"]
+        heads: dict[str, str] = {}
+
+        def check_applied() -> None:
+            verify(work, pins, env)
+            heads.update({n: sh(["git", "rev-parse", "HEAD"], env, work / n) for n in pins})
+
+        def check_noop() -> None:
+            before = dict(heads)
+            check_applied()
+            if heads != before:
+                sys.exit("bench: FAILED: the no-op re-apply moved a workspace HEAD")
+
+        cold_sh, warm_sh = raw_script(tmp, port, pins, cold=True), raw_script(tmp, port, pins, cold=False)
+
+        def check_raw() -> None:
+            verify(raw / "work", pins, env)
+
+        cases = [Case("cold", "patchkit", apply, port, rm(cache, port / "work"), check_applied),
+                 Case("warm", "patchkit", apply, port, rm(port / "work"), check_applied),
+                 Case("no-op", "patchkit", apply, port, lambda: None, check_noop),
+                 Case("cold", "raw", ["bash", str(cold_sh)], raw, rm(raw / "cache", raw / "work"), check_raw),
+                 Case("warm", "raw", ["bash", str(warm_sh)], raw, rm(raw / "work"), check_raw)]
+        run_rounds(cases, opts.repeat, env)
+        if not json.loads(sh([*apply, "--json"], env, port))["noop"]:
+            sys.exit("bench: FAILED: a re-apply on an applied workspace is not reported as a no-op")
+    pk = {c.name: min(c.times) for c in cases if c.tool == "patchkit"}
+    rawt = {c.name: min(c.times) for c in cases if c.tool == "raw"}  # no raw no-op: nothing to compare
+    rows = {case: {"patchkit_s": round(pk[case], 4), "raw_git_s": _round(rawt.get(case), 4),
+                   "ratio": _round(pk[case] / rawt[case] if case in rawt else None, 3)} for case in pk}
+    warm_ratio = pk["warm"] / rawt["warm"]
     goals = {"warm_within_1.5x_raw": warm_ratio <= WARM_GOAL, "noop_under_0.5s": pk["no-op"] < NOOP_GOAL}
     if opts.json:
         print(json.dumps({"upstreams": UPSTREAMS, "patches_per_upstream": PATCHES, "repeat": opts.repeat,
-                          "cpus": os.cpu_count(), "cases": rows, "goals": goals}, indent=2))
+                          "cpus": os.cpu_count(), "cases": rows, "goals": goals,
+                          "runs_s": {f"{c.tool} {c.name}": [round(t, 4) for t in c.times] for c in cases}},
+                         indent=2))
         return
     print(f"patchkit apply: {UPSTREAMS} upstreams x {PATCHES} patches, best of {opts.repeat}, "
           f"{os.cpu_count()} CPUs")
     print(f"{'case':<8} {'patchkit s':>11} {'raw git s':>10} {'ratio':>7}")
-    for case, row in rows.items():
-        raw_s = "-" if row["raw_git_s"] is None else f"{row['raw_git_s']:.3f}"
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
-        print(f"{case:<8} {row['patchkit_s']:>11.3f} {raw_s:>10} {ratio:>7}")
+    for case, seconds in pk.items():
+        raw_s = f"{rawt[case]:.3f}" if case in rawt else "-"
+        ratio = f"{seconds / rawt[case]:.2f}x" if case in rawt else "-"
+        print(f"{case:<8} {seconds:>11.3f} {raw_s:>10} {ratio:>7}")
     print(f"goal: warm apply within {WARM_GOAL}x of raw git: {warm_ratio:.2f}x  "
           f"{'PASS' if goals['warm_within_1.5x_raw'] else 'MISS'}")
     print(f"goal: no-op re-apply under {NOOP_GOAL} s: {pk['no-op']:.3f} s  "
           f"{'PASS' if goals['noop_under_0.5s'] else 'MISS'}")
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchkit import cache, git, patchfile, state, workspace
-from patchkit.errors import Diagnostic, InvalidInput, LocalEdits, PatchkitError, UnsafePatch
+from patchkit.errors import Diagnostic, GitError, InvalidInput, LocalEdits, PatchkitError, UnsafePatch
 from patchkit.lock import FileLock
 from patchkit.manifest import Manifest, Model, Upstream
 from patchkit.patchfile import Patch
@@ -253,6 +253,8 @@ def _ensure_mirrors(plans: list[_Plan], progress: Progress) -> dict[str, Path]:
         return {}
 
     def one(plan: _Plan) -> tuple[str, Path]:
+        if not cache.has_pin(plan.upstream):
+            progress(f"{plan.upstream.name}: pin {plan.upstream.pin[:12]} not cached, fetching {plan.upstream.url}")
         path, fetched = cache.ensure_pin(plan.upstream)
         if fetched:
             progress(f"{plan.upstream.name}: {fetched.action} mirror of {plan.upstream.url} "
@@ -333,8 +335,11 @@ def _build(model: str, plan: _Plan, mirror: Path, recorder: _Recorder, progress:
     progress(f"{up.name}: {verb} {len(todo)} patch{'es' if len(todo) != 1 else ''} on {up.pin[:12]}"
              + (f" ({plan.reason})" if plan.reason and plan.action != "build" else "")
              + (f", reusing {plan.keep}" if plan.keep else ""))
-    failure = _am(plan.dir, todo) if todo else None
+    failure = _am(plan.dir, plan.base, todo) if todo else None
     commits = git.out(["rev-list", "--reverse", f"{up.pin}..HEAD"], plan.dir).split() if plan.patches else []
+    if len(commits) > len(plan.patches) or (failure is None and len(commits) != len(plan.patches)):
+        raise GitError(f"{display(plan.dir)}: expected one commit per patch above the pin, found {len(commits)} "
+                       f"for {len(plan.patches)} patches")
     applied = tuple(state.AppliedPatch(p.ref.id, p.sha256, c) for p, c in zip(plan.patches, commits))
     head = git.out(["rev-parse", "HEAD"], plan.dir)
     result.applied, result.reused, result.head = len(applied), plan.keep, head
@@ -391,8 +396,13 @@ def _clean_tmp(mdir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _am(repo: Path, patches: list[Patch]) -> git.Result | None:
-    """Apply PATCHES with git am; on failure stop cleanly at the last good commit."""
+def _am(repo: Path, base: str, patches: list[Patch]) -> git.Result | None:
+    """Apply PATCHES on BASE with git am, one commit each; on failure stop cleanly at the last good one.
+
+    One `git am` call does the whole series. `git am -3` skips, with success, a patch whose
+    change is already there ("No changes -- Patch already applied"); when the commit count
+    shows that, the series is replayed one patch at a time to find it, and it is reported.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="tmp-am-", dir=state.meta_dir(repo.parent)))
     try:
         files = []
@@ -401,13 +411,38 @@ def _am(repo: Path, patches: list[Patch]) -> git.Result | None:
             file.write_bytes(patch.data)  # the bytes that were hashed, not whatever is on disk now
             files.append(str(file))
         result = git.run([*_AM, *files], repo, check=False, env=git.COMMITTER)
+        made = len(git.out(["rev-list", f"{base}..HEAD"], repo).split())
+        if result.ok and made == len(patches):
+            return None
+        if not result.ok:
+            current = _am_current(repo)
+            _stop_am(repo)
+            if current == made + 1:  # git am stopped at the patch after the last commit
+                return result
+        git.run(["reset", "--quiet", "--hard", base], repo)
+        for file in files:
+            before = git.out(["rev-parse", "HEAD"], repo)
+            result = git.run([*_AM, file], repo, check=False, env=git.COMMITTER)
+            if not result.ok:
+                _stop_am(repo)
+                return result
+            if git.out(["rev-parse", "HEAD"], repo) == before:
+                return result  # applied as "no changes": already in the upstream
+        return None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if result.ok:
+
+
+def _am_current(repo: Path) -> int | None:
+    try:
+        return int((repo / ".git/rebase-apply/next").read_text().strip())
+    except (OSError, ValueError):
         return None
+
+
+def _stop_am(repo: Path) -> None:
     git.run(["am", "--quit"], repo, check=False)
     git.run(["reset", "--quiet", "--hard", "HEAD"], repo)
-    return result
 
 
 _PATCH_FAILED = re.compile(r"^error: patch failed: (.+):(\d+)$")
@@ -432,6 +467,13 @@ def _diagnose(repo: Path, patch: Patch, am: git.Result) -> PatchFailure:
         m = _NO_FILE.match(line)
         if m:
             hunks.append(HunkFailure(m.group(1), m.group(2)))
+    if (hunks or am.ok) and git.run(["apply", "--check", "--reverse", "-"], repo, check=False,
+                                    input_bytes=patch.data).ok:
+        hunks = [HunkFailure(f.path, "already there: the patch reverse-applies, its change is in the upstream "
+                             "(drop it from the series)") for f in (parsed.files if parsed else ())]
+    if not hunks and am.ok:
+        hunks = [HunkFailure(f.path, "already there: git am found no changes to make (drop it from the series)")
+                 for f in (parsed.files if parsed else ())]
     if not hunks:
         hunks = [HunkFailure(f, "conflict in three-way merge") for f in _conflicted(am)]
     output = [ln for ln in (am.stdout + am.stderr).splitlines() if ln.strip()]

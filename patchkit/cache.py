@@ -94,10 +94,15 @@ def fetch(upstream: Upstream, root: Path | None = None) -> FetchResult:
     return FetchResult(upstream.name, action, time.monotonic() - start, before, after)
 
 
+def has_pin(upstream: Upstream, root: Path | None = None) -> bool:
+    path = mirror_path(upstream, root)
+    return (path / "HEAD").exists() and git.has_commit(path, upstream.pin)
+
+
 def ensure_pin(upstream: Upstream, root: Path | None = None) -> tuple[Path, FetchResult | None]:
     """The mirror of UPSTREAM holding its pin; fetches only when the pin is not cached yet."""
     path = mirror_path(upstream, root)
-    if (path / "HEAD").exists() and git.has_commit(path, upstream.pin):
+    if has_pin(upstream, root):
         return path, None
     result = fetch(upstream, root)
     if not git.has_commit(path, upstream.pin):

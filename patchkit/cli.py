@@ -206,8 +206,19 @@ def status(obj: Ctx, model: str | None, workspace: str | None, as_json: bool) ->
         click.echo(line)
 
 
+def _json_error(args: list[str], exc: PatchkitError) -> None:
+    """With --json, a machine reading stdout gets the error as JSON too."""
+    if "--json" not in args:
+        return
+    data: dict[str, Any] = {"ok": False, "exit_code": exc.exit_code, "error": exc.message, "details": exc.details}
+    if isinstance(exc, InvalidInput):
+        data["errors"] = [dataclasses.asdict(d) for d in exc.diagnostics]
+    _emit_json(data)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and exit with its code; errors become messages, never tracebacks."""
+    args = sys.argv[1:] if argv is None else argv
     try:
         cli.main(args=argv, prog_name="patchkit", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -222,8 +233,10 @@ def main(argv: list[str] | None = None) -> None:
         for diag in exc.diagnostics:  # file:line: message, one a line, as compilers do
             click.echo(str(diag), err=True)
         click.echo(f"patchkit: {exc.message}", err=True)
+        _json_error(args, exc)
         sys.exit(exc.exit_code)
     except PatchkitError as exc:
+        _json_error(args, exc)
         lines = exc.lines()
         click.echo(f"patchkit: error: {lines[0]}", err=True)
         for line in lines[1:]:

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 from patchkit.errors import LockTimeout
 
@@ -52,7 +51,7 @@ class FileLock:
                 raise LockTimeout(f"{self.path} is locked by {holder}; gave up after {self.timeout:g} s")
             time.sleep(0.05)
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)

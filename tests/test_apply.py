@@ -230,3 +230,40 @@ def test_unreachable_upstream(port: Port) -> None:
     assert run.code == 3
     assert "cannot reach upstream 'lib'" in run.err
     assert "Traceback" not in run.text
+
+
+def test_patch_already_upstream_is_named(port: Port) -> None:
+    patch = (port.root / "patches/demo/app/0002-app-add-config.patch").read_bytes()
+    new_pin = commit(port.app, {"app/config.py": "CARDS = 8\n"}, "upstream adds the same config")
+    port.write_manifest(app_pin=new_pin)
+    run = patchkit(port.root, "apply", "demo")
+    assert run.code == 1, run.text
+    assert "FAILED: demo/0002-app-add-config.patch does not apply" in run.out
+    assert "app/config.py: already there: the patch reverse-applies" in run.out
+    assert patch == (port.root / "patches/demo/app/0002-app-add-config.patch").read_bytes()
+
+
+def test_unrecorded_folder_is_refused_then_moved_aside(port: Port) -> None:
+    mine = port.repo("demo", "lib")
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine\n")
+    run = patchkit(port.root, "apply", "demo", "--json")
+    assert run.code == 1
+    assert "work/demo/lib exists but patchkit did not make it" in run.err
+    assert json.loads(run.out)["ok"] is False
+    run = patchkit(port.root, "apply", "demo", "--force")
+    assert run.code == 0, run.text
+    assert (mine.with_name("lib.patchkit-backup") / "notes.txt").read_text() == "mine\n"
+    assert "kept on work/demo/lib.patchkit-backup" in run.out
+    assert (mine / "lib/demo.py").exists()
+
+
+def test_patch_already_upstream_in_the_middle_of_a_series(port: Port) -> None:
+    new_pin = commit(port.app, {"app/main.py": "import lib\n\nprint('hi npu')\n"}, "upstream takes our change")
+    port.write_manifest(app_pin=new_pin)
+    run = patchkit(port.root, "apply", "demo")
+    assert run.code == 1, run.text
+    assert "FAILED: demo/0001-app-say-hello.patch does not apply" in run.out
+    assert "app/main.py: already there" in run.out
+    app = port.repo("demo", "app")
+    assert git(app, "rev-parse", "HEAD") == new_pin and git(app, "status", "--porcelain") == ""
