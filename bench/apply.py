@@ -17,7 +17,8 @@ system git config, its own PATCHKIT_CACHE). Timed, wall clock, best of N:
   no-op   `patchkit apply bench` on a workspace that is already applied
 
 against a bash script of raw git commands (mirror clone, local clone, checkout, `git am -3`),
-one upstream after the other. Goals: warm within 1.5x of raw git; no-op under 0.5 s.
+one upstream after the other. The cases run round-robin, one run of each per round, so that
+background load hits them alike. Goals: warm within 1.5x of raw git; no-op under 0.5 s.
 """
 
 from __future__ import annotations
