@@ -71,6 +71,15 @@ def write_layer(port: Path, layer: str, upstream: str, patches: dict[str, bytes]
     return folder
 
 
+def write_one_upstream_port(port: Path, upstream: Path, pin: str, *, name: str = "up", model: str = "m",
+                            layers: str = "npu") -> None:
+    """The manifest of a port with one upstream and one model on it."""
+    port.mkdir(parents=True, exist_ok=True)
+    (port / "upstreams.yaml").write_text(f"upstreams:\n  {name}:\n    url: {upstream}\n    pin: {pin}\n"
+                                         f"    track: main\nmodels:\n  {model}:\n    upstreams:\n"
+                                         f"      {name}: [{layers}]\n")
+
+
 @dataclass
 class Run:
     code: int

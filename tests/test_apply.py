@@ -7,7 +7,7 @@ import pytest
 
 from patchkit import git as pkgit
 from tests.conftest import Port
-from tests.gitfixtures import commit, git, patchkit, write_layer
+from tests.gitfixtures import commit, git, patchkit, write_layer, write_one_upstream_port
 
 
 def subjects_since(repo: Path, base: str) -> list[str]:
@@ -182,9 +182,7 @@ def test_crlf_file_stays_crlf(tmp_path: Path) -> None:
     assert b"+b = 22\r\n" in patch
     port = tmp_path / "port"
     write_layer(port, "npu", "crlf", {"0001-change-b.patch": patch})
-    (port / "upstreams.yaml").write_text(
-        f"upstreams:\n  crlf:\n    url: {up}\n    pin: {pin}\n    track: main\n"
-        "models:\n  m:\n    upstreams:\n      crlf: [npu]\n")
+    write_one_upstream_port(port, up, pin, name="crlf")
     run = patchkit(port, "apply", "m")
     assert run.code == 0, run.text
     assert (port / "work/m/crlf/win.py").read_bytes() == b"a = 1\r\nb = 22\r\nc = 3\r\n"
@@ -232,15 +230,21 @@ def test_unreachable_upstream(port: Port) -> None:
     assert "Traceback" not in run.text
 
 
-def test_patch_already_upstream_is_named(port: Port) -> None:
-    patch = (port.root / "patches/demo/app/0002-app-add-config.patch").read_bytes()
-    new_pin = commit(port.app, {"app/config.py": "CARDS = 8\n"}, "upstream adds the same config")
+@pytest.mark.parametrize(("files", "patch", "path"), [
+    ({"app/config.py": "CARDS = 8\n"}, "0002-app-add-config.patch", "app/config.py"),  # the last patch
+    ({"app/main.py": "import lib\n\nprint('hi npu')\n"}, "0001-app-say-hello.patch", "app/main.py"),  # mid-series
+])
+def test_patch_already_upstream_is_named(port: Port, files: dict[str, str], patch: str, path: str) -> None:
+    before = (port.root / "patches/demo/app" / patch).read_bytes()
+    new_pin = commit(port.app, files, "upstream takes our change")
     port.write_manifest(app_pin=new_pin)
     run = patchkit(port.root, "apply", "demo")
     assert run.code == 1, run.text
-    assert "FAILED: demo/0002-app-add-config.patch does not apply" in run.out
-    assert "app/config.py: already there: the patch reverse-applies" in run.out
-    assert patch == (port.root / "patches/demo/app/0002-app-add-config.patch").read_bytes()
+    assert f"FAILED: demo/{patch} does not apply" in run.out
+    assert f"{path}: already there: the patch reverse-applies" in run.out
+    assert before == (port.root / "patches/demo/app" / patch).read_bytes()
+    app = port.repo("demo", "app")
+    assert git(app, "status", "--porcelain") == "" and not (app / ".git/rebase-apply").exists()
 
 
 def test_unrecorded_folder_is_refused_then_moved_aside(port: Port) -> None:
@@ -256,14 +260,3 @@ def test_unrecorded_folder_is_refused_then_moved_aside(port: Port) -> None:
     assert (mine.with_name("lib.patchkit-backup") / "notes.txt").read_text() == "mine\n"
     assert "kept on work/demo/lib.patchkit-backup" in run.out
     assert (mine / "lib/demo.py").exists()
-
-
-def test_patch_already_upstream_in_the_middle_of_a_series(port: Port) -> None:
-    new_pin = commit(port.app, {"app/main.py": "import lib\n\nprint('hi npu')\n"}, "upstream takes our change")
-    port.write_manifest(app_pin=new_pin)
-    run = patchkit(port.root, "apply", "demo")
-    assert run.code == 1, run.text
-    assert "FAILED: demo/0001-app-say-hello.patch does not apply" in run.out
-    assert "app/main.py: already there" in run.out
-    app = port.repo("demo", "app")
-    assert git(app, "rev-parse", "HEAD") == new_pin and git(app, "status", "--porcelain") == ""

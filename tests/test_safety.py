@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Port
-from tests.gitfixtures import PatchMaker, git, make_upstream, patchkit, write_layer
+from tests.gitfixtures import PatchMaker, git, make_upstream, patchkit, write_layer, write_one_upstream_port
 
 
 def handmade(path_a: str, path_b: str, *, new: bool = True) -> bytes:
@@ -56,8 +56,7 @@ def test_write_through_symlink_in_upstream_refused(tmp_path: Path) -> None:
     pin = git(up, "rev-parse", "HEAD")
     port = tmp_path / "port"
     write_layer(port, "npu", "up", {"0001-through.patch": handmade("linkdir/evil.py", "linkdir/evil.py")})
-    (port / "upstreams.yaml").write_text(f"upstreams:\n  up:\n    url: {up}\n    pin: {pin}\n    track: main\n"
-                                         "models:\n  m:\n    upstreams:\n      up: [npu]\n")
+    write_one_upstream_port(port, up, pin)
     run = patchkit(port, "apply", "m")
     assert run.code == 2, run.text
     assert "'linkdir/evil.py' goes through the symlink 'linkdir' of up" in run.err
@@ -74,8 +73,7 @@ def test_write_through_symlink_made_by_earlier_patch_refused(tmp_path: Path) -> 
     port = tmp_path / "port"
     write_layer(port, "npu", "up", {"0001-link.patch": link_patch,
                                     "0002-through.patch": handmade("escape/passwd", "escape/passwd")})
-    (port / "upstreams.yaml").write_text(f"upstreams:\n  up:\n    url: {up}\n    pin: {pin}\n    track: main\n"
-                                         "models:\n  m:\n    upstreams:\n      up: [npu]\n")
+    write_one_upstream_port(port, up, pin)
     run = patchkit(port, "apply", "m")
     assert run.code == 2, run.text
     assert "'escape/passwd' goes through the symlink 'escape' that an earlier patch creates" in run.err
