@@ -9,7 +9,6 @@ never overwritten without --force, and --force keeps them on a backup branch fir
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 import threading
@@ -18,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchkit import cache, git, patchfile, state, workspace
+from patchkit import am, cache, git, patchfile, state, workspace
+from patchkit.am import PatchFailure
 from patchkit.errors import Diagnostic, GitError, InvalidInput, LocalEdits, PatchkitError, UnsafePatch
 from patchkit.lock import FileLock
 from patchkit.manifest import Manifest, Model, Upstream
@@ -26,26 +26,6 @@ from patchkit.patchfile import Patch
 from patchkit.paths import display
 
 Progress = Callable[[str], None]
-
-_AM = ["am", "-3", "--keep-cr", "--whitespace=nowarn", "--committer-date-is-author-date",
-       "--no-gpg-sign", "--no-message-id", "--no-scissors", "--quiet"]
-
-
-@dataclass(frozen=True)
-class HunkFailure:
-    file: str
-    hunk: str  # "hunk #2 @@ -10,7 +10,8 @@ def f" or a reason such as "file not found"
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class PatchFailure:
-    patch: str  # layer/name
-    path: str  # the patch file, for display
-    subject: str
-    hunks: tuple[HunkFailure, ...]
-    git_output: tuple[str, ...]
-
 
 @dataclass
 class RepoResult:
@@ -335,7 +315,7 @@ def _build(model: str, plan: _Plan, mirror: Path, recorder: _Recorder, progress:
     progress(f"{up.name}: {verb} {len(todo)} patch{'es' if len(todo) != 1 else ''} on {up.pin[:12]}"
              + (f" ({plan.reason})" if plan.reason and plan.action != "build" else "")
              + (f", reusing {plan.keep}" if plan.keep else ""))
-    failure = _am(plan.dir, plan.base, todo) if todo else None
+    failure = am.apply_series(plan.dir, plan.base, todo, state.meta_dir(plan.dir.parent)) if todo else None
     commits = git.out(["rev-list", "--reverse", f"{up.pin}..HEAD"], plan.dir).split() if plan.patches else []
     if len(commits) > len(plan.patches) or (failure is None and len(commits) != len(plan.patches)):
         raise GitError(f"{display(plan.dir)}: expected one commit per patch above the pin, found {len(commits)} "
@@ -347,7 +327,7 @@ def _build(model: str, plan: _Plan, mirror: Path, recorder: _Recorder, progress:
     result.reason = plan.reason
     if failure is not None:
         failed = plan.patches[len(applied)]
-        result.failure = _diagnose(plan.dir, failed, failure)
+        result.failure = am.diagnose(plan.dir, failed, failure)
         result.action = "failed"
         recorder.set(up.name, state.RepoState(state.FAILED, up.url, up.pin, branch, head, applied, failed.ref.id))
         progress(f"{up.name}: {failed.ref.id} does not apply")
@@ -394,98 +374,3 @@ def _clone(mirror: Path, dest: Path) -> None:
 def _clean_tmp(mdir: Path) -> None:
     for stale in state.meta_dir(mdir).glob("tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def _am(repo: Path, base: str, patches: list[Patch]) -> git.Result | None:
-    """Apply PATCHES on BASE with git am, one commit each; on failure stop cleanly at the last good one.
-
-    One `git am` call does the whole series. `git am -3` skips, with success, a patch whose
-    change is already there ("No changes -- Patch already applied"); when the commit count
-    shows that, the series is replayed one patch at a time to find it, and it is reported.
-    """
-    tmp = Path(tempfile.mkdtemp(prefix="tmp-am-", dir=state.meta_dir(repo.parent)))
-    try:
-        files = []
-        for i, patch in enumerate(patches, 1):
-            file = tmp / f"{i:04d}.patch"
-            file.write_bytes(patch.data)  # the bytes that were hashed, not whatever is on disk now
-            files.append(str(file))
-        result = git.run([*_AM, *files], repo, check=False, env=git.COMMITTER)
-        made = len(git.out(["rev-list", f"{base}..HEAD"], repo).split())
-        if result.ok and made == len(patches):
-            return None
-        if not result.ok:
-            current = _am_current(repo)
-            _stop_am(repo)
-            if current == made + 1:  # git am stopped at the patch after the last commit
-                return result
-        git.run(["reset", "--quiet", "--hard", base], repo)
-        for file in files:
-            before = git.out(["rev-parse", "HEAD"], repo)
-            result = git.run([*_AM, file], repo, check=False, env=git.COMMITTER)
-            if not result.ok:
-                _stop_am(repo)
-                return result
-            if git.out(["rev-parse", "HEAD"], repo) == before:
-                return result  # applied as "no changes": already in the upstream
-        return None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _am_current(repo: Path) -> int | None:
-    try:
-        return int((repo / ".git/rebase-apply/next").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _stop_am(repo: Path) -> None:
-    git.run(["am", "--quit"], repo, check=False)
-    git.run(["reset", "--quiet", "--hard", "HEAD"], repo)
-
-
-_PATCH_FAILED = re.compile(r"^error: patch failed: (.+):(\d+)$")
-_NO_FILE = re.compile(r"^error: (.+): (does not exist in index|No such file or directory|already exists in working directory|already exists in index)$")
-
-
-def _diagnose(repo: Path, patch: Patch, am: git.Result) -> PatchFailure:
-    """Which files and hunks of PATCH fail on the repo's HEAD, from `git apply --check`."""
-    parsed, _ = patchfile.parse(patch)
-    check = git.run(["apply", "--check", "--verbose", "-"], repo, check=False, input_bytes=patch.data)
-    hunks: list[HunkFailure] = []
-    lines = check.stderr.splitlines()
-    for i, line in enumerate(lines):
-        m = _PATCH_FAILED.match(line)
-        if m:
-            file, start = m.group(1), int(m.group(2))
-            change = parsed.file(file) if parsed else None
-            found = patchfile.hunk_at(change, start) if change else None
-            label = f"hunk #{found[0]} {found[1].header()}" if found else f"hunk at line {start}"
-            hunks.append(HunkFailure(file, label, "context does not match"))
-            continue
-        m = _NO_FILE.match(line)
-        if m:
-            hunks.append(HunkFailure(m.group(1), m.group(2)))
-    if (hunks or am.ok) and git.run(["apply", "--check", "--reverse", "-"], repo, check=False,
-                                    input_bytes=patch.data).ok:
-        hunks = [HunkFailure(f.path, "already there: the patch reverse-applies, its change is in the upstream "
-                             "(drop it from the series)") for f in (parsed.files if parsed else ())]
-    if not hunks and am.ok:
-        hunks = [HunkFailure(f.path, "already there: git am found no changes to make (drop it from the series)")
-                 for f in (parsed.files if parsed else ())]
-    if not hunks:
-        hunks = [HunkFailure(f, "conflict in three-way merge") for f in _conflicted(am)]
-    output = [ln for ln in (am.stdout + am.stderr).splitlines() if ln.strip()]
-    subject = parsed.subject if parsed else patch.name
-    return PatchFailure(patch.ref.id, display(patch.ref.path), subject, tuple(hunks), tuple(output[-15:]))
-
-
-def _conflicted(am: git.Result) -> list[str]:
-    found = []
-    for line in (am.stdout + am.stderr).splitlines():
-        m = re.match(r"^CONFLICT \([^)]*\): Merge conflict in (.+)$", line)
-        if m:
-            found.append(m.group(1))
-    return found or ["(see git output)"]
-

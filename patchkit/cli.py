@@ -103,7 +103,7 @@ def validate(obj: Ctx, remote: bool, as_json: bool) -> None:
 def list_cmd(obj: Ctx, as_json: bool) -> None:
     """Show the models and the upstreams of the manifest."""
     m = obj.manifest()
-    data = {
+    data: dict[str, Any] = {
         "upstreams": [{"name": u.name, "url": u.url, "pin": u.pin, "track": u.track} for u in m.upstreams.values()],
         "models": [{"name": md.name, "description": md.description,
                     "upstreams": {up: {"layers": list(layers), "patches": len(md.patches.get(up, ()))}

@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from patchkit.errors import BadInput
 from patchkit.paths import atomic_write, display
@@ -44,10 +45,10 @@ class RepoState:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> RepoState:
-        patches = tuple(AppliedPatch(**p) for p in data.get("patches", []))  # type: ignore[union-attr]
+    def from_json(cls, data: dict[str, Any]) -> RepoState:
+        patches = tuple(AppliedPatch(**p) for p in data.get("patches", []))
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "patches"}
-        return cls(patches=patches, **fields)  # type: ignore[arg-type]
+        return cls(patches=patches, **fields)
 
 
 def meta_dir(model_dir: Path) -> Path:
