@@ -71,7 +71,7 @@ def write_layer(port: Path, layer: str, upstream: str, patches: dict[str, bytes]
     return folder
 
 
-def write_one_upstream_port(port: Path, upstream: Path, pin: str, *, name: str = "up", model: str = "m",
+def write_one_upstream_port(port: Path, upstream: str | Path, pin: str, *, name: str = "up", model: str = "m",
                             layers: str = "npu") -> None:
     """The manifest of a port with one upstream and one model on it."""
     port.mkdir(parents=True, exist_ok=True)
