@@ -92,7 +92,7 @@ def port(tmp_path: Path) -> Port:
     app_patches = PatchMaker(ups / "app", app_pin, tmp_path / "scratch-app")
     p = Port(root, ups / "lib", ups / "app", lib_pin, app_pin, lib_patches, app_patches)
     shared1 = lib_patches.patch("lib: use the NPU device", {"lib/util.py": "VALUE = 1\nDEVICE = 'npu'\n"},
-                                body="Upstream-Status: Inappropriate [NPU only]")
+                                body="Why: the port runs on Ascend.\n\nUpstream-Status: Inappropriate [NPU only]")
     shared2 = lib_patches.patch("lib: f3 returns 33", {"lib/core.py": (ups / "lib/lib/core.py").read_text()
                                                        .replace("return 3\n", "return 33\n")},
                                 author="Second Porter <second@example.org>")

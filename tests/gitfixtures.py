@@ -54,7 +54,8 @@ class PatchMaker:
         git(scratch, "checkout", "-q", base)
 
     def patch(self, subject: str, files: dict[str, str | bytes], *, remove: tuple[str, ...] = (),
-              author: str = "Port Er <porter@example.org>", body: str = "") -> bytes:
+              author: str = "Port Er <porter@example.org>",
+              body: str = "Upstream-Status: Inappropriate [NPU port]") -> bytes:
         message = subject + (f"\n\n{body}" if body else "")
         commit(self.repo, files, message, remove=remove, author=author)
         return subprocess.run(["git", "format-patch", "-1", "--stdout", "--no-signature", "HEAD"],
