@@ -299,6 +299,10 @@ def _build(model: str, plan: _Plan, mirror: Path, recorder: _Recorder, progress:
     result = RepoResult(up.name, display(plan.dir), up.pin, len(plan.patches))
     base_state = state.RepoState(state.BUILDING, up.url, up.pin, branch, plan.base)
     recorder.set(up.name, base_state)
+    if plan.action == "repair" and (plan.dir / ".git").is_dir():
+        stale = workspace.remove_stale_locks(plan.dir)  # we hold the workspace lock: they are ours
+        if stale:
+            result.notes.append(f"removed lock files the interrupted apply left: {', '.join(stale)}")
     if plan.check and plan.check.is_repo:
         result.backups = _make_clean(plan, model)
     elif plan.dir.exists():

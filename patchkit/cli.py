@@ -206,6 +206,52 @@ def status(obj: Ctx, model: str | None, workspace: str | None, as_json: bool) ->
         click.echo(line)
 
 
+@cli.command()
+@click.argument("models", nargs=-1)
+@click.option("--check", "check_only", is_flag=True, help="Only replay the series on the new upstream and report.")
+@click.option("--onto", multiple=True, metavar="UPSTREAM=REF", help="Check against REF instead of the track (repeatable).")
+@click.option("--allow-fuzz", is_flag=True, help="Count patches that need reduced context as holding.")
+@click.option("--no-fetch", is_flag=True, help="Use the mirrors as cached; do not fetch first.")
+@click.option("--jobs", "-j", default=4, show_default=True, help="Upstreams checked at once.")
+@click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", help="Also write a JUnit XML report.")
+@json_option
+@click.pass_obj
+def rebase(obj: Ctx, models: tuple[str, ...], check_only: bool, onto: tuple[str, ...], allow_fuzz: bool,
+           no_fetch: bool, jobs: int, junit: str | None, as_json: bool) -> None:
+    """Move the series of MODELS onto their upstreams' newest commits (--check: only say what holds)."""
+    from patchkit import check as check_mod
+    from patchkit.report import check_lines, junit_xml
+
+    m = obj.manifest()
+    if not check_only:
+        raise click.UsageError("only `patchkit rebase --check` is available so far")
+    report = check_mod.check(m, list(models), onto=check_mod.parse_onto(onto, m), allow_fuzz=allow_fuzz,
+                             fetch=not no_fetch, jobs=jobs, progress=obj.progress)
+    if junit:
+        from patchkit.paths import atomic_write
+
+        atomic_write(Path(junit), junit_xml(report))
+    if as_json:
+        _emit_json(check_json(report))
+    else:
+        for line in check_lines(report):
+            click.echo(line)
+    sys.exit(report.exit_code)
+
+
+def check_json(report: Any) -> dict[str, Any]:
+    """The stable `rebase --check --json` document (schema: docs/rebase-check.md)."""
+    return {
+        "schema": "patchkit/rebase-check/1",
+        "ok": report.ok,
+        "allow_fuzz": report.allow_fuzz,
+        "upstreams": {name: dataclasses.asdict(t) for name, t in report.targets.items()},
+        "series": [dataclasses.asdict(s) for s in report.series],
+        "summary": {**report.counts(), "patches": sum(report.counts().values()),
+                    "broken": sum(p.broken for s in report.series for p in s.patches)},
+    }
+
+
 def _json_error(args: list[str], exc: PatchkitError) -> None:
     """With --json, a machine reading stdout gets the error as JSON too."""
     if "--json" not in args:

@@ -73,6 +73,7 @@ def read(ref: PatchRef) -> Patch:
 
 def _strip_prefix(path: str) -> str | None:
     """The repo path `git am -p1` would use, or None for /dev/null."""
+    path = path.rstrip("\r")  # a patch file saved with CRLF line ends
     if path == "/dev/null":
         return None
     if len(path) > 1 and path.startswith('"') and path.endswith('"'):
@@ -197,7 +198,7 @@ def _file_change(pf: unidiff.PatchedFile) -> FileChange:
     for line in info.splitlines():
         for prefix in _EXTENDED:
             if line.startswith(prefix):
-                value = line[len(prefix):]
+                value = line[len(prefix):].rstrip("\r")
                 if value not in paths:
                     paths.append(value)
     hunks = tuple(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from patchkit.apply import ApplyReport, RepoResult
+from patchkit.check import CheckReport, PatchCheck
 from patchkit.status import ModelStatus
 
 
@@ -57,3 +58,67 @@ def status_lines(models: list[ModelStatus]) -> list[str]:
                          f"{repo.applied}/{repo.total} patches")
             lines += [f"  {'':<{width}}  - {reason}" for reason in repo.reasons]
     return lines
+
+
+_LABEL = {"conflict": "CONFLICT", "target-missing": "TARGET-MISSING", "blocked": "BLOCKED"}
+
+
+def check_lines(report: CheckReport) -> list[str]:
+    lines: list[str] = []
+    current = None
+    for series in report.series:
+        if series.model != current:
+            current = series.model
+            lines.append(series.model)
+        t = report.targets[series.upstream]
+        moved = f"{t.commits_since_pin} commits" + ("" if t.pin_is_ancestor else ", the pin is not an ancestor")
+        lines.append(f"  {series.upstream}: {t.pin[:12]} -> {t.ref} {t.commit[:12]} ({moved})")
+        for p in series.patches:
+            lines += _patch_lines(p)
+    counts = {k: v for k, v in report.counts().items() if v}
+    total = sum(counts.values())
+    broken = sum(p.broken for s in report.series for p in s.patches)
+    verdict = "all hold" if report.ok else f"{broken} broken"
+    models = len({s.model for s in report.series})
+    lines.append(f"{total} patches in {models} model{'s' if models != 1 else ''}: "
+                 + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" -- {verdict}")
+    return lines
+
+
+def _patch_lines(p: PatchCheck) -> list[str]:
+    label = _LABEL.get(p.outcome, p.outcome)
+    if p.outcome == "offset":
+        label = f"offset {p.offset:+d}"
+    elif p.outcome == "fuzz":
+        label = f"fuzz {p.fuzz}" + (" (allowed)" if not p.broken else " (BROKEN)")
+    lines = [f"    {label:<16} {p.patch}"]
+    pad = " " * 21
+    if p.blocked_by:
+        lines.append(f"{pad}blocked-by {p.blocked_by}: it needs that patch, which does not apply")
+    for f in p.files:
+        lines.append(f"{pad}{f.path}: {f.reason}")
+        lines += [f"{pad}  {h}" for h in f.hunks]
+        lines += [f"{pad}    upstream: {c}" for c in f.commits]
+    lines += [f"{pad}{d}" for d in p.range_diff]
+    if p.outcome == "upstreamed":
+        lines.append(f"{pad}already in the upstream: drop it from the series")
+    return lines
+
+
+def junit_xml(report: CheckReport) -> bytes:
+    """The check as JUnit XML: a suite per model/upstream, a test case per patch."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("testsuites", name="patchkit rebase --check")
+    for series in report.series:
+        failures = sum(p.broken for p in series.patches)
+        suite = ET.SubElement(root, "testsuite", name=f"{series.model}/{series.upstream}",
+                              tests=str(len(series.patches)), failures=str(failures))
+        for p in series.patches:
+            case = ET.SubElement(suite, "testcase", classname=f"{series.model}.{series.upstream}", name=p.patch)
+            detail = "\n".join(_patch_lines(p))
+            if p.broken:
+                ET.SubElement(case, "failure", message=p.outcome, type=p.outcome).text = detail
+            else:
+                ET.SubElement(case, "system-out").text = detail
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from patchkit import cache, patchfile
 from patchkit.errors import Diagnostic, PatchkitError, UpstreamUnreachable
+from patchkit.lint import lint
 from patchkit.manifest import Manifest, PatchRef
 from patchkit.paths import display
 
@@ -45,11 +46,13 @@ def validate(manifest: Manifest, *, remote: bool = False) -> ValidateReport:
     refs = all_patch_refs(manifest)
     report.patches = len(refs)
     for ref in refs:
-        parsed, problems = patchfile.parse(patchfile.read(ref))
+        patch = patchfile.read(ref)
+        parsed, problems = patchfile.parse(patch)
         report.diagnostics += problems
         if parsed:
             report.diagnostics += [Diagnostic(display(ref.path), 0, f"{path!r} is {why}")
                                    for path, why in patchfile.unsafe_paths(parsed)]
+            report.diagnostics += lint(patch, parsed)
     if remote:
         _remote(manifest, report)
     return report

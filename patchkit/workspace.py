@@ -119,3 +119,15 @@ def clear_operation(path: Path) -> None:
     """Drop an am/rebase/merge left in progress, keeping HEAD where it is."""
     for args in (["am", "--quit"], ["rebase", "--quit"], ["merge", "--quit"], ["cherry-pick", "--quit"]):
         git.run(args, path, check=False)
+
+
+def remove_stale_locks(path: Path) -> list[str]:
+    """Delete the `*.lock` files a killed git left in PATH's .git (only while patchkit owns the repo)."""
+    git_dir = path / ".git"
+    removed = []
+    for lock in [git_dir / "index.lock", git_dir / "HEAD.lock", git_dir / "ORIG_HEAD.lock",
+                 *(git_dir / "refs").rglob("*.lock")]:
+        if lock.is_file():
+            lock.unlink()
+            removed.append(str(lock.relative_to(path)))
+    return removed

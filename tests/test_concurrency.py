@@ -77,6 +77,8 @@ def test_killed_apply_is_detected_and_repaired(port: Port, slow_am: Path) -> Non
     assert killed, "the kill should have left a git am in progress"
     for name in ("lib", "app"):
         (port.repo("demo", name) / ".git/hooks/post-applypatch").unlink(missing_ok=True)
+    # a git killed mid-update leaves its lock files; make sure one is there whatever the timing
+    (port.repo("demo", killed[0]) / ".git/index.lock").touch()
 
     status = patchkit(port.root, "status", "demo", "--json")
     states = {r["upstream"]: r["state"] for r in json.loads(status.out)["models"][0]["repos"]}
@@ -85,6 +87,7 @@ def test_killed_apply_is_detected_and_repaired(port: Port, slow_am: Path) -> Non
     run = patchkit(port.root, "apply", "demo")
     assert run.code == 0, run.text
     assert "repaired (an earlier apply was interrupted here)" in run.out
+    assert "removed lock files the interrupted apply left: .git/index.lock" in run.out
     for name, count in (("lib", "3"), ("app", "2")):
         repo = port.repo("demo", name)
         assert not (repo / ".git/rebase-apply").exists()

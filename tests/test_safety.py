@@ -96,3 +96,15 @@ def test_not_a_format_patch(port: Port) -> None:
     assert run.code == 2
     assert "patches/demo/app/0001-plain.diff:1: not a git format-patch file: no 'From: Name <email>' header" in run.err
     assert "patches/demo/app/0002-two.patch: holds more than one patch" in run.err
+
+
+def test_crlf_patch_file_paths_are_clean(port: Port) -> None:
+    from patchkit import patchfile
+    from patchkit.manifest import PatchRef
+
+    data = handmade("app/new.py", "app/new.py").replace(b"\n", b"\r\n")
+    path = port.root / "crlf.patch"
+    path.write_bytes(data)
+    parsed, problems = patchfile.parse(patchfile.read(PatchRef("l", "app", "crlf.patch", path, path, 1)))
+    assert not problems and parsed is not None
+    assert parsed.files[0].paths == ("app/new.py",)

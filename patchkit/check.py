@@ -1,0 +1,436 @@
+"""`patchkit rebase --check`: replay every series on the newest upstream and say what still holds.
+
+Each upstream is checked in its own scratch index (see scratch.py), never in a workspace. The
+series of all models on one upstream form a trie: a layer shared by several models is replayed
+once per upstream ref, and each model continues from where the shared part left off.
+
+Outcomes, per patch: clean, offset (N lines), fuzz (applies only with less context; broken
+unless allowed), merged (only through a three-way merge), conflict (files, hunks and the upstream
+commits that touched those lines), upstreamed (already in the new upstream: drop it),
+target-missing (a file it changes is gone; renamed-to when git sees the rename), blocked (fails
+only because an earlier broken patch is missing under it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from patchkit import cache, git, patchfile
+from patchkit.errors import BadInput, PatchkitError
+from patchkit.manifest import Manifest, Upstream
+from patchkit.patchfile import ParsedPatch, Patch
+from patchkit.paths import display
+from patchkit.scratch import Scratch, offsets
+
+Progress = Callable[[str], None]
+OUTCOMES = ("clean", "offset", "fuzz", "merged", "upstreamed", "conflict", "target-missing", "blocked")
+_BROKEN = {"conflict", "target-missing", "blocked"}
+_PATCH_FAILED = re.compile(r"^error: patch failed: (.+):(\d+)$", re.M)
+_CONTEXT = 3
+
+
+@dataclass
+class FileIssue:
+    path: str
+    reason: str
+    hunks: list[str] = field(default_factory=list)
+    commits: list[str] = field(default_factory=list)  # "sha subject" of upstream commits since the pin
+    renamed_to: str | None = None
+
+
+@dataclass
+class PatchCheck:
+    patch: str  # layer/name
+    layer: str
+    name: str
+    path: str
+    outcome: str
+    broken: bool = False
+    offset: int = 0  # the largest hunk move, in lines
+    fuzz: int = 0  # context lines that had to be ignored
+    blocked_by: str | None = None
+    files: list[FileIssue] = field(default_factory=list)
+    range_diff: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SeriesCheck:
+    model: str
+    upstream: str
+    patches: list[PatchCheck]
+
+
+@dataclass
+class Target:
+    upstream: str
+    url: str
+    pin: str
+    ref: str
+    commit: str
+    commits_since_pin: int
+    pin_is_ancestor: bool
+
+
+@dataclass
+class CheckReport:
+    targets: dict[str, Target]
+    series: list[SeriesCheck]
+    allow_fuzz: bool
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.broken for s in self.series for p in s.patches)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for s in self.series:
+            for p in s.patches:
+                counts[p.outcome] += 1
+        return counts
+
+
+def parse_onto(items: tuple[str, ...], manifest: Manifest) -> dict[str, str]:
+    onto = {}
+    for item in items:
+        name, sep, ref = item.partition("=")
+        if not sep or not name or not ref:
+            raise BadInput(f"--onto {item!r}: expected UPSTREAM=REF")
+        manifest.upstream(name)
+        onto[name] = ref
+    return onto
+
+
+def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None = None, allow_fuzz: bool = False,
+          fetch: bool = True, jobs: int = 4, progress: Progress = lambda _m: None) -> CheckReport:
+    chosen = [manifest.model(m) for m in models] if models else list(manifest.models.values())
+    onto = onto or {}
+    sequences: dict[str, list[tuple[str, list[Patch]]]] = {}
+    for model in chosen:
+        for up in model.layers:
+            sequences.setdefault(up, []).append((model.name, patchfile.load_series(model.patches[up])))
+    _check_parse(sequences)
+    names = sorted(sequences)
+
+    def one(name: str) -> tuple[Target, dict[str, list[PatchCheck]]]:
+        up = manifest.upstreams[name]
+        mirror, target = _resolve(up, onto.get(name), fetch, progress)
+        n = sum(len(p) for _, p in sequences[name])
+        progress(f"{name}: replaying {n} patches of {len(sequences[name])} series on {target.ref} "
+                 f"({target.commit[:12]}, {target.commits_since_pin} commits past the pin)")
+        results = _Replayer(mirror, up, target.commit, allow_fuzz).run(sequences[name])
+        broken = sum(p.broken for checks in results.values() for p in checks)
+        progress(f"{name}: done, {broken} broken" if broken else f"{name}: done, all hold")
+        return target, results
+
+    outcomes: dict[str, tuple[Target, dict[str, list[PatchCheck]]]] = {}
+    errors: list[PatchkitError] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(names) or 1))) as pool:
+        futures = {name: pool.submit(one, name) for name in names}
+        for name, future in futures.items():
+            try:
+                outcomes[name] = future.result()
+            except PatchkitError as exc:
+                errors.append(exc)
+    if errors:
+        errors.sort(key=lambda e: -e.exit_code)
+        first = errors[0]
+        first.details += [line for exc in errors[1:] for line in exc.lines()]
+        raise first
+    series = [SeriesCheck(model.name, up, outcomes[up][1][model.name]) for model in chosen for up in model.layers]
+    return CheckReport({n: outcomes[n][0] for n in names}, series, allow_fuzz)
+
+
+def _check_parse(sequences: dict[str, list[tuple[str, list[Patch]]]]) -> None:
+    from patchkit.errors import InvalidInput
+
+    problems = []
+    for seqs in sequences.values():
+        for _, patches in seqs:
+            for patch in patches:
+                problems += patchfile.parse(patch)[1]
+    if problems:
+        raise InvalidInput(list(dict.fromkeys(problems)))
+
+
+def resolve_ref(mirror: Path, ref: str) -> str | None:
+    for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}", ref):
+        result = git.run(["rev-parse", "--verify", "-q", f"{candidate}^{{commit}}"], mirror, check=False)
+        if result.ok:
+            return result.stdout.strip()
+    return None
+
+
+def _resolve(up: Upstream, onto: str | None, fetch: bool, progress: Progress) -> tuple[Path, Target]:
+    if fetch:
+        progress(f"{up.name}: fetching {up.url}")
+        cache.fetch(up)
+    mirror, _ = cache.ensure_pin(up)
+    ref = onto or up.track
+    commit = resolve_ref(mirror, ref)
+    if commit is None:
+        raise BadInput(f"upstream {up.name!r}: {ref!r} is not a branch, tag or commit of {up.url}")
+    count = int(git.out(["rev-list", "--count", f"{up.pin}..{commit}"], mirror))
+    return mirror, Target(up.name, up.url, up.pin, ref, commit, count, git.is_ancestor(mirror, up.pin, commit))
+
+
+# -- the replay ------------------------------------------------------------------------------
+
+@dataclass
+class _Node:
+    patch: Patch | None
+    children: dict[tuple[str, str], _Node] = field(default_factory=dict)
+    result: PatchCheck | None = None
+
+
+@dataclass
+class _State:
+    history: list[Patch] = field(default_factory=list)  # every patch checked so far, in series order
+    broken: list[Patch] = field(default_factory=list)
+    old_tree: str | None = None  # pin + earlier non-broken patches, kept once something broke
+
+    def copy(self) -> _State:
+        return _State(list(self.history), list(self.broken), self.old_tree)
+
+
+class _Replayer:
+    def __init__(self, mirror: Path, up: Upstream, target: str, allow_fuzz: bool) -> None:
+        self.mirror, self.up, self.target, self.allow_fuzz = mirror, up, target, allow_fuzz
+        self._renames: dict[str, str] | None = None
+        self._moves: dict[str, list[tuple[int, int, int, int]]] = {}
+
+    def run(self, sequences: list[tuple[str, list[Patch]]]) -> dict[str, list[PatchCheck]]:
+        root = _Node(None)
+        for _, patches in sequences:
+            node = root
+            for patch in patches:
+                node = node.children.setdefault((patch.ref.id, patch.sha256), _Node(patch))
+        with Scratch(self.mirror) as new, Scratch(self.mirror) as old:
+            self.new, self.old = new, old
+            new.reset(self.target)
+            self._walk(root, _State())
+        results = {}
+        for model, patches in sequences:
+            node, checks = root, []
+            for patch in patches:
+                node = node.children[(patch.ref.id, patch.sha256)]
+                assert node.result is not None
+                checks.append(node.result)
+            results[model] = checks
+        return results
+
+    def _walk(self, node: _Node, state: _State) -> None:
+        children = list(node.children.values())
+        saved = self.new.tree() if len(children) > 1 else None
+        for i, child in enumerate(children):
+            if i:
+                assert saved is not None
+                self.new.reset(saved)
+            branch = state.copy() if len(children) > 1 else state
+            assert child.patch is not None
+            child.result = self._step(child.patch, branch)
+            branch.history.append(child.patch)
+            self._walk(child, branch)
+
+    # one patch ------------------------------------------------------------------------------
+
+    def _step(self, patch: Patch, state: _State) -> PatchCheck:
+        parsed, _ = patchfile.parse(patch)
+        assert parsed is not None
+        check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, display(patch.ref.path), "clean")
+        strict = self.new.apply(patch.data)
+        if strict.ok:
+            moved = offsets(strict)
+            if any(moved):
+                check.outcome, check.offset = "offset", max(moved, key=abs)
+                check.range_diff = _offset_lines(parsed, strict)
+            return self._keep(patch, state, check)
+        if self.new.apply(patch.data, "--reverse", "--check").ok:
+            check.outcome = "upstreamed"
+            return self._keep(patch, state, check)
+        if state.broken and self._needs_broken(patch, state):
+            check.outcome, check.broken = "blocked", True
+            check.blocked_by = _culprit(parsed, state.broken).ref.id
+            state.broken.append(patch)
+            return check
+        missing = self._missing(parsed)
+        if missing:
+            check.outcome, check.broken, check.files = "target-missing", True, missing
+            state.broken.append(patch)
+            return check
+        return self._merge_or_fuzz(patch, parsed, state, check, strict)
+
+    def _merge_or_fuzz(self, patch: Patch, parsed: ParsedPatch, state: _State, check: PatchCheck,
+                       strict: git.Result) -> PatchCheck:
+        before = self.new.tree()
+        if self.new.apply(patch.data, "--3way").ok:
+            after = self.new.tree()
+            if after == before:
+                check.outcome = "upstreamed"
+                return self._keep(patch, state, check)
+            check.outcome, check.range_diff = "merged", self._range_diff(patch, before, after)
+            return self._keep(patch, state, check)
+        self.new.reset(before)  # a failed three-way apply leaves unmerged entries
+        for context in (_CONTEXT - 1, 1):
+            if self.new.apply(patch.data, f"-C{context}").ok:
+                check.outcome, check.fuzz = "fuzz", _CONTEXT - context
+                check.broken = not self.allow_fuzz
+                check.range_diff = self._range_diff(patch, before, self.new.tree())
+                return self._keep(patch, state, check)
+        check.outcome, check.broken = "conflict", True
+        check.files = self._conflicts(parsed, strict)
+        state.broken.append(patch)
+        return check
+
+    def _keep(self, patch: Patch, state: _State, check: PatchCheck) -> PatchCheck:
+        """A patch that did not break: the old-world index follows it once something broke."""
+        if state.old_tree is not None:
+            self.old.reset(state.old_tree)
+            if self.old.apply(patch.data).ok:
+                state.old_tree = self.old.tree()
+        return check
+
+    def _needs_broken(self, patch: Patch, state: _State) -> bool:
+        """Does PATCH fail on the pin with the series minus the broken patches? Then it needs them."""
+        if state.old_tree is None:
+            self.old.reset(self.up.pin)
+            broken = {p.ref.id for p in state.broken}
+            for earlier in state.history:
+                if earlier.ref.id not in broken:
+                    self.old.apply(earlier.data)
+            state.old_tree = self.old.tree()
+        else:
+            self.old.reset(state.old_tree)
+        return not self.old.apply(patch.data, "--check").ok
+
+    # details ---------------------------------------------------------------------------------
+
+    def _missing(self, parsed: ParsedPatch) -> list[FileIssue]:
+        issues = []
+        for change in parsed.files:
+            sources = [p for p in change.paths if p != change.path] or [change.path]
+            creates = not change.hunks or all(h.source_start == 0 and h.source_length == 0 for h in change.hunks)
+            if creates:
+                continue
+            for path in sources[:1]:
+                if not self.new.has(path):
+                    renamed = self.renames().get(path)
+                    issues.append(FileIssue(path, f"renamed upstream to {renamed}" if renamed
+                                            else "removed upstream", renamed_to=renamed))
+        return issues
+
+    def renames(self) -> dict[str, str]:
+        if self._renames is None:
+            out = git.out(["diff", "--name-status", "-M", "--diff-filter=R", self.up.pin, self.target], self.mirror)
+            self._renames = {}
+            for line in out.splitlines():
+                parts = line.split("\t")
+                if len(parts) == 3:
+                    self._renames[parts[1]] = parts[2]
+        return self._renames
+
+    def _conflicts(self, parsed: ParsedPatch, strict: git.Result) -> list[FileIssue]:
+        issues: dict[str, FileIssue] = {}
+        for m in _PATCH_FAILED.finditer(strict.stderr):
+            path, line = m.group(1), int(m.group(2))
+            issue = issues.setdefault(path, FileIssue(path, "does not apply"))
+            change = parsed.file(path)
+            found = patchfile.hunk_at(change, line) if change else None
+            if found:
+                number, hunk = found
+                issue.hunks.append(f"hunk #{number} {hunk.header()}")
+                issue.commits += [c for c in self._touching(path, hunk.source_start, hunk.source_length)
+                                  if c not in issue.commits]
+            else:
+                issue.hunks.append(f"hunk at line {line}")
+        if not issues:
+            issues = {c.path: FileIssue(c.path, "does not apply") for c in parsed.files}
+        return list(issues.values())
+
+    def _touching(self, path: str, start: int, length: int) -> list[str]:
+        """Upstream commits since the pin that changed lines START..START+LENGTH of PATH (pin numbering)."""
+        first, last = self._map(path, start, max(length, 1))
+        fmt = ["--no-patch", "--format=%h %s"]
+        result = git.run(["log", *fmt, f"-L{first},{last}:{path}", f"{self.up.pin}..{self.target}"],
+                         self.mirror, check=False)
+        if not result.ok:  # the range left the file: fall back to every commit on it
+            result = git.run(["log", *fmt[1:], f"{self.up.pin}..{self.target}", "--", path], self.mirror, check=False)
+        return [ln for ln in result.stdout.splitlines() if ln.strip()][:8]
+
+    def _map(self, path: str, start: int, length: int) -> tuple[int, int]:
+        """Where lines START..START+LENGTH-1 of PATH at the pin are at the target."""
+        if path not in self._moves:
+            diff = git.run(["diff", "-U0", self.up.pin, self.target, "--", path], self.mirror, check=False).stdout
+            self._moves[path] = [(int(a), int(b or 1), int(c), int(d or 1)) for a, b, c, d in
+                                 re.findall(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", diff, re.M)]
+        end = start + length - 1
+        first, last = start, end
+        for old_start, old_len, new_start, new_len in self._moves[path]:
+            old_end = old_start + max(old_len, 1) - 1
+            delta = new_len - old_len
+            if old_end < start:
+                first += delta
+                last += delta
+            elif old_start <= end:
+                last += delta
+        return max(first, 1), max(last, first)
+
+    def _range_diff(self, patch: Patch, before: str, after: str) -> list[str]:
+        parsed, _ = patchfile.parse(patch)
+        paths = [p for c in (parsed.files if parsed else ()) for p in c.paths]
+        new = self.new.run(["diff-tree", "-p", "-M", before, after, "--", *paths]).stdout
+        old = patch.data.decode("utf-8", "replace")
+        old = old[old.find("diff --git"):] if "diff --git" in old else old
+        return _diff_of_diffs(old, new)
+
+
+def _culprit(parsed: ParsedPatch, broken: list[Patch]) -> Patch:
+    """The latest broken patch that touches a file PARSED touches, else the latest broken one."""
+    mine = {p for c in parsed.files for p in c.paths}
+    for candidate in reversed(broken):
+        theirs, _ = patchfile.parse(candidate)
+        if theirs and mine & {p for c in theirs.files for p in c.paths}:
+            return candidate
+    return broken[-1]
+
+
+def _offset_lines(parsed: ParsedPatch, result: git.Result) -> list[str]:
+    lines = []
+    for m in re.finditer(r"^Checking patch (.+)\.\.\.$|^Hunk #(\d+) succeeded at (\d+) \(offset (-?\d+) lines?\)\.$",
+                         result.stderr, re.M):
+        if m.group(1):
+            current = parsed.file(m.group(1))
+            path = m.group(1)
+            continue
+        number, offset = int(m.group(2)), int(m.group(4))
+        hunk = current.hunks[number - 1] if current and number <= len(current.hunks) else None
+        header = hunk.header() if hunk else f"hunk #{number}"
+        lines.append(f"{path}: hunk #{number} {header} moved {offset:+d} lines")
+    return lines
+
+
+def _normalise(diff: str) -> list[str]:
+    out = []
+    for line in diff.splitlines():
+        if line.startswith("index ") or line.startswith("-- ") or line == "--":
+            continue
+        if line.startswith("@@"):
+            line = "@@" + line.split("@@", 2)[-1]
+        out.append(line)
+    while out and not out[-1].strip() or (out and re.match(r"^\d+\.\d+", out[-1])):
+        out.pop()
+    return out
+
+
+def _diff_of_diffs(old: str, new: str, limit: int = 12) -> list[str]:
+    lines = [ln for ln in difflib.unified_diff(_normalise(old), _normalise(new), "before", "after", n=0, lineterm="")
+             if not ln.startswith(("---", "+++", "@@"))]
+    return lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])

@@ -1,0 +1,60 @@
+"""A scratch index over a bare mirror: patches are replayed on it without a work tree.
+
+`rebase --check` never touches a user's workspace. It reads the target tree into a temporary
+index file, applies patches to that index with `git apply --cached`, and writes any new objects
+into a temporary object directory (the mirror's objects are an alternate), so the mirror is not
+littered either. One git process per patch that applies; more only for patches that do not.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from patchkit import git
+
+_OFFSET = re.compile(r"^Hunk #(\d+) succeeded at (\d+) \(offset (-?\d+) lines?\)\.$", re.M)
+
+
+class Scratch:
+    def __init__(self, mirror: Path, parent: Path | None = None) -> None:
+        self.mirror = mirror
+        self.dir = Path(tempfile.mkdtemp(prefix="patchkit-scratch-", dir=parent))
+        (self.dir / "objects").mkdir()
+        self.env = {
+            "GIT_INDEX_FILE": str(self.dir / "index"),
+            "GIT_OBJECT_DIRECTORY": str(self.dir / "objects"),
+            "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(mirror / "objects"),
+        }
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Scratch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, args: list[str], *, check: bool = True, input_bytes: bytes | None = None) -> git.Result:
+        return git.run(args, self.mirror, check=check, env=self.env, input_bytes=input_bytes)
+
+    def reset(self, treeish: str) -> None:
+        self.run(["read-tree", treeish])
+
+    def tree(self) -> str:
+        return self.run(["write-tree"]).stdout.strip()
+
+    def apply(self, data: bytes, *options: str) -> git.Result:
+        """`git apply --cached -v OPTIONS` of DATA; the index is unchanged when it fails (atomic)."""
+        return self.run(["apply", "--cached", "--verbose", *options, "-"], check=False, input_bytes=data)
+
+    def has(self, path: str) -> bool:
+        return bool(self.run(["ls-files", "--cached", "--", path]).stdout.strip())
+
+
+def offsets(result: git.Result) -> list[int]:
+    """The line offsets `git apply -v` reported for hunks that moved."""
+    return [int(m.group(3)) for m in _OFFSET.finditer(result.stderr)]

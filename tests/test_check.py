@@ -1,0 +1,195 @@
+"""`patchkit rebase --check` on synthetic upstream histories that produce every outcome."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from patchkit import scratch
+from tests.gitfixtures import PatchMaker, commit, git, make_upstream, patchkit, write_layer
+
+
+def numbered(name: str, n: int = 30) -> str:
+    return "".join(f"{name} line {i}\n" for i in range(1, n + 1))
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+@dataclass
+class History:
+    port: Path
+    up: Path
+    pin: str
+    moved: str
+
+
+SERIES = ["0001-clean.patch", "0002-offset.patch", "0003-merged.patch", "0004-fuzz.patch",
+          "0005-conflict.patch", "0006-needs-conflict.patch", "0007-upstreamed.patch", "0008-renamed.patch",
+          "0009-removed.patch", "0010-after.patch"]
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> History:
+    files = {f"{n}.py": numbered(n) for n in ("clean", "offset", "merged", "fuzz", "conflict", "up", "ren", "rm")}
+    up = tmp_path / "up"
+    pin = make_upstream(up, files)
+    mk = PatchMaker(up, pin, tmp_path / "scratch")
+    cur = dict(files)
+
+    def change(subject: str, name: str, old: str, new: str) -> bytes:
+        cur[name] = edit(cur[name], old, new)
+        return mk.patch(subject, {name: cur[name]})
+
+    patches = [
+        change("clean", "clean.py", "clean line 10\n", "clean line 10 npu\n"),
+        change("offset", "offset.py", "offset line 20\n", "offset line 20 npu\n"),
+        change("merged", "merged.py", "merged line 15\n", "merged line 15 npu\n"),
+        change("fuzz", "fuzz.py", "fuzz line 15\n", "fuzz line 15 npu\n"),
+        change("conflict", "conflict.py", "conflict line 10\n", "conflict line 10 npu\nconflict npu helper\n"),
+        change("needs conflict", "conflict.py", "conflict npu helper\n", "conflict npu helper v2\n"),
+        change("upstreamed", "up.py", "up line 5\n", "up line 5 fixed\n"),
+        change("renamed", "ren.py", "ren line 5\n", "ren line 5 npu\n"),
+        change("removed", "rm.py", "rm line 5\n", "rm line 5 npu\n"),
+        change("after", "clean.py", "clean line 25\n", "clean line 25 npu\n"),
+    ]
+    # the fuzz patch loses its blob ids, so no three-way merge can help it
+    patches[3] = re.sub(rb"(?m)^index [0-9a-f]+\.\.[0-9a-f]+( \d+)?\n", b"", patches[3])
+    port = tmp_path / "port"
+    write_layer(port, "npu", "up", dict(zip(SERIES, patches)))
+    (port / "upstreams.yaml").write_text(f"upstreams:\n  up:\n    url: {up}\n    pin: {pin}\n    track: main\n"
+                                         "models:\n  m:\n    upstreams:\n      up: [npu]\n")
+    # upstream moves on
+    text = {n: numbered(n.removesuffix(".py")) for n in files}
+    commit(up, {"offset.py": "# header\n" * 4 + text["offset.py"]}, "offset: add a header")
+    commit(up, {"merged.py": edit(text["merged.py"], "merged line 13\n", "merged line 13 upstream\n")}, "merged: tweak 13")
+    commit(up, {"fuzz.py": edit(text["fuzz.py"], "fuzz line 12\n", "fuzz line 12 upstream\n")}, "fuzz: tweak 12")
+    commit(up, {"conflict.py": edit(text["conflict.py"], "conflict line 10\n", "conflict line 10 upstream\n")},
+           "conflict: upstream rewrites line 10")
+    commit(up, {"up.py": edit(text["up.py"], "up line 5\n", "up line 5 fixed\n")}, "up: the same fix")
+    git(up, "mv", "ren.py", "renamed.py")
+    commit(up, {}, "ren: rename", remove=("rm.py",))
+    moved = git(up, "rev-parse", "HEAD")
+    return History(port, up, pin, moved)
+
+
+def outcomes(run_out: str) -> dict[str, dict[str, object]]:
+    data = json.loads(run_out)
+    return {p["name"]: p for s in data["series"] for p in s["patches"]}
+
+
+def test_every_outcome(history: History) -> None:
+    run = patchkit(history.port, "rebase", "--check", "--json")
+    assert run.code == 1, run.text
+    got = outcomes(run.out)
+    assert {n: p["outcome"] for n, p in got.items()} == {
+        "0001-clean.patch": "clean", "0002-offset.patch": "offset", "0003-merged.patch": "merged",
+        "0004-fuzz.patch": "fuzz", "0005-conflict.patch": "conflict", "0006-needs-conflict.patch": "blocked",
+        "0007-upstreamed.patch": "upstreamed", "0008-renamed.patch": "target-missing",
+        "0009-removed.patch": "target-missing", "0010-after.patch": "clean",
+    }
+    assert got["0002-offset.patch"]["offset"] == 4 and not got["0002-offset.patch"]["broken"]
+    assert got["0002-offset.patch"]["range_diff"] == ["offset.py: hunk #1 @@ -17,7 +17,7 @@ offset line 16 moved +4 lines"]
+    assert got["0003-merged.patch"]["broken"] is False
+    assert got["0004-fuzz.patch"]["fuzz"] == 1 and got["0004-fuzz.patch"]["broken"] is True
+    conflict = got["0005-conflict.patch"]
+    assert conflict["files"][0]["path"] == "conflict.py"
+    assert conflict["files"][0]["hunks"] == ["hunk #1 @@ -7,7 +7,8 @@ conflict line 6"]
+    assert [c.split(" ", 1)[1] for c in conflict["files"][0]["commits"]] == ["conflict: upstream rewrites line 10"]
+    assert got["0006-needs-conflict.patch"]["blocked_by"] == "npu/0005-conflict.patch"
+    assert got["0008-renamed.patch"]["files"][0]["renamed_to"] == "renamed.py"
+    assert got["0009-removed.patch"]["files"][0]["reason"] == "removed upstream"
+    assert got["0007-upstreamed.patch"]["broken"] is False
+    data = json.loads(run.out)
+    assert data["schema"] == "patchkit/rebase-check/1" and data["ok"] is False
+    assert data["upstreams"]["up"]["commit"] == history.moved and data["upstreams"]["up"]["commits_since_pin"] == 6
+    assert data["summary"] == {"clean": 2, "offset": 1, "fuzz": 1, "merged": 1, "upstreamed": 1, "conflict": 1,
+                               "target-missing": 2, "blocked": 1, "patches": 10, "broken": 5}
+
+
+def test_table_and_junit(history: History, tmp_path: Path) -> None:
+    junit = tmp_path / "check.xml"
+    run = patchkit(history.port, "rebase", "--check", "--junit", str(junit))
+    assert run.code == 1
+    assert "  up: " in run.out and "-> main" in run.out
+    assert "CONFLICT         npu/0005-conflict.patch" in run.out
+    assert "upstream: " in run.out and "conflict: upstream rewrites line 10" in run.out
+    assert "BLOCKED          npu/0006-needs-conflict.patch" in run.out
+    assert "blocked-by npu/0005-conflict.patch" in run.out
+    assert "ren.py: renamed upstream to renamed.py" in run.out
+    assert "- merged line 13\n" in run.out and "+ merged line 13 upstream\n" in run.out  # the merged patch's range-diff
+    assert run.out.rstrip().splitlines()[-1] == ("10 patches in 1 model: 2 clean, 1 offset, 1 fuzz, 1 merged, "
+                                                 "1 upstreamed, 1 conflict, 2 target-missing, 1 blocked -- 5 broken")
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "10" and suite.get("failures") == "5"
+
+
+def test_allow_fuzz(history: History) -> None:
+    run = patchkit(history.port, "rebase", "--check", "--allow-fuzz", "--json")
+    assert outcomes(run.out)["0004-fuzz.patch"]["broken"] is False
+
+
+def test_everything_holds_at_the_pin(history: History) -> None:
+    run = patchkit(history.port, "rebase", "--check", "--onto", f"up={history.pin}")
+    assert run.code == 0, run.text
+    assert run.out.rstrip().endswith("10 patches in 1 model: 10 clean -- all hold")
+
+
+def test_user_workspace_untouched(history: History) -> None:
+    git(history.up, "tag", "old", history.pin)
+    assert patchkit(history.port, "apply", "m").code == 0
+    repo = history.port / "work/m/up"
+    head = git(repo, "rev-parse", "HEAD")
+    assert patchkit(history.port, "rebase", "--check").code == 1
+    assert git(repo, "rev-parse", "HEAD") == head and git(repo, "status", "--porcelain") == ""
+
+
+def test_bad_onto_and_unreachable(history: History) -> None:
+    assert patchkit(history.port, "rebase", "--check", "--onto", "up").code == 2
+    assert patchkit(history.port, "rebase", "--check", "--onto", "nope=main").code == 2
+    run = patchkit(history.port, "rebase", "--check", "--onto", "up=no-such-branch")
+    assert run.code == 2 and "'no-such-branch' is not a branch, tag or commit" in run.err
+    history.up.rename(history.up.with_name("gone"))
+    run = patchkit(history.port, "rebase", "--check")
+    assert run.code == 3 and "cannot reach upstream 'up'" in run.err
+    assert patchkit(history.port, "rebase", "--check", "--no-fetch").code == 1  # the cache still answers
+
+
+def test_shared_layer_checked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    up = tmp_path / "up"
+    pin = make_upstream(up, {"a.py": numbered("a"), "b.py": numbered("b")})
+    mk = PatchMaker(up, pin, tmp_path / "scratch")
+    shared = mk.patch("shared", {"a.py": edit(numbered("a"), "a line 3\n", "a line 3 npu\n")})
+    one = mk.patch("model one", {"b.py": edit(numbered("b"), "b line 10\n", "b line 10 one\n")})
+    port = tmp_path / "port"
+    write_layer(port, "shared", "up", {"0001-shared.patch": shared})
+    write_layer(port, "one", "up", {"0001-one.patch": one})
+    mk2 = PatchMaker(up, pin, tmp_path / "scratch2")
+    mk2.patch("shared", {"a.py": edit(numbered("a"), "a line 3\n", "a line 3 npu\n")})
+    two = mk2.patch("model two", {"b.py": edit(numbered("b"), "b line 20\n", "b line 20 two\n")})
+    write_layer(port, "two", "up", {"0001-two.patch": two})
+    (port / "upstreams.yaml").write_text(
+        f"upstreams:\n  up:\n    url: {up}\n    pin: {pin}\n    track: main\nmodels:\n"
+        "  one:\n    upstreams:\n      up: [shared, one]\n  two:\n    upstreams:\n      up: [shared, two]\n")
+    commit(up, {"b.py": "# moved\n" + numbered("b")}, "b moves")
+    applied: list[bytes] = []
+    real = scratch.Scratch.apply
+
+    def spy(self: scratch.Scratch, data: bytes, *options: str):  # type: ignore[no-untyped-def]
+        applied.append(data)
+        return real(self, data, *options)
+
+    monkeypatch.setattr(scratch.Scratch, "apply", spy)
+    run = patchkit(port, "rebase", "--check", "--json")
+    assert run.code == 0, run.text
+    assert applied.count(shared) == 1
+    series = {s["model"]: [(p["patch"], p["outcome"]) for p in s["patches"]] for s in json.loads(run.out)["series"]}
+    assert series == {"one": [("shared/0001-shared.patch", "clean"), ("one/0001-one.patch", "offset")],
+                      "two": [("shared/0001-shared.patch", "clean"), ("two/0001-two.patch", "offset")]}
