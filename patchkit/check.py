@@ -74,6 +74,7 @@ class Target:
     commit: str
     commits_since_pin: int
     pin_is_ancestor: bool
+    commits_behind: int = 0  # commits of the pin the target does not have
 
 
 @dataclass
@@ -125,7 +126,8 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
         mirror, target = _resolve(up, onto.get(name), fetch, progress)
         n = sum(len(p) for _, p in sequences[name])
         progress(f"{name}: replaying {n} patches of {len(sequences[name])} series on {target.ref} "
-                 f"({target.commit[:12]}, {target.commits_since_pin} commits past the pin)")
+                 f"({target.commit[:12]}, {target.commits_since_pin} commits ahead of the pin"
+                 + (f", {target.commits_behind} behind)" if target.commits_behind else ")"))
         results = _Replayer(mirror, up, target.commit, allow_fuzz).run(sequences[name])
         broken = sum(p.broken for checks in results.values() for p in checks)
         progress(f"{name}: done, {broken} broken" if broken else f"{name}: done, all hold")
@@ -178,8 +180,8 @@ def _resolve(up: Upstream, onto: str | None, fetch: bool, progress: Progress) ->
     commit = resolve_ref(mirror, ref)
     if commit is None:
         raise BadInput(f"upstream {up.name!r}: {ref!r} is not a branch, tag or commit of {up.url}")
-    count = int(git.out(["rev-list", "--count", f"{up.pin}..{commit}"], mirror))
-    return mirror, Target(up.name, up.url, up.pin, ref, commit, count, git.is_ancestor(mirror, up.pin, commit))
+    ahead, behind = git.out(["rev-list", "--count", "--left-right", f"{commit}...{up.pin}"], mirror).split()
+    return mirror, Target(up.name, up.url, up.pin, ref, commit, int(ahead), behind == "0", int(behind))
 
 
 # -- the replay ------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def validate(obj: Ctx, remote: bool, as_json: bool) -> None:
             click.echo(f"{report.manifest}: ok ({len(m.upstreams)} upstreams, {len(m.models)} models, "
                        f"{report.patches} patches{', pins checked upstream' if remote else ''})")
         else:
-            click.echo(f"{report.manifest}: {len(report.diagnostics)} error(s)", err=True)
+            click.echo(f"patchkit: {len(report.diagnostics)} error(s) in the manifest, series and patches", err=True)
     sys.exit(report.exit_code)
 
 
@@ -209,22 +209,61 @@ def status(obj: Ctx, model: str | None, workspace: str | None, as_json: bool) ->
 @cli.command()
 @click.argument("models", nargs=-1)
 @click.option("--check", "check_only", is_flag=True, help="Only replay the series on the new upstream and report.")
-@click.option("--onto", multiple=True, metavar="UPSTREAM=REF", help="Check against REF instead of the track (repeatable).")
-@click.option("--allow-fuzz", is_flag=True, help="Count patches that need reduced context as holding.")
+@click.option("--onto", multiple=True, metavar="UPSTREAM=REF", help="Use REF instead of the track (repeatable).")
+@click.option("--continue", "cont", is_flag=True, help="Go on after resolving a conflict.")
+@click.option("--abort", is_flag=True, help="Undo a stopped rebase: every repo back at its previous head.")
+@click.option("--allow-fuzz", is_flag=True, help="With --check: count patches that need reduced context as holding.")
 @click.option("--no-fetch", is_flag=True, help="Use the mirrors as cached; do not fetch first.")
-@click.option("--jobs", "-j", default=4, show_default=True, help="Upstreams checked at once.")
-@click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", help="Also write a JUnit XML report.")
+@click.option("--jobs", "-j", default=4, show_default=True, help="With --check: upstreams checked at once.")
+@click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", help="With --check: also write JUnit XML.")
+@workspace_option
 @json_option
 @click.pass_obj
-def rebase(obj: Ctx, models: tuple[str, ...], check_only: bool, onto: tuple[str, ...], allow_fuzz: bool,
-           no_fetch: bool, jobs: int, junit: str | None, as_json: bool) -> None:
-    """Move the series of MODELS onto their upstreams' newest commits (--check: only say what holds)."""
+def rebase(obj: Ctx, models: tuple[str, ...], check_only: bool, onto: tuple[str, ...], cont: bool, abort: bool,
+           allow_fuzz: bool, no_fetch: bool, jobs: int, junit: str | None, workspace: str | None,
+           as_json: bool) -> None:
+    """Move MODEL's series onto its upstreams' newest commits; --check only says what would hold.
+
+    \b
+    patchkit rebase --check [MODEL...]   replay every series, report each patch (all models by default)
+    patchkit rebase MODEL                rebase the workspace, then refresh patches and pins
+    patchkit rebase --continue|--abort   after a conflict
+    """
+    from patchkit import check as check_mod
+
+    m = obj.manifest()
+    if sum((check_only, cont, abort)) > 1:
+        raise click.UsageError("--check, --continue and --abort exclude each other")
+    if check_only:
+        _rebase_check(obj, m, models, onto, allow_fuzz, no_fetch, jobs, junit, as_json)
+        return
+    from patchkit import rebase as rebase_mod
+
+    root = obj.workspace(workspace)
+    if cont or abort:
+        if len(models) > 1:
+            raise click.UsageError("--continue/--abort take at most one MODEL")
+        model = models[0] if models else None
+        result = (rebase_mod.resume(m, model, root, progress=obj.progress) if cont
+                  else rebase_mod.abort(m, model, root))
+    else:
+        if len(models) != 1:
+            raise click.UsageError("name one MODEL to rebase (or use --check)")
+        result = rebase_mod.start(m, models[0], root, onto=check_mod.parse_onto(onto, m), fetch=not no_fetch,
+                                  progress=obj.progress)
+    if as_json:
+        _emit_json({"ok": result.exit_code == 0, **dataclasses.asdict(result)})
+    else:
+        for line in rebase_mod.describe(result, root):
+            click.echo(line)
+    sys.exit(result.exit_code)
+
+
+def _rebase_check(obj: Ctx, m: manifest_mod.Manifest, models: tuple[str, ...], onto: tuple[str, ...],
+                  allow_fuzz: bool, no_fetch: bool, jobs: int, junit: str | None, as_json: bool) -> None:
     from patchkit import check as check_mod
     from patchkit.report import check_lines, junit_xml
 
-    m = obj.manifest()
-    if not check_only:
-        raise click.UsageError("only `patchkit rebase --check` is available so far")
     report = check_mod.check(m, list(models), onto=check_mod.parse_onto(onto, m), allow_fuzz=allow_fuzz,
                              fetch=not no_fetch, jobs=jobs, progress=obj.progress)
     if junit:
@@ -237,6 +276,40 @@ def rebase(obj: Ctx, models: tuple[str, ...], check_only: bool, onto: tuple[str,
         for line in check_lines(report):
             click.echo(line)
     sys.exit(report.exit_code)
+
+
+@cli.command("export")
+@click.argument("model")
+@click.argument("upstream", required=False)
+@click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 when a patch file is stale.")
+@workspace_option
+@json_option
+@click.pass_obj
+def export_cmd(obj: Ctx, model: str, upstream: str | None, check_only: bool, workspace: str | None,
+               as_json: bool) -> None:
+    """Turn MODEL's workspace commits back into its patch series (refresh, add, drop)."""
+    from patchkit.export import export
+
+    reports = export(obj.manifest(), model, obj.workspace(workspace), upstream=upstream, check=check_only)
+    stale = [c for r in reports for c in r.stale]
+    if as_json:
+        _emit_json({"ok": not (check_only and stale), "check": check_only, "repos": reports})
+    else:
+        for report in reports:
+            verb = "would be" if check_only else ""
+            for change in report.changes:
+                if change.action != "unchanged":
+                    click.echo(f"{report.upstream}: {change.action} {verb} {change.patch}".replace("  ", " "))
+            for warning in report.warnings:
+                click.echo(f"{report.upstream}: warning: {warning}", err=True)
+        total = sum(len(r.changes) for r in reports)
+        if not stale:
+            click.echo(f"{model}: the series match the workspace ({total} patches)")
+        elif check_only:
+            click.echo(f"{model}: {len(stale)} patch file(s) are stale; run `patchkit export {model}`")
+        else:
+            click.echo(f"{model}: exported {len(stale)} change(s) to the series")
+    sys.exit(1 if check_only and stale else 0)
 
 
 def check_json(report: Any) -> dict[str, Any]:

@@ -71,8 +71,11 @@ def check_lines(report: CheckReport) -> list[str]:
             current = series.model
             lines.append(series.model)
         t = report.targets[series.upstream]
-        moved = f"{t.commits_since_pin} commits" + ("" if t.pin_is_ancestor else ", the pin is not an ancestor")
-        lines.append(f"  {series.upstream}: {t.pin[:12]} -> {t.ref} {t.commit[:12]} ({moved})")
+        moved = f"{t.commits_since_pin} commits ahead"
+        if not t.pin_is_ancestor:
+            moved += f", {t.commits_behind} behind: the pin is not an ancestor of the target"
+        ref = "" if t.commit.startswith(t.ref) else f"{t.ref} "
+        lines.append(f"  {series.upstream}: {t.pin[:12]} -> {ref}{t.commit[:12]} ({moved})")
         for p in series.patches:
             lines += _patch_lines(p)
     counts = {k: v for k, v in report.counts().items() if v}
@@ -99,7 +102,11 @@ def _patch_lines(p: PatchCheck) -> list[str]:
         lines.append(f"{pad}{f.path}: {f.reason}")
         lines += [f"{pad}  {h}" for h in f.hunks]
         lines += [f"{pad}    upstream: {c}" for c in f.commits]
-    lines += [f"{pad}{d}" for d in p.range_diff]
+    if p.range_diff and p.outcome != "offset":
+        lines.append(f"{pad}the patch before (-) and after (+) the move:")
+        lines += [f"{pad}  {d}" for d in p.range_diff]
+    else:
+        lines += [f"{pad}{d}" for d in p.range_diff]
     if p.outcome == "upstreamed":
         lines.append(f"{pad}already in the upstream: drop it from the series")
     return lines

@@ -39,9 +39,10 @@ class ModelStatus:
         return all(r.state == "clean" for r in self.repos)
 
 
-def model_status(manifest: Manifest, model: Model, workspace_root: Path) -> ModelStatus:
+def model_status(manifest: Manifest, model: Model, workspace_root: Path, *, locked: bool = False) -> ModelStatus:
+    """LOCKED: the caller holds the workspace lock itself (so it is not "busy")."""
     mdir = model_dir(workspace_root, model.name)
-    busy = lock.holder(state.meta_dir(mdir) / "lock")
+    busy = None if locked else lock.holder(state.meta_dir(mdir) / "lock")
     recorded = state.load(mdir)
     repos = []
     for up in model.layers:
