@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchkit import cache, git, patchfile
-from patchkit.errors import BadInput, PatchkitError
+from patchkit.errors import BadInput, Diagnostic, InvalidInput, PatchkitError
 from patchkit.manifest import Manifest, Upstream
 from patchkit.patchfile import ParsedPatch, Patch
 from patchkit.paths import display
@@ -152,13 +152,11 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
 
 
 def _check_parse(sequences: dict[str, list[tuple[str, list[Patch]]]]) -> None:
-    from patchkit.errors import InvalidInput
-
-    problems = []
+    problems: list[Diagnostic] = []
     for seqs in sequences.values():
         for _, patches in seqs:
             for patch in patches:
-                problems += patchfile.parse(patch)[1]
+                problems += patchfile.check(patch)[1]
     if problems:
         raise InvalidInput(list(dict.fromkeys(problems)))
 

@@ -224,6 +224,15 @@ def path_problem(path: str) -> str | None:
     return None
 
 
+def check(patch: Patch) -> tuple[ParsedPatch | None, list[Diagnostic]]:
+    """PATCH parsed, with every reason it cannot be used: parse errors and paths escaping the repo."""
+    parsed, problems = parse(patch)
+    if parsed:
+        problems = problems + [Diagnostic(display(patch.ref.path), 0, f"{path!r} is {why}")
+                               for path, why in unsafe_paths(parsed)]
+    return parsed, problems
+
+
 def unsafe_paths(parsed: ParsedPatch) -> list[tuple[str, str]]:
     """(path, reason) for every path of PARSED that escapes its repository."""
     found = []

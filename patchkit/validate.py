@@ -47,11 +47,9 @@ def validate(manifest: Manifest, *, remote: bool = False) -> ValidateReport:
     report.patches = len(refs)
     for ref in refs:
         patch = patchfile.read(ref)
-        parsed, problems = patchfile.parse(patch)
+        parsed, problems = patchfile.check(patch)
         report.diagnostics += problems
         if parsed:
-            report.diagnostics += [Diagnostic(display(ref.path), 0, f"{path!r} is {why}")
-                                   for path, why in patchfile.unsafe_paths(parsed)]
             report.diagnostics += lint(patch, parsed)
     if remote:
         _remote(manifest, report)
