@@ -31,7 +31,10 @@ background load hits them alike), all with the mirrors cached:
 
 Goals: patchkit --jobs 1 within 1.5x of the raw loop on one core (both under taskset -c 0), and
 patchkit --jobs 2 faster than the raw loop with the machine's cores. Every patchkit run must exit 0
-or 1 (1 here: some patches conflict) and count 1000 patches in its JSON summary.
+or 1 (1 here: some patches conflict) and count 1000 patches in its JSON summary. The table ends with
+notes, when there are any: outcomes other than the ones built in, a summary that differs between
+runs, a raw-loop failure count that disagrees with patchkit, files of the mirror cache the timed
+runs wrote or touched, scratch folders left behind in TMPDIR.
 """
 
 from __future__ import annotations
@@ -280,8 +283,26 @@ def summaries(case: Case) -> list[dict[str, Any]]:
     return found
 
 
-def mirror_files(cache: Path) -> dict[str, float]:
-    return {str(p): p.stat().st_mtime for p in (cache / "git").rglob("*") if p.is_file()}
+def mirror_files(cache: Path) -> dict[str, tuple[int, float]]:
+    """Size and mtime of every file in the mirror cache, to see whether the timed runs wrote there."""
+    root = cache / "git"
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime) for p in root.rglob("*")
+            if p.is_file()}
+
+
+def mirror_changes(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]]) -> list[str]:
+    """Notes on files of the mirror cache added, removed, rewritten, or only touched (mtime)."""
+    added, removed = after.keys() - before.keys(), before.keys() - after.keys()
+    both = before.keys() & after.keys()
+    resized = [p for p in both if before[p][0] != after[p][0]]
+    touched = [p for p in both if before[p][0] == after[p][0] and before[p][1] != after[p][1]]
+    notes = [f"the timed runs {verb} {len(paths)} files in the mirror cache (e.g. {sorted(paths)[0]})"
+             for verb, paths in (("added", added), ("removed", removed), ("changed the size of", resized))
+             if paths]
+    if touched:
+        notes.append(f"the timed runs changed only the mtime of {len(touched)} files in the mirror cache "
+                     f"(git freshening objects it found there, e.g. {sorted(touched)[0]})")
+    return notes
 
 
 def main() -> None:
@@ -321,7 +342,7 @@ def main() -> None:
         before = mirror_files(tmp / "cache")
         log(f"timing, best of {opts.repeat}")
         run_rounds(cases, opts.repeat, port, env)
-        mirror_written = sorted(set(mirror_files(tmp / "cache").items()) ^ set(before.items()))
+        mirror_notes = mirror_changes(before, mirror_files(tmp / "cache"))
         leftovers = sorted(p.name for p in (tmp / "scratch").iterdir())
     load_after = os.getloadavg()
 
@@ -341,8 +362,7 @@ def main() -> None:
     if raw_failed != {not_strict}:
         notes.append(f"the raw loop failed {sorted(raw_failed)} patches, patchkit found {not_strict} "
                      "that do not apply strictly")
-    if mirror_written:
-        notes.append(f"the timed runs wrote {len(mirror_written)} files in the mirror cache")
+    notes += mirror_notes
     if leftovers:
         notes.append(f"{len(leftovers)} entries left in TMPDIR after the runs (e.g. {leftovers[0]})")
 

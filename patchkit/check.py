@@ -195,13 +195,18 @@ class _Node:
 class _State:
     history: list[Patch] = field(default_factory=list)  # every patch checked so far, in series order
     broken: list[Patch] = field(default_factory=list)
-    old_tree: str | None = None  # pin + earlier non-broken patches, kept once something broke
 
     def copy(self) -> _State:
-        return _State(list(self.history), list(self.broken), self.old_tree)
+        return _State(list(self.history), list(self.broken))
+
+
+_MISSING = re.compile(r"^error: (.+): does not exist in index$", re.M)
 
 
 class _Replayer:
+    """Replays the series of one upstream on its target. One `git apply` per patch that applies;
+    the extra work (three-way merge, fuzz, the old world at the pin) only for patches that do not."""
+
     def __init__(self, mirror: Path, up: Upstream, target: str, allow_fuzz: bool) -> None:
         self.mirror, self.up, self.target, self.allow_fuzz = mirror, up, target, allow_fuzz
         self._renames: dict[str, str] | None = None
@@ -213,7 +218,7 @@ class _Replayer:
             node = root
             for patch in patches:
                 node = node.children.setdefault((patch.ref.id, patch.sha256), _Node(patch))
-        with Scratch(self.mirror) as new, Scratch(self.mirror) as old:
+        with Scratch(self.mirror) as new, Scratch(self.mirror, new.objects) as old:
             self.new, self.old = new, old
             new.reset(self.target)
             self._walk(root, _State())
@@ -252,16 +257,16 @@ class _Replayer:
             if any(moved):
                 check.outcome, check.offset = "offset", max(moved, key=abs)
                 check.range_diff = _offset_lines(parsed, strict)
-            return self._keep(patch, state, check)
+            return check
         if self.new.apply(patch.data, "--reverse", "--check").ok:
             check.outcome = "upstreamed"
-            return self._keep(patch, state, check)
-        if state.broken and self._needs_broken(patch, state):
-            check.outcome, check.broken = "blocked", True
-            check.blocked_by = _culprit(parsed, state.broken).ref.id
+            return check
+        culprit = self._needed_broken(patch, parsed, state)
+        if culprit is not None:
+            check.outcome, check.broken, check.blocked_by = "blocked", True, culprit.ref.id
             state.broken.append(patch)
             return check
-        missing = self._missing(parsed)
+        missing = self._missing(parsed, strict)
         if missing:
             check.outcome, check.broken, check.files = "target-missing", True, missing
             state.broken.append(patch)
@@ -271,60 +276,63 @@ class _Replayer:
     def _merge_or_fuzz(self, patch: Patch, parsed: ParsedPatch, state: _State, check: PatchCheck,
                        strict: git.Result) -> PatchCheck:
         before = self.new.tree()
+        self._old_blobs(parsed, state)
         if self.new.apply(patch.data, "--3way").ok:
             after = self.new.tree()
             if after == before:
                 check.outcome = "upstreamed"
-                return self._keep(patch, state, check)
+                return check
             check.outcome, check.range_diff = "merged", self._range_diff(patch, before, after)
-            return self._keep(patch, state, check)
+            return check
         self.new.reset(before)  # a failed three-way apply leaves unmerged entries
         for context in (_CONTEXT - 1, 1):
             if self.new.apply(patch.data, f"-C{context}").ok:
                 check.outcome, check.fuzz = "fuzz", _CONTEXT - context
                 check.broken = not self.allow_fuzz
                 check.range_diff = self._range_diff(patch, before, self.new.tree())
-                return self._keep(patch, state, check)
+                return check
         check.outcome, check.broken = "conflict", True
         check.files = self._conflicts(parsed, strict)
         state.broken.append(patch)
         return check
 
-    def _keep(self, patch: Patch, state: _State, check: PatchCheck) -> PatchCheck:
-        """A patch that did not break: the old-world index follows it once something broke."""
-        if state.old_tree is not None:
-            self.old.reset(state.old_tree)
-            if self.old.apply(patch.data).ok:
-                state.old_tree = self.old.tree()
-        return check
+    def _old_world(self, patches: list[Patch]) -> None:
+        """The old scratch index: the pin with PATCHES applied (they all applied there)."""
+        self.old.reset(self.up.pin)
+        for patch in patches:
+            self.old.apply(patch.data)
 
-    def _needs_broken(self, patch: Patch, state: _State) -> bool:
-        """Does PATCH fail on the pin with the series minus the broken patches? Then it needs them."""
-        if state.old_tree is None:
-            self.old.reset(self.up.pin)
-            broken = {p.ref.id for p in state.broken}
-            for earlier in state.history:
-                if earlier.ref.id not in broken:
-                    self.old.apply(earlier.data)
-            state.old_tree = self.old.tree()
-        else:
-            self.old.reset(state.old_tree)
-        return not self.old.apply(patch.data, "--check").ok
+    def _needed_broken(self, patch: Patch, parsed: ParsedPatch, state: _State) -> Patch | None:
+        """The broken patch PATCH needs: it fails on the pin without the broken patches on its files."""
+        files = _files(parsed)
+        broken = [p for p in state.broken if files & _files(patchfile.parse(p)[0])]
+        if not broken:
+            return None  # no broken patch touches its files, so it cannot need one
+        skip = {p.ref.id for p in state.broken}
+        self._old_world([p for p in state.history if p.ref.id not in skip and files & _files(patchfile.parse(p)[0])])
+        if self.old.apply(patch.data, "--check").ok:
+            return None
+        return broken[-1]
+
+    def _old_blobs(self, parsed: ParsedPatch, state: _State) -> None:
+        """Make the blobs PATCH was made against exist, so a three-way merge can use them.
+
+        The first patch on a file was made against the pin's blob, which the mirror has; a later
+        one against the pin plus the earlier patches on that file, which only replaying makes.
+        """
+        files = _files(parsed)
+        earlier = [p for p in state.history if files & _files(patchfile.parse(p)[0])]
+        if earlier:
+            self._old_world(earlier)
 
     # details ---------------------------------------------------------------------------------
 
-    def _missing(self, parsed: ParsedPatch) -> list[FileIssue]:
+    def _missing(self, parsed: ParsedPatch, strict: git.Result) -> list[FileIssue]:
         issues = []
-        for change in parsed.files:
-            sources = [p for p in change.paths if p != change.path] or [change.path]
-            creates = not change.hunks or all(h.source_start == 0 and h.source_length == 0 for h in change.hunks)
-            if creates:
-                continue
-            for path in sources[:1]:
-                if not self.new.has(path):
-                    renamed = self.renames().get(path)
-                    issues.append(FileIssue(path, f"renamed upstream to {renamed}" if renamed
-                                            else "removed upstream", renamed_to=renamed))
+        for path in dict.fromkeys(_MISSING.findall(strict.stderr)):
+            renamed = self.renames().get(path)
+            issues.append(FileIssue(path, f"renamed upstream to {renamed}" if renamed else "removed upstream",
+                                    renamed_to=renamed))
         return issues
 
     def renames(self) -> dict[str, str]:
@@ -392,14 +400,8 @@ class _Replayer:
         return _diff_of_diffs(old, new)
 
 
-def _culprit(parsed: ParsedPatch, broken: list[Patch]) -> Patch:
-    """The latest broken patch that touches a file PARSED touches, else the latest broken one."""
-    mine = {p for c in parsed.files for p in c.paths}
-    for candidate in reversed(broken):
-        theirs, _ = patchfile.parse(candidate)
-        if theirs and mine & {p for c in theirs.files for p in c.paths}:
-            return candidate
-    return broken[-1]
+def _files(parsed: ParsedPatch | None) -> set[str]:
+    return {p for c in parsed.files for p in c.paths} if parsed else set()
 
 
 def _offset_lines(parsed: ParsedPatch, result: git.Result) -> list[str]:

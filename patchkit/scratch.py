@@ -3,7 +3,8 @@
 `rebase --check` never touches a user's workspace. It reads the target tree into a temporary
 index file, applies patches to that index with `git apply --cached`, and writes any new objects
 into a temporary object directory (the mirror's objects are an alternate), so the mirror is not
-littered either. One git process per patch that applies; more only for patches that do not.
+given new objects (git may still refresh the mtime of a pack it reads). One git process per
+patch that applies; more only for patches that do not.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ _OFFSET = re.compile(r"^Hunk #(\d+) succeeded at (\d+) \(offset (-?\d+) lines?\)
 
 
 class Scratch:
-    def __init__(self, mirror: Path, parent: Path | None = None) -> None:
+    def __init__(self, mirror: Path, objects: Path | None = None) -> None:
+        """A new scratch index; OBJECTS shares another scratch's object directory (its blobs)."""
         self.mirror = mirror
-        self.dir = Path(tempfile.mkdtemp(prefix="patchkit-scratch-", dir=parent))
-        (self.dir / "objects").mkdir()
+        self.dir = Path(tempfile.mkdtemp(prefix="patchkit-scratch-"))
+        if objects is None:
+            objects = self.dir / "objects"
+            objects.mkdir()
+        self.objects = objects
         self.env = {
             "GIT_INDEX_FILE": str(self.dir / "index"),
-            "GIT_OBJECT_DIRECTORY": str(self.dir / "objects"),
+            "GIT_OBJECT_DIRECTORY": str(objects),
             "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(mirror / "objects"),
         }
 
@@ -51,8 +56,6 @@ class Scratch:
         """`git apply --cached -v OPTIONS` of DATA; the index is unchanged when it fails (atomic)."""
         return self.run(["apply", "--cached", "--verbose", *options, "-"], check=False, input_bytes=data)
 
-    def has(self, path: str) -> bool:
-        return bool(self.run(["ls-files", "--cached", "--", path]).stdout.strip())
 
 
 def offsets(result: git.Result) -> list[int]:

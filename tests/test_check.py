@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from patchkit import scratch
-from tests.gitfixtures import PatchMaker, commit, git, make_upstream, patchkit, write_layer
+from tests.gitfixtures import PatchMaker, commit, git, make_upstream, patchkit, write_layer, write_one_upstream_port
 
 
 def numbered(name: str, n: int = 30) -> str:
@@ -64,8 +64,7 @@ def history(tmp_path: Path) -> History:
     patches[3] = re.sub(rb"(?m)^index [0-9a-f]+\.\.[0-9a-f]+( \d+)?\n", b"", patches[3])
     port = tmp_path / "port"
     write_layer(port, "npu", "up", dict(zip(SERIES, patches)))
-    (port / "upstreams.yaml").write_text(f"upstreams:\n  up:\n    url: {up}\n    pin: {pin}\n    track: main\n"
-                                         "models:\n  m:\n    upstreams:\n      up: [npu]\n")
+    write_one_upstream_port(port, up, pin)
     # upstream moves on
     text = {n: numbered(n.removesuffix(".py")) for n in files}
     commit(up, {"offset.py": "# header\n" * 4 + text["offset.py"]}, "offset: add a header")
@@ -193,3 +192,22 @@ def test_shared_layer_checked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     series = {s["model"]: [(p["patch"], p["outcome"]) for p in s["patches"]] for s in json.loads(run.out)["series"]}
     assert series == {"one": [("shared/0001-shared.patch", "clean"), ("one/0001-one.patch", "offset")],
                       "two": [("shared/0001-shared.patch", "clean"), ("two/0001-two.patch", "offset")]}
+
+
+def test_second_patch_on_a_file_merges(tmp_path: Path) -> None:
+    """A three-way merge needs the blob a patch was made on: for the second patch on a file that
+    blob exists only after replaying the first one on the pin."""
+    up = tmp_path / "up"
+    text = numbered("two")
+    pin = make_upstream(up, {"two.py": text})
+    mk = PatchMaker(up, pin, tmp_path / "scratch")
+    first = edit(text, "two line 5\n", "two line 5 npu\n")
+    a = mk.patch("first", {"two.py": first})
+    b = mk.patch("second", {"two.py": edit(first, "two line 20\n", "two line 20 npu\n")})
+    port = tmp_path / "port"
+    write_layer(port, "npu", "up", {"0001-first.patch": a, "0002-second.patch": b})
+    write_one_upstream_port(port, up, pin)
+    commit(up, {"two.py": edit(text, "two line 18\n", "two line 18 upstream\n")}, "upstream tweaks 18")
+    run = patchkit(port, "rebase", "--check", "--json")
+    assert run.code == 0, run.text
+    assert [p["outcome"] for p in json.loads(run.out)["series"][0]["patches"]] == ["clean", "merged"]
