@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import hermetic_env, log, python_lines, sh
+
 UPSTREAMS = 4
 FILES = 40
 LINES = 200
@@ -45,34 +47,8 @@ SUBDIRS = ("", "pkg", "pkg/core", "pkg/ops", "tools", "tests")
 WARM_GOAL, NOOP_GOAL = 1.5, 0.5
 
 
-def log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def hermetic_env(tmp: Path) -> dict[str, str]:
-    home = tmp / "home"
-    home.mkdir(exist_ok=True)
-    (home / ".gitconfig").write_text("[user]\n\tname = Bench\n\temail = bench@example.invalid\n"
-                                     "[init]\n\tdefaultBranch = main\n")
-    return {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1",
-            "PATCHKIT_CACHE": str(tmp / "cache"), "LC_ALL": "C", "TMPDIR": str(tmp)}
-
-
-def sh(args: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
-    proc = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"bench: FAILED ({proc.returncode}): {' '.join(args)}\n{proc.stdout}{proc.stderr}")
-    return proc.stdout
-
-
 def python_file(rng: random.Random, tag: str, length: int = LINES) -> str:
-    lines = [f'"""Synthetic module {tag}."""', "", "import math", ""]
-    while len(lines) < length:
-        n = len(lines)
-        lines += [f"def {tag}_f{n}(x, y={rng.randint(0, 999)}):",
-                  f"    total = x * {rng.randint(1, 99)} + y  # step {n}",
-                  "    return math.sqrt(abs(total))", ""]
-    return "\n".join(lines[:length]) + "\n"
+    return "\n".join(python_lines(rng, tag, length)) + "\n"
 
 
 def make_upstream(root: Path, name: str, patch_root: Path, env: dict[str, str]) -> str:

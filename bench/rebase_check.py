@@ -50,6 +50,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import hermetic_env, log, python_lines, sh
 from typing import Any
 
 UPSTREAMS = 10
@@ -91,38 +93,8 @@ echo "$failed"
 """
 
 
-def log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def hermetic_env(tmp: Path) -> dict[str, str]:
-    home = tmp / "home"
-    home.mkdir(exist_ok=True)
-    (home / ".gitconfig").write_text("[user]\n\tname = Bench\n\temail = bench@example.invalid\n"
-                                     "[init]\n\tdefaultBranch = main\n")
-    return {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1",
-            "PATCHKIT_CACHE": str(tmp / "cache"), "LC_ALL": "C", "TMPDIR": str(tmp / "scratch")}
-
-
-def sh(args: list[str], env: dict[str, str], cwd: Path | None = None, stdin: bytes | None = None) -> str:
-    proc = subprocess.run(args, check=False, cwd=cwd, env=env, input=stdin, capture_output=True)
-    if proc.returncode != 0:
-        sys.exit(f"bench: FAILED ({proc.returncode}): {' '.join(args)}\n"
-                 f"{proc.stdout.decode(errors='replace')}{proc.stderr.decode(errors='replace')}")
-    return proc.stdout.decode()
-
-
-# -- building the upstreams and the port ------------------------------------------------------
-
 def python_file(rng: random.Random, tag: str) -> list[str]:
-    """LINES lines of a module: a 4-line preamble, then 4-line functions (def, total, return, blank)."""
-    lines = [f'"""Synthetic module {tag}."""', "", "import math", ""]
-    while len(lines) < LINES:
-        n = len(lines)
-        lines += [f"def {tag}_f{n}(x, y={rng.randint(0, 999)}):",
-                  f"    total = x * {rng.randint(1, 99)} + y  # step {n}",
-                  "    return math.sqrt(abs(total))", ""]
-    return lines[:LINES]
+    return python_lines(rng, tag, LINES)
 
 
 class FastImport:
@@ -316,7 +288,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="patchkit-bench-") as name:
         tmp = Path(name).resolve()
-        env = hermetic_env(tmp)
+        env = hermetic_env(tmp, tmp / "scratch")
         (tmp / "scratch").mkdir()
         log(f"building {UPSTREAMS} upstreams x {PATCHES} patches in {tmp}")
         start = time.perf_counter()
