@@ -25,7 +25,9 @@ from patchkit.errors import BadInput, Diagnostic, InvalidInput, PatchkitError
 from patchkit.manifest import Manifest, Upstream
 from patchkit.patchfile import ParsedPatch, Patch
 from patchkit.paths import display
-from patchkit.scratch import Scratch, offsets
+from patchkit.overlay import drift, static
+from patchkit.overlay.drift import HOLDING, FileState, TargetState, TreeReader
+from patchkit.scratch import Scratch, offsets, replay
 
 Progress = Callable[[str], None]
 OUTCOMES = ("clean", "offset", "fuzz", "merged", "upstreamed", "conflict", "target-missing", "blocked")
@@ -78,14 +80,27 @@ class Target:
 
 
 @dataclass
+class OverlayCheck:
+    model: str
+    upstream: str
+    targets: list[TargetState]
+    files: list[FileState]
+
+    @property
+    def broken(self) -> int:
+        return sum(t.state not in HOLDING for t in self.targets) + sum(f.state not in HOLDING for f in self.files)
+
+
+@dataclass
 class CheckReport:
     targets: dict[str, Target]
     series: list[SeriesCheck]
     allow_fuzz: bool
+    overlays: list[OverlayCheck] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not any(p.broken for s in self.series for p in s.patches)
+        return not any(p.broken for s in self.series for p in s.patches) and not any(o.broken for o in self.overlays)
 
     @property
     def exit_code(self) -> int:
@@ -120,20 +135,24 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
             sequences.setdefault(up, []).append((model.name, patchfile.load_series(model.patches[up])))
     _check_parse(sequences)
     names = sorted(sequences)
+    declared = {m.name: static.load_sets(manifest.root, m.overlays) for m in chosen if m.overlays}
 
-    def one(name: str) -> tuple[Target, dict[str, list[PatchCheck]]]:
+    def one(name: str) -> tuple[Target, dict[str, list[PatchCheck]], list[OverlayCheck]]:
         up = manifest.upstreams[name]
         mirror, target = _resolve(up, onto.get(name), fetch, progress)
+        overlays = {model: ([t for t in ts if t.upstream == name], [f for f in fs if f.upstream == name])
+                    for model, (ts, fs) in declared.items()}
+        overlays = {model: o for model, o in overlays.items() if o[0] or o[1]}
         n = sum(len(p) for _, p in sequences[name])
         progress(f"{name}: replaying {n} patches of {len(sequences[name])} series on {target.ref} "
                  f"({target.commit[:12]}, {target.commits_since_pin} commits ahead of the pin"
                  + (f", {target.commits_behind} behind)" if target.commits_behind else ")"))
-        results = _Replayer(mirror, up, target.commit, allow_fuzz).run(sequences[name])
-        broken = sum(p.broken for checks in results.values() for p in checks)
+        results, overlay_checks = _Replayer(mirror, up, target.commit, allow_fuzz).run(sequences[name], overlays)
+        broken = sum(p.broken for checks in results.values() for p in checks) + sum(o.broken for o in overlay_checks)
         progress(f"{name}: done, {broken} broken" if broken else f"{name}: done, all hold")
-        return target, results
+        return target, results, overlay_checks
 
-    outcomes: dict[str, tuple[Target, dict[str, list[PatchCheck]]]] = {}
+    outcomes: dict[str, tuple[Target, dict[str, list[PatchCheck]], list[OverlayCheck]]] = {}
     errors: list[PatchkitError] = []
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(names) or 1))) as pool:
         futures = {name: pool.submit(one, name) for name in names}
@@ -148,7 +167,9 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
         first.details += [line for exc in errors[1:] for line in exc.lines()]
         raise first
     series = [SeriesCheck(model.name, up, outcomes[up][1][model.name]) for model in chosen for up in model.layers]
-    return CheckReport({n: outcomes[n][0] for n in names}, series, allow_fuzz)
+    overlay_checks = sorted((o for n in names for o in outcomes[n][2]),
+                            key=lambda o: ([m.name for m in chosen].index(o.model), o.upstream))
+    return CheckReport({n: outcomes[n][0] for n in names}, series, allow_fuzz, overlay_checks)
 
 
 def _check_parse(sequences: dict[str, list[tuple[str, list[Patch]]]]) -> None:
@@ -189,6 +210,8 @@ class _Node:
     patch: Patch | None
     children: dict[tuple[str, str], _Node] = field(default_factory=dict)
     result: PatchCheck | None = None
+    ends: list[str] = field(default_factory=list)  # models whose series ends here
+    tree: str | None = None  # the index tree after this patch, kept where a series ends
 
 
 @dataclass
@@ -212,16 +235,23 @@ class _Replayer:
         self._renames: dict[str, str] | None = None
         self._moves: dict[str, list[tuple[int, int, int, int]]] = {}
 
-    def run(self, sequences: list[tuple[str, list[Patch]]]) -> dict[str, list[PatchCheck]]:
-        root = _Node(None)
-        for _, patches in sequences:
+    def run(self, sequences: list[tuple[str, list[Patch]]],
+            overlays: dict[str, tuple[list[static.Target], list[static.FileOverlay]]] | None = None,
+            ) -> tuple[dict[str, list[PatchCheck]], list[OverlayCheck]]:
+        root = _Node(None, tree=self.target)
+        ends: dict[str, _Node] = {}
+        for model, patches in sequences:
             node = root
             for patch in patches:
                 node = node.children.setdefault((patch.ref.id, patch.sha256), _Node(patch))
+            node.ends.append(model)
+            ends[model] = node
         with Scratch(self.mirror) as new, Scratch(self.mirror, new.objects) as old:
             self.new, self.old = new, old
             new.reset(self.target)
             self._walk(root, _State())
+            overlay_checks = [self._overlays(model, dict(sequences)[model], ends[model], *declared)
+                              for model, declared in (overlays or {}).items()]
         results = {}
         for model, patches in sequences:
             node, checks = root, []
@@ -230,7 +260,18 @@ class _Replayer:
                 assert node.result is not None
                 checks.append(node.result)
             results[model] = checks
-        return results
+        return results, overlay_checks
+
+    def _overlays(self, model: str, patches: list[Patch], end: _Node, targets: list[static.Target],
+                  files: list[static.FileOverlay]) -> OverlayCheck:
+        """The model's overlays against its series replayed on the target (broken patches left out)."""
+        assert end.tree is not None
+        new = TreeReader(self.mirror, end.tree, self.new.env)
+        old_tree = replay(self.old, self.up.pin, [p.data for p in patches])
+        old = TreeReader(self.mirror, old_tree, self.old.env) if old_tree else None
+        bases = [r for r in (old, new) if r is not None]
+        return OverlayCheck(model, self.up.name, [drift.classify(t, new, old) for t in targets],
+                            [drift.check_file(f, new, bases) for f in files])
 
     def _walk(self, node: _Node, state: _State) -> None:
         children = list(node.children.values())
@@ -243,6 +284,8 @@ class _Replayer:
             assert child.patch is not None
             child.result = self._step(child.patch, branch)
             branch.history.append(child.patch)
+            if child.ends:
+                child.tree = self.new.tree()
             self._walk(child, branch)
 
     # one patch ------------------------------------------------------------------------------

@@ -320,9 +320,83 @@ def check_json(report: Any) -> dict[str, Any]:
         "allow_fuzz": report.allow_fuzz,
         "upstreams": {name: dataclasses.asdict(t) for name, t in report.targets.items()},
         "series": [dataclasses.asdict(s) for s in report.series],
+        "overlays": [dataclasses.asdict(o) for o in report.overlays],
         "summary": {**report.counts(), "patches": sum(report.counts().values()),
                     "broken": sum(p.broken for s in report.series for p in s.patches)},
     }
+
+
+@cli.group()
+def overlay() -> None:
+    """Runtime and whole-file overlays: list them, fingerprint them, check them against upstream."""
+
+
+@overlay.command("list")
+@click.argument("model")
+@workspace_option
+@json_option
+@click.pass_obj
+def overlay_list(obj: Ctx, model: str, workspace: str | None, as_json: bool) -> None:
+    """Every overlay target of MODEL and its state against the pinned upstream."""
+    from patchkit.overlay.commands import list_overlays
+    from patchkit.report import overlay_lines
+
+    report = list_overlays(obj.manifest(), model, obj.workspace(workspace))
+    if as_json:
+        _emit_json({"ok": report.ok, **dataclasses.asdict(report)})
+    else:
+        for up, where in report.sources.items():
+            click.echo(f"{model}/{up}: read from {where}")
+        for line in overlay_lines(report.targets, report.files):
+            click.echo(line)
+    sys.exit(0 if report.ok else 1)
+
+
+@overlay.command("fingerprint")
+@click.argument("model")
+@workspace_option
+@json_option
+@click.pass_obj
+def overlay_fingerprint(obj: Ctx, model: str, workspace: str | None, as_json: bool) -> None:
+    """Compute the fingerprints of MODEL's overlay targets and write them into the overlay files."""
+    from patchkit.overlay.commands import fingerprint
+    from patchkit.report import overlay_lines
+
+    report = fingerprint(obj.manifest(), model, obj.workspace(workspace))
+    if as_json:
+        _emit_json({"ok": True, **dataclasses.asdict(report)})
+    else:
+        for line in overlay_lines(report.targets, []):
+            click.echo(line)
+        updated = sum(t.state == "updated" for t in report.targets)
+        click.echo(f"{model}: {updated} fingerprint(s) written, {len(report.targets) - updated} already current")
+
+
+@overlay.command("check")
+@click.argument("model")
+@click.option("--onto", multiple=True, metavar="UPSTREAM=REF", help="Use REF instead of the track (repeatable).")
+@click.option("--no-fetch", is_flag=True, help="Use the mirrors as cached; do not fetch first.")
+@json_option
+@click.pass_obj
+def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, as_json: bool) -> None:
+    """Check MODEL's overlays against the newest upstream (the overlay part of rebase --check)."""
+    from patchkit import check as check_mod
+    from patchkit.report import overlay_lines
+
+    m = obj.manifest()
+    report = check_mod.check(m, [model], onto=check_mod.parse_onto(onto, m), fetch=not no_fetch,
+                             progress=obj.progress)
+    broken = sum(o.broken for o in report.overlays)
+    if as_json:
+        _emit_json({"ok": broken == 0, "overlays": [dataclasses.asdict(o) for o in report.overlays]})
+    else:
+        for o in report.overlays:
+            t = report.targets[o.upstream]
+            click.echo(f"{model}/{o.upstream}: against {t.ref} {t.commit[:12]}")
+            for line in overlay_lines(o.targets, o.files):
+                click.echo(line)
+        click.echo(f"{model}: overlays {'all hold' if not broken else f'{broken} broken'}")
+    sys.exit(1 if broken else 0)
 
 
 def _json_error(args: list[str], exc: PatchkitError) -> None:

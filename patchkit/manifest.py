@@ -15,6 +15,7 @@ problems are collected before anything is raised: a user fixes them in one pass.
         upstreams:                 # upstream -> ordered patch layers
           mmcv: [mmcv-npu, fbocc]
           fb-bev: [fbocc]
+        overlays: [npu-common, fbocc]   # optional; default: overlays/<model>/ when it exists
 
 A layer's patches for an upstream live in `patches/<layer>/<upstream>/` with a `series` file.
 """
@@ -70,6 +71,7 @@ class Model:
     description: str
     layers: dict[str, tuple[str, ...]]  # upstream -> ordered layers
     patches: dict[str, tuple[PatchRef, ...]] = field(default_factory=dict)  # upstream -> series
+    overlays: tuple[str, ...] = ()  # overlay sets: folders under overlays/
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ class _Checker:
         for key, (knode, value) in self.mapping(node, "models", ()).items():
             name = self.name(knode, "model")
             what = f"model {key!r}"
-            fields = self.mapping(value, what, ("description", "upstreams"))
+            fields = self.mapping(value, what, ("description", "upstreams", "overlays"))
             description = ""
             if "description" in fields:
                 description = self.string(fields["description"][1], f"{what}: description") or ""
@@ -252,9 +254,20 @@ class _Checker:
                     names = self.layer_list(lnode, f"{what}: layers of {up!r}")
                     layers[up] = tuple(n for n, _ in names)
                     patches[up] = tuple(ref for n, lnode_ in names for ref in self.layer_series(n, up, lnode_))
+            overlays = self.overlay_sets(fields["overlays"][1], what) if "overlays" in fields else (
+                (key,) if (self.path.parent / "overlays" / key).is_dir() else ())
             if name:
-                result[name] = Model(name, knode.start_mark.line + 1, description, layers, patches)
+                result[name] = Model(name, knode.start_mark.line + 1, description, layers, patches, overlays)
         return result
+
+    def overlay_sets(self, node: yaml.Node, what: str) -> tuple[str, ...]:
+        names = []
+        for value, item in self.layer_list(node, f"{what}: overlays"):
+            if not (self.path.parent / "overlays" / value).is_dir():
+                self.error(item, f"{what}: overlay set {value!r} not found (overlays/{value}/ is not a folder)")
+            else:
+                names.append(value)
+        return tuple(names)
 
     def layer_list(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node]]:
         if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":

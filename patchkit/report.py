@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from patchkit.apply import ApplyReport, RepoResult
 from patchkit.check import CheckReport, PatchCheck
+from patchkit.overlay.drift import HOLDING, FileState, TargetState
 from patchkit.status import ModelStatus
 
 
@@ -78,13 +79,36 @@ def check_lines(report: CheckReport) -> list[str]:
         lines.append(f"  {series.upstream}: {t.pin[:12]} -> {ref}{t.commit[:12]} ({moved})")
         for p in series.patches:
             lines += _patch_lines(p)
+    for overlay in report.overlays:
+        lines.append(f"{overlay.model}: overlays on {overlay.upstream}")
+        lines += overlay_lines(overlay.targets, overlay.files)
     counts = {k: v for k, v in report.counts().items() if v}
     total = sum(counts.values())
-    broken = sum(p.broken for s in report.series for p in s.patches)
+    broken = sum(p.broken for s in report.series for p in s.patches) + sum(o.broken for o in report.overlays)
     verdict = "all hold" if report.ok else f"{broken} broken"
     models = len({s.model for s in report.series})
+    overlays = ""
+    if report.overlays:
+        states: dict[str, int] = {}
+        for o in report.overlays:
+            for state in [t.state for t in o.targets] + [f.state for f in o.files]:
+                states[state] = states.get(state, 0) + 1
+        overlays = "; overlays: " + ", ".join(f"{v} {k}" for k, v in states.items())
     lines.append(f"{total} patches in {models} model{'s' if models != 1 else ''}: "
-                 + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" -- {verdict}")
+                 + ", ".join(f"{v} {k}" for k, v in counts.items()) + overlays + f" -- {verdict}")
+    return lines
+
+
+def overlay_lines(targets: list[TargetState], files: list[FileState]) -> list[str]:
+    lines = []
+    for t in targets:
+        label = t.state if t.state in HOLDING or t.state == "updated" else t.state.upper()
+        lines.append(f"    {label:<18} {t.target}  ({t.where})")
+        lines += [f"{' ' * 23}{d}" for d in t.detail]
+    for f in files:
+        label = f.state if f.state in HOLDING else f.state.upper()
+        lines.append(f"    {label:<18} {f.path}  (whole file, overlay set {f.set})")
+        lines += [f"{' ' * 23}{d}" for d in f.detail]
     return lines
 
 
@@ -128,4 +152,13 @@ def junit_xml(report: CheckReport) -> bytes:
                 ET.SubElement(case, "failure", message=p.outcome, type=p.outcome).text = detail
             else:
                 ET.SubElement(case, "system-out").text = detail
+    for overlay in report.overlays:
+        items = [(t.target, t.state, overlay_lines([t], [])) for t in overlay.targets]
+        items += [(f.path, f.state, overlay_lines([], [f])) for f in overlay.files]
+        suite = ET.SubElement(root, "testsuite", name=f"{overlay.model}/{overlay.upstream}/overlays",
+                              tests=str(len(items)), failures=str(overlay.broken))
+        for name, state, lines in items:
+            case = ET.SubElement(suite, "testcase", classname=f"{overlay.model}.overlays", name=name)
+            if state not in HOLDING:
+                ET.SubElement(case, "failure", message=state, type=state).text = "\n".join(lines)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)

@@ -61,3 +61,12 @@ class Scratch:
 def offsets(result: git.Result) -> list[int]:
     """The line offsets `git apply -v` reported for hunks that moved."""
     return [int(m.group(3)) for m in _OFFSET.finditer(result.stderr)]
+
+
+def replay(scratch: Scratch, base: str, patches: list[bytes]) -> str | None:
+    """The tree of BASE with PATCHES applied strictly, or None when one does not apply."""
+    scratch.reset(base)
+    for data in patches:
+        if not scratch.apply(data).ok:
+            return None
+    return scratch.tree()

@@ -34,7 +34,7 @@ models:
       mmcv: [mmcv-npu]
       fb-bev: [fbocc]
   surroundocc:
-    overlays: []
+    overlay: []
     upstreams:
       mmcv: [mmcv-npu, mmcv-npu]
   bevdepth:
@@ -76,7 +76,8 @@ def test_every_schema_error_with_its_line(tmp_path: Path) -> None:
         "patches/mmcv-npu/mmcv/series:5: 0001-present.patch is listed twice (first on line 2)",
         "patches/mmcv-npu/mmcv/series:6: unsupported option '-p0' for 0003-x.patch"
         " (git format-patch files apply with -p1 only)",
-        "upstreams.yaml:24: model 'surroundocc': unknown key 'overlays' (expected one of: description, upstreams)",
+        "upstreams.yaml:24: model 'surroundocc': unknown key 'overlay' (expected one of: description, upstreams,"
+        " overlays)",
         "upstreams.yaml:26: model 'surroundocc': layers of 'mmcv': layer 'mmcv-npu' is listed twice",
         "upstreams.yaml:28: model 'bevdepth': upstreams must be a mapping",
         "upstreams.yaml:31: layer 'missing-layer' has no series for upstream 'mmcv'"

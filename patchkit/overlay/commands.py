@@ -1,0 +1,97 @@
+"""What `patchkit overlay list|fingerprint|check` do, as data (the CLI prints)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from patchkit import cache, patchfile, workspace
+from patchkit.errors import BadInput, PatchkitError
+from patchkit.manifest import Manifest, Model
+from patchkit.overlay import drift, static
+from patchkit.overlay.drift import FileState, TargetState, TreeReader
+from patchkit.scratch import Scratch, replay
+from patchkit.status import model_status
+
+
+@dataclass
+class OverlayReport:
+    model: str
+    sources: dict[str, str]  # upstream -> what the targets were read from
+    targets: list[TargetState] = field(default_factory=list)
+    files: list[FileState] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(t.state in drift.HOLDING for t in self.targets) and \
+            all(f.state in drift.HOLDING for f in self.files)
+
+
+def _declared(manifest: Manifest, model: Model) -> tuple[list[static.Target], list[static.FileOverlay]]:
+    if not model.overlays:
+        raise BadInput(f"model {model.name!r} has no overlays (overlays/{model.name}/ or an `overlays:` list)")
+    targets, files = static.load_sets(manifest.root, model.overlays)
+    unknown = sorted({t.upstream for t in targets} | {f.upstream for f in files} - set(model.layers))
+    if unknown:
+        where = [t.where for t in targets if t.upstream in unknown][:3]
+        raise BadInput(f"overlays of {model.name!r} name upstreams the model does not have: {', '.join(unknown)}",
+                       details=where)
+    return targets, files
+
+
+@contextlib.contextmanager
+def pinned_sources(manifest: Manifest, model: Model, workspace_root: Path) -> Iterator[dict[str, tuple[TreeReader, str]]]:
+    """A reader per upstream of the code the overlays were written against: the pin with the
+    model's series, read from the workspace when it is applied and clean, else replayed."""
+    status = {r.upstream: r for r in model_status(manifest, model, workspace_root).repos}
+    with contextlib.ExitStack() as stack:
+        readers: dict[str, tuple[TreeReader, str]] = {}
+        for up in model.layers:
+            repo = workspace_root / model.name / up
+            if status[up].state == "clean":
+                readers[up] = (TreeReader(repo, f"refs/heads/{workspace.branch_name(model.name)}"),
+                               f"the workspace {repo}")
+                continue
+            upstream = manifest.upstreams[up]
+            mirror, _ = cache.ensure_pin(upstream)
+            scratch = stack.enter_context(Scratch(mirror))
+            patches = [p.data for p in patchfile.load_series(model.patches[up])]
+            tree = replay(scratch, upstream.pin, patches)
+            if tree is None:
+                raise PatchkitError(f"{model.name}/{up}: the series does not apply at the pin; "
+                                    f"run `patchkit apply {model.name}` to see why")
+            readers[up] = (TreeReader(mirror, tree, scratch.env), f"the pin {upstream.pin[:12]} with the series")
+        yield readers
+
+
+def list_overlays(manifest: Manifest, model_name: str, workspace_root: Path) -> OverlayReport:
+    model = manifest.model(model_name)
+    targets, files = _declared(manifest, model)
+    with pinned_sources(manifest, model, workspace_root) as sources:
+        report = OverlayReport(model.name, {up: desc for up, (_, desc) in sources.items()})
+        report.targets = [drift.classify(t, sources[t.upstream][0]) for t in targets]
+        report.files = [drift.check_file(f, sources[f.upstream][0], [sources[f.upstream][0]]) for f in files]
+    return report
+
+
+def fingerprint(manifest: Manifest, model_name: str, workspace_root: Path) -> OverlayReport:
+    """Compute every target's fingerprint from the pinned code and write it into the overlay files."""
+    model = manifest.model(model_name)
+    targets, _ = _declared(manifest, model)
+    with pinned_sources(manifest, model, workspace_root) as sources:
+        report = OverlayReport(model.name, {up: desc for up, (_, desc) in sources.items()})
+        updates = []
+        for target in targets:
+            state = drift.classify(target, sources[target.upstream][0])
+            if state.current is not None and state.current != target.fingerprint:
+                updates.append((target, state.current))
+                state.state, state.declared = "updated", state.current
+            report.targets.append(state)
+    missing = [t for t in report.targets if t.state == "missing"]
+    if missing:
+        raise PatchkitError("cannot fingerprint targets that are not in the upstream",
+                            details=[f"{t.where}: {t.target}: {'; '.join(t.detail)}" for t in missing])
+    static.write_fingerprints(updates)
+    return report

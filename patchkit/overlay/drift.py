@@ -1,0 +1,167 @@
+"""Does an overlay still fit its upstream? Runtime targets and whole-file overlays, checked statically.
+
+Runtime targets: `holds` (same fingerprint), `drifted` (the body changed: the upstream diff of
+the target is shown), `signature-changed`, `missing` (with where a same-named definition now
+is, if anywhere), `unfingerprinted` (nothing to compare with: run `patchkit overlay fingerprint`).
+Whole-file overlays: `holds` (the upstream file is still the base), `merged` (upstream's change
+merges cleanly into the overlay; the merge is shown), `conflict`, `missing` (the file is gone).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from patchkit import git
+from patchkit.overlay import fingerprint as fp
+from patchkit.overlay.static import FileOverlay, Target
+
+HOLDING = {"holds", "merged"}
+
+
+class TreeReader:
+    """Files of a tree (commit, tree id or index tree) in a repository, through git."""
+
+    def __init__(self, repo: Path, tree: str, env: Mapping[str, str] | None = None) -> None:
+        self.repo, self.tree, self.env = repo, tree, dict(env or {})
+
+    def read(self, path: str) -> str | None:
+        blob = self.blob(path)
+        return self.read_blob(blob) if blob else None
+
+    def blob(self, path: str) -> str | None:
+        result = git.run(["rev-parse", "--verify", "-q", f"{self.tree}:{path}"], self.repo, check=False, env=self.env)
+        return result.stdout.strip() if result.ok else None
+
+    def read_blob(self, blob: str) -> str | None:
+        result = git.run(["cat-file", "blob", blob], self.repo, check=False, env=self.env)
+        return result.stdout if result.ok else None
+
+    def grep(self, pattern: str) -> list[str]:
+        result = git.run(["grep", "-n", "-E", pattern, self.tree, "--", "*.py"], self.repo, check=False, env=self.env)
+        return [ln.split(":", 1)[1] if ln.startswith(self.tree + ":") else ln for ln in result.stdout.splitlines()]
+
+
+@dataclass
+class TargetState:
+    target: str
+    upstream: str
+    where: str
+    state: str
+    declared: str | None
+    current: str | None = None
+    detail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FileState:
+    set: str
+    upstream: str
+    path: str
+    state: str
+    detail: list[str] = field(default_factory=list)
+
+
+def module_file(reader: TreeReader, module: str) -> str | None:
+    base = module.replace(".", "/")
+    for prefix in ("", "src/"):
+        for candidate in (f"{prefix}{base}.py", f"{prefix}{base}/__init__.py"):
+            if reader.blob(candidate):
+                return candidate
+    return None
+
+
+def current(target: Target, reader: TreeReader) -> tuple[str | None, str | None, str | None]:
+    """(file, source, fingerprint) of TARGET in READER's tree; None where it is not found."""
+    path = module_file(reader, target.module)
+    if path is None:
+        return None, None, None
+    source = reader.read(path) or ""
+    try:
+        value = fp.of_source(source, target.qualname)
+    except SyntaxError:
+        value = None
+    return path, source, value
+
+
+def classify(target: Target, reader: TreeReader, old: TreeReader | None = None) -> TargetState:
+    state = TargetState(target.target, target.upstream, target.where, "holds", target.fingerprint)
+    path, source, value = current(target, reader)
+    state.current = value
+    if value is None:
+        state.state = "missing"
+        what = f"module {target.module} is not in the upstream" if path is None else \
+            f"{path} has no {target.qualname}"
+        state.detail = [what, *_moved(target, reader)]
+        return state
+    if target.fingerprint is None:
+        state.state = "unfingerprinted"
+        state.detail = ["no fingerprint to compare with: run `patchkit overlay fingerprint`"]
+        return state
+    if value == target.fingerprint:
+        return state
+    old_sig = target.fingerprint.rpartition("-")[2]
+    state.state = "signature-changed" if value.rpartition("-")[2] != old_sig else "drifted"
+    if old is not None and path is not None and source is not None:
+        before = old.read(path)
+        if before is not None:
+            state.detail = _diff(fp.segment(before, target.qualname), fp.segment(source, target.qualname), path)
+    return state
+
+
+def _moved(target: Target, reader: TreeReader) -> list[str]:
+    name = target.qualname.rsplit(".", 1)[-1]
+    hits = reader.grep(rf"^\s*(async\s+)?(def|class)\s+{re.escape(name)}\b|^{re.escape(name)}\s*=")
+    return [f"a {name} is defined at {hit.strip()}" for hit in hits[:5]]
+
+
+def _diff(before: str, after: str, path: str, limit: int = 40) -> list[str]:
+    lines = list(difflib.unified_diff(before.splitlines(), after.splitlines(), f"a/{path}", f"b/{path}",
+                                      n=2, lineterm=""))
+    return lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])
+
+
+def check_file(overlay: FileOverlay, reader: TreeReader, base_readers: list[TreeReader]) -> FileState:
+    """Does upstream's change to OVERLAY's file merge into it? BASE_READERS can find the base blob."""
+    state = FileState(overlay.set, overlay.upstream, overlay.path, "holds")
+    blob = reader.blob(overlay.path)
+    if blob is None:
+        state.state, state.detail = "missing", [f"{overlay.path} is not in the upstream any more"]
+        return state
+    if blob == overlay.base:
+        return state
+    base = next((text for r in base_readers if (text := r.read_blob(overlay.base)) is not None), None)
+    theirs = reader.read_blob(blob) or ""
+    if base is None:
+        state.state = "conflict"
+        state.detail = [f"the base blob {overlay.base[:12]} is not in the upstream history; "
+                        "cannot merge (re-base the overlay and update `base`)"]
+        return state
+    ours = overlay.source.read_text(encoding="utf-8")
+    merged, conflicts = merge(ours, base, theirs)
+    if conflicts:
+        state.state = "conflict"
+        state.detail = [f"{conflicts} conflicting region(s) merging upstream's change into the overlay"]
+        state.detail += _diff(base, theirs, overlay.path, limit=20)
+    else:
+        state.state = "merged"
+        state.detail = _diff(ours, merged, overlay.path, limit=20)
+    return state
+
+
+def merge(ours: str, base: str, theirs: str) -> tuple[str, int]:
+    """Three-way merge of text with `git merge-file`: (result, number of conflicts)."""
+    with tempfile.TemporaryDirectory(prefix="patchkit-merge-") as tmp:
+        paths = []
+        for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+            path = Path(tmp) / name
+            path.write_text(text, encoding="utf-8")
+            paths.append(str(path))
+        result = git.run(["merge-file", "-p", *paths], check=False)
+    if result.returncode < 0 or result.returncode > 127:
+        raise git.failure(result)
+    return result.stdout, result.returncode
