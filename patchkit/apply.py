@@ -9,6 +9,7 @@ never overwritten without --force, and --force keeps them on a backup branch fir
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 import threading
@@ -21,7 +22,7 @@ from patchkit import am, cache, git, patchfile, state, workspace
 from patchkit.am import PatchFailure
 from patchkit.errors import Diagnostic, GitError, InvalidInput, LocalEdits, PatchkitError, UnsafePatch
 from patchkit.lock import FileLock
-from patchkit.manifest import Manifest, Model, Upstream
+from patchkit.manifest import Manifest, Model, PatchRef, Upstream
 from patchkit.patchfile import Patch
 from patchkit.paths import display
 
@@ -79,10 +80,33 @@ def model_dir(workspace_root: Path, model: str) -> Path:
     return workspace_root / model
 
 
+OVERLAY_SUBJECT = "patchkit: whole-file overlays"
+
+
+def model_series(manifest: Manifest, model: Model) -> dict[str, list[Patch]]:
+    """What each repo of MODEL is made of: its patch series, then its whole-file overlays as one entry."""
+    from patchkit.overlay import static
+
+    series = {up: patchfile.load_series(model.patches[up]) for up in model.layers}
+    if not model.overlays:
+        return series
+    _, files = static.load_sets(manifest.root, model.overlays)
+    for up in model.layers:
+        mine = [f for f in files if f.upstream == up]
+        if not mine:
+            continue
+        content = tuple((f.path, f.source.read_bytes()) for f in mine)
+        digest = hashlib.sha256(b"".join(p.encode() + b"\0" + hashlib.sha256(c).digest() for p, c in content))
+        listing = static.sets_root(manifest.root)
+        ref = PatchRef("overlays", up, "files", listing, listing, 0)
+        series[up].append(Patch(ref, b"", digest.hexdigest(), content))
+    return series
+
+
 def apply(manifest: Manifest, model_name: str, workspace_root: Path, *, force: bool = False,
           progress: Progress = lambda _msg: None, lock_timeout: float | None = None) -> ApplyReport:
     model = manifest.model(model_name)
-    series = {up: patchfile.load_series(model.patches[up]) for up in model.layers}
+    series = model_series(manifest, model)
     mdir = model_dir(workspace_root, model.name)
     _check_static(series, _plan_all(manifest, model, series, mdir, inspect=False))
     lock = FileLock(state.meta_dir(mdir) / "lock", timeout=lock_timeout,
@@ -184,6 +208,8 @@ def _check_static(series: dict[str, list[Patch]], plans: list[_Plan]) -> None:
         if plan.action == "unchanged":
             continue
         for patch in series[plan.upstream.name][plan.keep:]:
+            if patch.files:
+                continue  # whole-file overlays: their paths were checked when their set was read
             parsed, diags = patchfile.parse(patch)
             problems += diags
             if parsed:
@@ -201,20 +227,15 @@ def _check_symlinks(plans: list[_Plan], mirrors: dict[str, Path]) -> None:
     for plan in plans:
         created: set[str] = set()
         prefixes: dict[str, list[tuple[Patch, str]]] = {}
-        parsed_all = []
         for patch in plan.patches[plan.keep:]:
-            parsed, _ = patchfile.parse(patch)
-            assert parsed is not None  # checked by _check_static
-            parsed_all.append(parsed)
-            for change in parsed.files:
-                for path in change.paths:
-                    for prefix in patchfile.symlink_prefixes(path):
-                        if prefix in created:
-                            unsafe.append(f"{display(patch.ref.path)}: {path!r} goes through the symlink "
-                                          f"{prefix!r} that an earlier patch creates")
-                        prefixes.setdefault(prefix, []).append((patch, path))
-                if change.creates_symlink:
-                    created.add(change.path)
+            for path, makes_link in _writes(patch):
+                for prefix in patchfile.symlink_prefixes(path):
+                    if prefix in created:
+                        unsafe.append(f"{display(patch.ref.path)}: {path!r} goes through the symlink "
+                                      f"{prefix!r} that an earlier patch creates")
+                    prefixes.setdefault(prefix, []).append((patch, path))
+                if makes_link:
+                    created.add(path)
         # a reused prefix's commit lives in the workspace repo, the pin in the mirror
         where = mirrors[plan.upstream.name] if plan.base == plan.upstream.pin else plan.dir
         links = cache.symlinks(where, plan.base, sorted(prefixes)) if prefixes else set()
@@ -224,6 +245,15 @@ def _check_symlinks(plans: list[_Plan], mirrors: dict[str, Path]) -> None:
                               f"of {plan.upstream.name}")
     if unsafe:
         raise UnsafePatch("refusing patches that write through a symlink; nothing was written", details=unsafe)
+
+
+def _writes(patch: Patch) -> list[tuple[str, bool]]:
+    """(path, whether it becomes a symlink) for every path PATCH writes."""
+    if patch.files:
+        return [(path, False) for path, _ in patch.files]
+    parsed, _ = patchfile.parse(patch)
+    assert parsed is not None  # checked by _check_static
+    return [(path, c.creates_symlink and path == c.path) for c in parsed.files for path in c.paths]
 
 
 # -- mirrors -------------------------------------------------------------------------------
@@ -319,7 +349,11 @@ def _build(model: str, plan: _Plan, mirror: Path, recorder: _Recorder, progress:
     progress(f"{up.name}: {verb} {len(todo)} patch{'es' if len(todo) != 1 else ''} on {up.pin[:12]}"
              + (f" ({plan.reason})" if plan.reason and plan.action != "build" else "")
              + (f", reusing {plan.keep}" if plan.keep else ""))
-    failure = am.apply_series(plan.dir, plan.base, todo, state.meta_dir(plan.dir.parent)) if todo else None
+    diffs = [p for p in todo if not p.files]
+    failure = am.apply_series(plan.dir, plan.base, diffs, state.meta_dir(plan.dir.parent)) if diffs else None
+    if failure is None:
+        for entry in todo[len(diffs):]:
+            _commit_files(plan.dir, entry)
     commits = git.out(["rev-list", "--reverse", f"{up.pin}..HEAD"], plan.dir).split() if plan.patches else []
     if len(commits) > len(plan.patches) or (failure is None and len(commits) != len(plan.patches)):
         raise GitError(f"{display(plan.dir)}: expected one commit per patch above the pin, found {len(commits)} "
@@ -339,6 +373,20 @@ def _build(model: str, plan: _Plan, mirror: Path, recorder: _Recorder, progress:
         recorder.set(up.name, state.RepoState(state.APPLIED, up.url, up.pin, branch, head, applied))
         progress(f"{up.name}: {len(applied)} patches applied, head {head[:12]}")
     return result
+
+
+def _commit_files(repo: Path, entry: Patch) -> None:
+    """Write whole-file overlays into REPO as one commit (reproducible: fixed author and date)."""
+    for path, content in entry.files:
+        target = repo / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    paths = [path for path, _ in entry.files]
+    git.run(["add", "--", *paths], repo)
+    message = f"{OVERLAY_SUBJECT}\n\n" + "".join(f"{path}\n" for path in paths)
+    env = {**git.COMMITTER, "GIT_AUTHOR_NAME": "patchkit", "GIT_AUTHOR_EMAIL": "patchkit@localhost",
+           "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000"}
+    git.run(["commit", "--quiet", "--allow-empty", "--no-verify", "--no-gpg-sign", "-m", message], repo, env=env)
 
 
 def _make_clean(plan: _Plan, model: str) -> list[str]:

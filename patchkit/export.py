@@ -15,10 +15,12 @@ from pathlib import Path
 
 from patchkit import git, patchfile, state, workspace
 from patchkit.errors import BadInput, PatchkitError
+from patchkit.apply import OVERLAY_SUBJECT
 from patchkit.manifest import Manifest, Model, PatchRef, series_dir
 from patchkit.patchfile import Patch
 from patchkit.paths import atomic_write, display
 
+OVERLAY_ID = "overlays/files"
 FORMAT = ["format-patch", "-1", "--stdout", "--zero-commit", "--no-signature", "--full-index", "--no-stat"]
 
 
@@ -109,6 +111,11 @@ def _plan(manifest: Manifest, model: Model, up: str, repo: Path,
     plan: list[_Planned] = []
     layer = own_layer(model, up)
     for sha, author, subject in _commits(repo, pin, branch):
+        if subject == OVERLAY_SUBJECT:  # apply's commit of the whole-file overlays: not a patch
+            entry = next((a for a in rec.patches if a.id == OVERLAY_ID), None)
+            if entry is not None:
+                plan.append(_Planned(PatchRef("overlays", up, "files", repo, repo, 0), b"", sha, "overlays"))
+            continue
         pid = by_commit.get(sha) if by_commit.get(sha) in patches else None
         if pid is None:
             pid = next((i for i, ident in identity.items() if i not in matched and ident == (author, subject)), None)
@@ -124,9 +131,10 @@ def _plan(manifest: Manifest, model: Model, up: str, repo: Path,
         if pid not in matched:
             plan.append(_Planned(patch.ref, patch.data, None, "dropped"))
     _check_order(plan, model.layers[up], report)
-    report.changes = [Change(p.action, p.ref.id, display(p.ref.path), p.commit) for p in plan]
+    report.changes = [Change(p.action, p.ref.id, display(p.ref.path), p.commit) for p in plan
+                      if p.action != "overlays"]
     for p in plan:
-        if p.action != "unchanged" and p.ref.layer != layer:
+        if p.action not in ("unchanged", "overlays") and p.ref.layer != layer:
             users = [m.name for m in manifest.models.values() if m.name != model.name
                      and p.ref.layer in m.layers.get(up, ())]
             if users:
@@ -183,7 +191,7 @@ def _new_ref(manifest: Manifest, model: Model, up: str, layer: str, subject: str
 def _check_order(plan: list[_Planned], layers: tuple[str, ...], report: RepoExport) -> None:
     seen = -1
     for p in plan:
-        if p.action == "dropped":
+        if p.action in ("dropped", "overlays"):
             continue
         index = layers.index(p.ref.layer)
         if index < seen:
@@ -197,7 +205,7 @@ def _write(manifest: Manifest, model: Model, up: str, plan: list[_Planned], repo
         if p.action in ("refreshed", "added"):
             atomic_write(p.ref.path, p.data)
     for layer in model.layers[up]:
-        keep = [p.ref.name for p in plan if p.ref.layer == layer and p.action != "dropped"]
+        keep = [p.ref.name for p in plan if p.ref.layer == layer and p.action not in ("dropped", "overlays")]
         dropped = {p.ref.name for p in plan if p.ref.layer == layer and p.action == "dropped"}
         series_path = series_dir(manifest.root, layer, up) / "series"
         text = series_path.read_text(encoding="utf-8")
@@ -236,7 +244,9 @@ def _edit_series(text: str, keep: list[str], dropped: set[str]) -> str:
 
 
 def _record(mdir: Path, model: str, up: str, plan: list[_Planned], rec: state.RepoState) -> None:
-    applied = tuple(state.AppliedPatch(p.ref.id, hashlib.sha256(p.data).hexdigest(), p.commit or "")
+    overlay_hash = {a.id: a.sha256 for a in rec.patches}.get(OVERLAY_ID, "")
+    applied = tuple(state.AppliedPatch(p.ref.id, overlay_hash if p.action == "overlays"
+                                       else hashlib.sha256(p.data).hexdigest(), p.commit or "")
                     for p in plan if p.action != "dropped")
     head = applied[-1].commit if applied else rec.pin
     repos = state.load(mdir)

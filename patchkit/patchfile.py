@@ -49,6 +49,7 @@ class Patch:
     ref: PatchRef
     data: bytes
     sha256: str
+    files: tuple[tuple[str, bytes], ...] = ()  # whole-file overlays: (path, content), not a diff
 
     @property
     def name(self) -> str:

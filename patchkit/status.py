@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchkit import lock, patchfile, state, workspace
-from patchkit.apply import model_dir
+from patchkit.apply import model_dir, model_series
 from patchkit.manifest import Manifest, Model
 from patchkit.paths import display
 
@@ -45,8 +45,9 @@ def model_status(manifest: Manifest, model: Model, workspace_root: Path, *, lock
     busy = None if locked else lock.holder(state.meta_dir(mdir) / "lock")
     recorded = state.load(mdir)
     repos = []
+    series = model_series(manifest, model)
     for up in model.layers:
-        patches = patchfile.load_series(model.patches[up])
+        patches = series[up]
         repos.append(_repo(manifest, model, up, patches, mdir / up, recorded.get(up), busy))
     return ModelStatus(model.name, display(mdir), repos)
 

@@ -33,7 +33,7 @@ def _declared(manifest: Manifest, model: Model) -> tuple[list[static.Target], li
     if not model.overlays:
         raise BadInput(f"model {model.name!r} has no overlays (overlays/{model.name}/ or an `overlays:` list)")
     targets, files = static.load_sets(manifest.root, model.overlays)
-    unknown = sorted({t.upstream for t in targets} | {f.upstream for f in files} - set(model.layers))
+    unknown = sorted(({t.upstream for t in targets} | {f.upstream for f in files}) - set(model.layers))
     if unknown:
         where = [t.where for t in targets if t.upstream in unknown][:3]
         raise BadInput(f"overlays of {model.name!r} name upstreams the model does not have: {', '.join(unknown)}",
