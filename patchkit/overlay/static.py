@@ -195,6 +195,7 @@ def _set_one(text: str, starts: list[int], call: ast.Call, value: str) -> str:
         end = pos(node.end_lineno or node.lineno, node.end_col_offset or 0)
         return text[:start] + f'"{value}"' + text[end:]
     # right after the last argument, so the call keeps its layout (and any trailing comma)
-    last = max([*call.args, *call.keywords], key=lambda n: (n.end_lineno or 0, n.end_col_offset or 0))
+    nodes: list[ast.expr | ast.keyword] = [*call.args, *call.keywords]
+    last = max(nodes, key=lambda n: (n.end_lineno or 0, n.end_col_offset or 0))
     end = pos(last.end_lineno or last.lineno, last.end_col_offset or 0)
     return text[:end] + f', fingerprint="{value}"' + text[end:]
