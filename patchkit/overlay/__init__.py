@@ -20,7 +20,8 @@ standard library: training workers import it before anything else.
 
 from patchkit.overlay.api import Declaration, declarations, original, replace, replace_value
 
-__all__ = ["Declaration", "declarations", "original", "replace", "replace_value", "activate"]
+__all__ = ["Declaration", "activate", "activate_from_env", "deactivate", "declarations", "original", "replace",
+           "replace_value", "report"]
 
 
 def activate(model: str | None = None, **kwargs):  # type: ignore[no-untyped-def]
@@ -28,3 +29,23 @@ def activate(model: str | None = None, **kwargs):  # type: ignore[no-untyped-def
     from patchkit.overlay.runtime import activate as _activate
 
     return _activate(model, **kwargs)
+
+
+def activate_from_env():  # type: ignore[no-untyped-def]
+    """Activate from PATCHKIT_OVERLAYS, as a training worker does (see runtime.activate_from_env)."""
+    from patchkit.overlay.runtime import activate_from_env as _activate_from_env
+
+    return _activate_from_env()
+
+
+def deactivate() -> None:
+    from patchkit.overlay.runtime import deactivate as _deactivate
+
+    _deactivate()
+
+
+def report():  # type: ignore[no-untyped-def]
+    """What the active overlays replaced so far."""
+    from patchkit.overlay.runtime import report as _report
+
+    return _report()
