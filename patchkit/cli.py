@@ -399,6 +399,54 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
     sys.exit(1 if broken else 0)
 
 
+@cli.command()
+@click.argument("model")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@click.option("--cards", type=click.IntRange(min=1), help="Processes (cards) per node (default: the recipe's).")
+@click.option("--device", type=click.Choice(["auto", "npu", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--performance", is_flag=True, help="The recipe's bounded performance run.")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Logs and results.json (default: train-runs/MODEL-TIME).")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--master-addr", default="127.0.0.1", show_default=True)
+@click.option("--master-port", type=click.IntRange(1, 65535), help="Default: a free port (one node) or 29500.")
+@click.option("--dry-run", is_flag=True, help="Print the command line and environment of every node; run nothing.")
+@workspace_option
+@json_option
+@click.pass_obj
+def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, device: str, performance: bool,
+          work_dir: str | None, nnodes: int, node_rank: int, master_addr: str, master_port: int | None,
+          dry_run: bool, workspace: str | None, as_json: bool) -> None:
+    """Train MODEL with its recipe (train/MODEL.yaml) through torchrun; `-- ARGS` go to the entry script."""
+    from patchkit.train import device as device_mod, launch, recipe as recipe_mod
+    from patchkit.train.results import table
+
+    m = obj.manifest()
+    m.model(model)
+    recipe = recipe_mod.load(m.root, model)
+    options = launch.Options(cards, performance, Path(work_dir) if work_dir else None, nnodes, node_rank,
+                             master_addr, master_port, extra)
+    plan = launch.plan(m, recipe, device_mod.detect(device), obj.workspace(workspace), options)
+    if dry_run:
+        if as_json:
+            _emit_json({"model": model, "repo": str(plan.repo), "env": plan.env, "notes": plan.notes,
+                        "nodes": [plan.argv(r) for r in range(nnodes)]})
+        else:
+            for line in launch.dry_run(plan):
+                click.echo(line)
+        return
+    result = launch.run(plan, progress=obj.progress)
+    if as_json:
+        _emit_json({"ok": True, **result.__dict__})
+    else:
+        click.echo(f"{model}: {result.steps_seen} steps in {result.seconds:.1f} s "
+                   f"({result.warmup_steps} warm-up steps excluded); results in {plan.work_dir / 'results.json'}")
+        for line in table(result):
+            click.echo(line)
+        for note in result.notes:
+            click.echo(f"note: {note}")
+
+
 def _json_error(args: list[str], exc: PatchkitError) -> None:
     """With --json, a machine reading stdout gets the error as JSON too."""
     if "--json" not in args:

@@ -31,6 +31,7 @@ import yaml
 from patchkit import series as series_mod
 from patchkit.errors import BadInput, Diagnostic, InvalidInput
 from patchkit.paths import display
+from patchkit.yamlcheck import Checker
 
 MANIFEST_NAME = "upstreams.yaml"
 SCHEMA_VERSION = 1
@@ -128,67 +129,16 @@ def load(path: Path) -> Manifest:
     return manifest
 
 
-class _Checker:
+class _Checker(Checker):
     def __init__(self, path: Path, where: str) -> None:
-        self.path = path
-        self.where = where
-        self.problems: list[Diagnostic] = []
+        super().__init__(path, where)
         self._series: dict[tuple[str, str], list[PatchRef]] = {}  # a shared layer is read once
-
-    def error(self, node: yaml.Node | None, message: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 0
-        self.problems.append(Diagnostic(self.where, line, message))
-
-    # -- generic node helpers -------------------------------------------------------------
-
-    def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        """Keys of a mapping node (unknown and duplicate keys reported)."""
-        if not isinstance(node, yaml.MappingNode):
-            self.error(node, f"{what} must be a mapping")
-            return {}
-        items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode):
-                self.error(key, f"{what}: keys must be plain names")
-                continue
-            if key.value in items:
-                first = items[key.value][0].start_mark.line + 1
-                self.error(key, f"{what}: duplicate key {key.value!r} (first on line {first})")
-                continue
-            if allowed and key.value not in allowed:
-                self.error(key, f"{what}: unknown key {key.value!r} (expected one of: {', '.join(allowed)})")
-                continue
-            items[key.value] = (key, value)
-        return items
-
-    def string(self, node: yaml.Node, what: str) -> str | None:
-        if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:null" or node.value == "":
-            self.error(node, f"{what} must be a non-empty string")
-            return None
-        return str(node.value)
-
-    def name(self, key: yaml.Node, what: str) -> str | None:
-        value = str(key.value)
-        if not _NAME_RE.match(value):
-            self.error(key, f"{what} name {value!r} is not valid (letters, digits, '.', '_', '-'; no leading punctuation)")
-            return None
-        return value
-
-    def required(self, items: dict[str, tuple[yaml.Node, yaml.Node]], key: str, parent: yaml.Node, what: str) -> yaml.Node | None:
-        if key not in items:
-            self.error(parent, f"{what}: missing required key {key!r}")
-            return None
-        return items[key][1]
 
     # -- the schema -----------------------------------------------------------------------
 
     def check(self, text: str) -> Manifest | None:
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-            problem = getattr(exc, "problem", None) or str(exc)
-            self.problems.append(Diagnostic(self.where, mark.line + 1 if mark else 0, f"invalid YAML: {problem}"))
+        root = self.compose(text)
+        if root is None and self.problems:
             return None
         if root is None:
             self.problems.append(Diagnostic(self.where, 1, "the manifest is empty (expected 'upstreams:' and 'models:')"))

@@ -1,0 +1,1 @@
+"""`patchkit train MODEL`: one entry point for every patched model, launched through torchrun."""

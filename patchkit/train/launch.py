@@ -1,0 +1,232 @@
+"""Planning and running a training launch through torchrun.
+
+`plan` is pure: it turns the recipe, the workspace and the options into the exact command line
+and environment of every node, which `--dry-run` prints. `run` starts torchrun for this node,
+follows rank 0's log for progress, and turns the end into results or a clear failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from patchkit import state
+from patchkit.errors import BadInput, PatchkitError
+from patchkit.manifest import Manifest, Model
+from patchkit.paths import atomic_write, display
+from patchkit.status import model_status
+from patchkit.train import results as results_mod
+from patchkit.train.device import Device
+from patchkit.train.recipe import Recipe
+
+Progress = Callable[[str], None]
+TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc.so.4",
+            "/usr/lib64/libtcmalloc.so.4", "/usr/local/lib/libtcmalloc.so", "/usr/lib/libtcmalloc.so.4")
+
+
+@dataclass
+class Options:
+    cards: int | None = None
+    performance: bool = False
+    work_dir: Path | None = None
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None
+    extra: tuple[str, ...] = ()
+
+
+@dataclass
+class Plan:
+    model: str
+    recipe: Recipe
+    device: Device
+    cards: int
+    options: Options
+    repo: Path
+    work_dir: Path
+    args: list[str]
+    env: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+    fingerprint: dict[str, object] = field(default_factory=dict)
+
+    def argv(self, node_rank: int | None = None) -> list[str]:
+        o = self.options
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.cards}",
+                f"--nnodes={o.nnodes}", f"--node_rank={o.node_rank if node_rank is None else node_rank}",
+                f"--master_addr={o.master_addr}", f"--master_port={o.master_port}",
+                "-m", "patchkit.train.bootstrap", self.recipe.entry, *self.args]
+
+
+def workspace_fingerprint(manifest: Manifest, model: Model, workspace_root: Path) -> dict[str, object]:
+    """What code a run trains: upstream pins and heads, series and overlay hashes."""
+    recorded = state.load(workspace_root / model.name)
+    repos = {}
+    for up, rec in recorded.items():
+        series = hashlib.sha256("".join(p.sha256 for p in rec.patches).encode()).hexdigest()[:16]
+        repos[up] = {"pin": rec.pin, "head": rec.head, "patches": len(rec.patches), "series": series}
+    digest = hashlib.sha256()
+    for name in model.overlays:
+        for file in sorted((manifest.root / "overlays" / name).rglob("*")):
+            if file.is_file() and "__pycache__" not in file.parts:
+                digest.update(str(file.relative_to(manifest.root)).encode() + b"\0" + file.read_bytes())
+    return {"model": model.name, "repos": repos, "overlays": digest.hexdigest()[:16] if model.overlays else None}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Path, options: Options) -> Plan:
+    model = manifest.model(recipe.model)
+    if recipe.workdir not in model.layers:
+        raise BadInput(f"{display(recipe.path)}: workdir {recipe.workdir!r} is not an upstream of {model.name}")
+    status = model_status(manifest, model, workspace_root)
+    bad = [r for r in status.repos if r.state not in ("clean", "edited")]
+    if bad:
+        raise BadInput(f"{model.name}: the workspace is not applied and current",
+                       details=[f"{r.upstream}: {r.state}" for r in bad] + [f"run `patchkit apply {model.name}`"])
+    notes = [f"{r.upstream} has local edits: the fingerprint names its head, not the edits"
+             for r in status.repos if r.state == "edited"]
+    cards = options.cards or recipe.cards
+    if cards > device.count:
+        raise BadInput(f"asked for {cards} cards but this machine has {device.count} ({device.kind})")
+    if options.nnodes > 1 and not recipe.multinode:
+        notes.append(f"the recipe does not say {model.name} supports several nodes (multinode: true)")
+    if options.nnodes > 1 and options.master_addr in ("127.0.0.1", "localhost"):
+        raise BadInput("several nodes need --master-addr, the address of node 0 that every node can reach")
+    if not 0 <= options.node_rank < options.nnodes:
+        raise BadInput(f"--node-rank {options.node_rank} is not in 0..{options.nnodes - 1}")
+    options.master_port = options.master_port or (29500 if options.nnodes > 1 else _free_port())
+    repo = workspace_root / model.name / recipe.workdir
+    work_dir = (options.work_dir or Path("train-runs") / f"{model.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    subst = {"config": recipe.config or "", "work_dir": str(work_dir)}
+    args = [a.format(**subst) for a in recipe.args]
+    if options.performance:
+        if not recipe.performance_args:
+            raise BadInput(f"{display(recipe.path)}: no `performance:` section, so no bounded run")
+        args += [a.format(**subst) for a in recipe.performance_args]
+    args += list(options.extra)
+    fingerprint = workspace_fingerprint(manifest, model, workspace_root)
+    env = {**recipe.env.get("all", {}), **recipe.env.get(device.kind, {})}
+    env.update({
+        "PATCHKIT_TRAIN_DEVICE": device.kind, "PATCHKIT_TRAIN_BACKEND": device.backend,
+        "PATCHKIT_TRAIN_LOG_DIR": str(work_dir), "PATCHKIT_TRAIN_BATCH": ":".join(recipe.batch or ()),
+        "PATCHKIT_TRAIN_CONFIG": str(repo / recipe.config) if recipe.config else "",
+        "PATCHKIT_TRAIN_FINGERPRINT": json.dumps(fingerprint, sort_keys=True),
+    })
+    if model.overlays:
+        env["PATCHKIT_OVERLAYS"] = os.pathsep.join(str(manifest.root / "overlays" / s) for s in model.overlays)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cards)))
+    tcmalloc = next((p for p in TCMALLOC if os.path.exists(p)), None)
+    if tcmalloc:
+        env["LD_PRELOAD"] = ":".join(filter(None, [os.environ.get("LD_PRELOAD"), tcmalloc]))
+    else:
+        notes.append("tcmalloc not found: LD_PRELOAD left alone (apt install libgoogle-perftools4 for it)")
+    return Plan(model.name, recipe, device, cards, options, repo, work_dir, args, env, notes, fingerprint)
+
+
+def dry_run(plan: Plan) -> list[str]:
+    """The exact command line and environment of every node."""
+    lines = [f"# {plan.model}: {plan.cards} {plan.device.kind} card(s) x {plan.options.nnodes} node(s), "
+             f"backend {plan.device.backend}, in {plan.repo}"]
+    lines += [f"# note: {n}" for n in plan.notes]
+    env = " ".join(f"{k}={_quote(v)}" for k, v in sorted(plan.env.items()))
+    for rank in range(plan.options.nnodes):
+        lines.append(f"# node {rank}:")
+        lines.append(f"cd {_quote(str(plan.repo))} && env {env} " + " ".join(_quote(a) for a in plan.argv(rank)))
+    return lines
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+class TrainFailed(PatchkitError):
+    pass
+
+
+def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results:
+    plan.work_dir.mkdir(parents=True, exist_ok=True)
+    rank0 = plan.options.node_rank * plan.cards
+    log = plan.work_dir / f"rank{rank0}.log"
+    launcher_log = plan.work_dir / f"torchrun-node{plan.options.node_rank}.log"
+    argv = plan.argv()
+    progress(f"{plan.model}: {plan.cards} {plan.device.kind} worker(s) on node {plan.options.node_rank}, "
+             f"logs in {display(plan.work_dir)}")
+    for note in plan.notes:
+        progress(f"note: {note}")
+    start = time.monotonic()
+    with open(launcher_log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=plan.repo, env={**os.environ, **plan.env}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _follow(proc, plan, log, progress)
+        except KeyboardInterrupt:
+            _stop(proc)
+            raise
+    res = results_mod.Results(plan.model, plan.device.kind, plan.device.backend, plan.cards, plan.options.nnodes,
+                              plan.options.performance, published_global_batch=plan.recipe.global_batch,
+                              fingerprint=plan.fingerprint, command=argv, seconds=round(time.monotonic() - start, 3),
+                              exit_code=proc.returncode)
+    res.notes += plan.notes
+    if proc.returncode != 0:
+        raise _failure(plan, proc.returncode, launcher_log)
+    results_mod.fill(res, plan.recipe, log)
+    atomic_write(plan.work_dir / "results.json", (json.dumps(res.__dict__, indent=2) + "\n").encode())
+    return res
+
+
+def _follow(proc: subprocess.Popen[bytes], plan: Plan, log: Path, progress: Progress) -> None:
+    seen, last = 0, time.monotonic()
+    while proc.poll() is None:
+        time.sleep(0.2)
+        if time.monotonic() - last < 2 or not log.exists():
+            continue
+        last = time.monotonic()
+        times = results_mod.step_seconds(plan.recipe, log.read_text(encoding="utf-8", errors="replace"))
+        if len(times) > seen:
+            seen = len(times)
+            progress(f"{plan.model}: {seen} steps, last step {1000 * times[-1]:.1f} ms")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C: torchrun stops its workers on SIGTERM; anything left is killed after a grace period."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            continue
+
+
+def _failure(plan: Plan, code: int, launcher_log: Path) -> TrainFailed:
+    text = launcher_log.read_text(encoding="utf-8", errors="replace") if launcher_log.exists() else ""
+    cause = text[text.find("Root Cause"):] if "Root Cause" in text else text  # torchrun names the first failure
+    rank = re.search(r"^\s*rank\s*:\s*(\d+)", cause, re.M)
+    exit_code = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", cause, re.M)
+    details = []
+    if rank:
+        log = plan.work_dir / f"rank{rank.group(1)}.log"
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:] if log.exists() else []
+        details.append(f"rank {rank.group(1)} exited with code {exit_code.group(1) if exit_code else '?'}; "
+                       f"the end of {display(log)}:")
+        details += [f"  {line}" for line in tail]
+    else:
+        details += [f"  {line}" for line in text.splitlines()[-15:]]
+    return TrainFailed(f"{plan.model}: training failed (torchrun exit code {code})", details=details)

@@ -1,0 +1,209 @@
+"""`train/<model>.yaml`: how a model trains. Checked like the manifest: file, line, message.
+
+    workdir: surroundocc            # the workspace repo that is the working directory
+    entry: tools/train.py           # the entry script, relative to workdir
+    config: projects/configs/surroundocc/surroundocc.py   # optional
+    args: ["{config}", "--launcher", "pytorch", "--work-dir", "{work_dir}"]
+    cards: 8
+    multinode: false
+    global_batch: 8                 # the published figure, shown beside the measured one
+    epochs: 12
+    batch: {config_key: data.samples_per_gpu}   # or {arg: --batch-size} or {value: 8}
+    performance: {steps: 600, args: ["--cfg-options", "runner.max_iters=600"]}
+    env: {all: {...}, npu: {...}, cuda: {...}, cpu: {...}}
+    log:
+      step_time: 'time: (?P<value>[0-9.]+)'
+      step_time_unit: s             # s, ms or it/s
+      warmup_steps: 5
+      metrics: {mIoU: 'mIoU: (?P<value>[0-9.]+)'}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from patchkit.errors import BadInput, Diagnostic, InvalidInput
+from patchkit.paths import display
+from patchkit.yamlcheck import Checker
+
+DEVICES = ("npu", "cuda", "cpu")
+UNITS = ("s", "ms", "it/s")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    path: Path
+    workdir: str
+    entry: str
+    args: tuple[str, ...]
+    config: str | None = None
+    cards: int = 1
+    multinode: bool = False
+    global_batch: int | None = None
+    epochs: int | None = None
+    batch: tuple[str, str] | None = None  # ("config_key"|"arg"|"value", what)
+    performance_steps: int | None = None
+    performance_args: tuple[str, ...] = ()
+    env: dict[str, dict[str, str]] = field(default_factory=dict)
+    step_time: str | None = None
+    step_time_unit: str = "s"
+    warmup_steps: int = 0
+    metrics: dict[str, str] = field(default_factory=dict)
+
+
+def recipe_path(root: Path, model: str) -> Path:
+    return root / "train" / f"{model}.yaml"
+
+
+def load(root: Path, model: str) -> Recipe:
+    path = recipe_path(root, model)
+    if not path.is_file():
+        raise BadInput(f"model {model!r} has no training recipe ({display(path)} not found)")
+    checker = _RecipeChecker(path, display(path))
+    recipe = checker.check(path.read_text(encoding="utf-8"), model)
+    if checker.problems:
+        raise InvalidInput(checker.problems)
+    assert recipe is not None
+    return recipe
+
+
+_KEYS = ("workdir", "entry", "config", "args", "cards", "multinode", "global_batch", "epochs", "batch",
+         "performance", "env", "log")
+
+
+class _RecipeChecker(Checker):
+    def check(self, text: str, model: str) -> Recipe | None:
+        root = self.compose(text)
+        if root is None:
+            if not self.problems:
+                self.problems.append(Diagnostic(self.where, 1, "the recipe is empty"))
+            return None
+        top = self.mapping(root, "recipe", _KEYS)
+        if not isinstance(root, yaml.MappingNode):
+            return None
+        values: dict[str, object] = {}
+        for key in ("workdir", "entry"):
+            node = self.required(top, key, root, "recipe")
+            values[key] = self.string(node, key) if node is not None else None
+        if "config" in top:
+            values["config"] = self.string(top["config"][1], "config")
+        values["args"] = self.strings(top["args"][1], "args") if "args" in top else ()
+        for key in ("cards", "global_batch", "epochs"):
+            if key in top:
+                values[key] = self.positive(top[key][1], key)
+        if "multinode" in top:
+            values["multinode"] = self.boolean(top["multinode"][1], "multinode")
+        if "batch" in top:
+            values["batch"] = self.batch(top["batch"][1])
+        if "performance" in top:
+            perf = self.mapping(top["performance"][1], "performance", ("steps", "args"))
+            if "steps" in perf:
+                values["performance_steps"] = self.positive(perf["steps"][1], "performance: steps")
+            if "args" in perf:
+                values["performance_args"] = self.strings(perf["args"][1], "performance: args")
+        if "env" in top:
+            values["env"] = self.env(top["env"][1])
+        if "log" in top:
+            values.update(self.log(top["log"][1]))
+        if any(values.get(k) is None for k in ("workdir", "entry")) or self.problems:
+            return None
+        return Recipe(model, self.path, **values)  # type: ignore[arg-type]
+
+    def strings(self, node: yaml.Node, what: str) -> tuple[str, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"{what} must be a list of strings")
+            return ()
+        out = []
+        for item in node.value:
+            if not isinstance(item, yaml.ScalarNode) or item.tag == "tag:yaml.org,2002:null":
+                self.error(item, f"{what}: every item must be a string")
+            else:
+                out.append(str(item.value))
+        return tuple(out)
+
+    def positive(self, node: yaml.Node, what: str) -> int | None:
+        if isinstance(node, yaml.ScalarNode) and re.fullmatch(r"[1-9][0-9]*", str(node.value)):
+            return int(node.value)
+        self.error(node, f"{what} must be a positive whole number")
+        return None
+
+    def boolean(self, node: yaml.Node, what: str) -> bool:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
+            return str(node.value).lower() in ("true", "yes", "on")
+        self.error(node, f"{what} must be true or false")
+        return False
+
+    def batch(self, node: yaml.Node) -> tuple[str, str] | None:
+        kinds = ("config_key", "arg", "value")
+        fields = self.mapping(node, "batch", kinds)
+        if len(fields) != 1:
+            self.error(node, f"batch: give exactly one of {', '.join(kinds)}")
+            return None
+        kind, (_, value) = next(iter(fields.items()))
+        text = self.string(value, f"batch: {kind}")
+        return (kind, text) if text is not None else None
+
+    def env(self, node: yaml.Node) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for kind, (_, value) in self.mapping(node, "env", ("all", *DEVICES)).items():
+            variables = {}
+            for name, (knode, vnode) in self.mapping(value, f"env: {kind}", ()).items():
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                    self.error(knode, f"env: {kind}: {name!r} is not a variable name")
+                    continue
+                text = self.scalar(vnode, f"env: {kind}: {name}")
+                if text is not None:
+                    variables[name] = text
+            out[kind] = variables
+        return out
+
+    def scalar(self, node: yaml.Node, what: str) -> str | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag != "tag:yaml.org,2002:null":
+            return str(node.value)
+        self.error(node, f"{what} must be a value")
+        return None
+
+    def regex(self, node: yaml.Node, what: str) -> str | None:
+        text = self.string(node, what)
+        if text is None:
+            return None
+        try:
+            compiled = re.compile(text)
+        except re.error as exc:
+            self.error(node, f"{what}: not a regular expression: {exc}")
+            return None
+        if "value" not in compiled.groupindex:
+            self.error(node, f"{what}: the regular expression needs a (?P<value>...) group")
+            return None
+        return text
+
+    def log(self, node: yaml.Node) -> dict[str, object]:
+        fields = self.mapping(node, "log", ("step_time", "step_time_unit", "warmup_steps", "metrics"))
+        out: dict[str, object] = {}
+        if "step_time" in fields:
+            out["step_time"] = self.regex(fields["step_time"][1], "log: step_time")
+        if "step_time_unit" in fields:
+            unit = self.string(fields["step_time_unit"][1], "log: step_time_unit")
+            if unit not in UNITS:
+                self.error(fields["step_time_unit"][1], f"log: step_time_unit must be one of {', '.join(UNITS)}")
+            else:
+                out["step_time_unit"] = unit
+        if "warmup_steps" in fields:
+            wnode = fields["warmup_steps"][1]
+            if isinstance(wnode, yaml.ScalarNode) and re.fullmatch(r"[0-9]+", str(wnode.value)):
+                out["warmup_steps"] = int(wnode.value)
+            else:
+                self.error(wnode, "log: warmup_steps must be a whole number")
+        if "metrics" in fields:
+            metrics = {}
+            for name, (_, value) in self.mapping(fields["metrics"][1], "log: metrics", ()).items():
+                regex = self.regex(value, f"log: metrics: {name}")
+                if regex:
+                    metrics[name] = regex
+            out["metrics"] = metrics
+        return out

@@ -1,0 +1,182 @@
+"""`patchkit train`: a real two-process gloo run of a tiny model, and the launcher's decisions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from patchkit.train import device as device_mod
+from tests.gitfixtures import git, make_upstream, patchkit, write_layer, write_one_upstream_port
+
+TRAIN = '''\
+import argparse
+import time
+
+import torch
+import torch.distributed as dist
+
+import toymod
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--config")
+parser.add_argument("--max-steps", type=int, default=1000)
+parser.add_argument("--crash-rank", type=int, default=-1)
+args = parser.parse_args()
+cfg = {}
+exec(open(args.config).read(), cfg)
+batch = cfg["data"]["samples_per_gpu"]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+print(f"speed {toymod.SPEED}", flush=True)
+if rank == args.crash_rank:
+    raise SystemExit(3)
+torch.manual_seed(rank)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+for step in range(args.max_steps):
+    start = time.perf_counter()
+    x = torch.randn(batch, 8)
+    loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    print(f"step {step} loss: {loss.item():.4f} time: {time.perf_counter() - start:.6f}", flush=True)
+print("acc: 0.875", flush=True)
+dist.destroy_process_group()
+'''
+
+RECIPE = '''\
+workdir: toy
+entry: train.py
+config: cfg.py
+args: ["--config", "{config}"]
+cards: 2
+global_batch: 8
+batch: {config_key: data.samples_per_gpu}
+performance: {steps: 6, args: ["--max-steps", "6"]}
+env:
+  all: {TOY_ENV: "1"}
+  cpu: {GLOO_SOCKET_IFNAME: lo}
+log:
+  step_time: 'time: (?P<value>[0-9.]+)'
+  step_time_unit: s
+  warmup_steps: 2
+  metrics: {acc: 'acc: (?P<value>[0-9.]+)'}
+'''
+
+OVERLAY = '''\
+from patchkit.overlay import replace_value
+
+replace_value("toymod:SPEED", 2, upstream="toy")
+'''
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    up = tmp_path / "toy"
+    pin = make_upstream(up, {"train.py": TRAIN, "cfg.py": "data = dict(samples_per_gpu=4)\n",
+                             "toymod.py": "SPEED = 1\n"})
+    port = tmp_path / "port"
+    write_layer(port, "npu", "toy", {})
+    write_one_upstream_port(port, up, pin, name="toy", model="toy")
+    (port / "train").mkdir()
+    (port / "train/toy.yaml").write_text(RECIPE)
+    (port / "overlays/toy").mkdir(parents=True)
+    (port / "overlays/toy/speed.py").write_text(OVERLAY)
+    return port
+
+
+def test_needs_an_applied_workspace(toy: Path) -> None:
+    run = patchkit(toy, "train", "toy", "--device", "cpu", "--cards", "2", "--dry-run")
+    assert run.code == 2 and "run `patchkit apply toy`" in run.err
+
+
+def test_two_gloo_processes_really_train(toy: Path) -> None:
+    pytest.importorskip("torch", reason="torch is needed to train (pip install torch==2.13.0)")
+    assert patchkit(toy, "apply", "toy").code == 0
+    work = toy / "run1"
+    run = patchkit(toy, "train", "toy", "--device", "cpu", "--cards", "2", "--performance", "--work-dir", str(work))
+    assert run.code == 0, run.text + "".join(p.read_text() for p in work.glob("*.log"))
+    logs = {r: (work / f"rank{r}.log").read_text() for r in (0, 1)}
+    for rank, text in logs.items():
+        assert f"patchkit-bootstrap: rank={rank} local_rank={rank} world_size=2 device=cpu backend=gloo" in text
+        assert "speed 2" in text  # the overlay was active in both workers
+        assert text.count(" time: ") == 6  # the performance bound stopped it
+    results = json.loads((work / "results.json").read_text())
+    assert results["steps_seen"] == 6 and results["warmup_steps"] == 2
+    assert results["per_card_batch"] == 4 and results["global_batch"] == 8
+    assert results["batch_source"].startswith("data.samples_per_gpu in ")
+    assert results["mean_step_ms"] > 0
+    assert results["fps"] == pytest.approx(8 / (results["mean_step_ms"] / 1000), rel=1e-3)
+    assert results["metrics"] == {"acc": 0.875}
+    head = git(toy / "work/toy/toy", "rev-parse", "HEAD")
+    assert results["fingerprint"]["repos"]["toy"]["head"] == head
+    assert results["fingerprint"]["overlays"]
+    assert "patchkit-fingerprint: " in logs[0]
+    assert "cards | global batch | step time (ms) | FPS" in run.out and "| 8 " in run.out
+
+
+def test_a_crashing_worker_is_named(toy: Path) -> None:
+    pytest.importorskip("torch", reason="torch is needed to train")
+    assert patchkit(toy, "apply", "toy").code == 0
+    run = patchkit(toy, "train", "toy", "--device", "cpu", "--cards", "2", "--performance",
+                   "--work-dir", str(toy / "run2"), "--", "--crash-rank", "1")
+    assert run.code == 1, run.text
+    assert "training failed" in run.err and "rank 1 exited with code 3" in run.err
+    assert "speed 2" in run.err  # the tail of that rank's log
+
+
+@pytest.mark.parametrize(("npu", "cuda", "expected"), [
+    (8, 2, ("npu", 8, "hccl")), (0, 2, ("cuda", 2, "nccl")), (0, 0, ("cpu", 16, "gloo")),
+])
+def test_device_detection(monkeypatch: pytest.MonkeyPatch, npu: int, cuda: int, expected: tuple[str, int, str]) -> None:
+    monkeypatch.setattr(device_mod, "probe_npu", lambda: npu)
+    monkeypatch.setattr(device_mod, "probe_cuda", lambda: cuda)
+    monkeypatch.setattr(device_mod, "probe_cpu", lambda: 16)
+    found = device_mod.detect("auto")
+    assert (found.kind, found.count, found.backend) == expected
+
+
+def test_asked_device_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device_mod, "probe_npu", lambda: 0)
+    with pytest.raises(Exception, match="torch_npu is not importable or sees no NPU"):
+        device_mod.detect("npu")
+
+
+def test_multi_node_dry_run(toy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert patchkit(toy, "apply", "toy").code == 0
+    monkeypatch.setattr(device_mod, "probe_npu", lambda: 8)
+    run = patchkit(toy, "train", "toy", "--cards", "8", "--nnodes", "2", "--master-addr", "10.1.2.3",
+                   "--dry-run")
+    assert run.code == 0, run.text
+    commands = [line for line in run.out.splitlines() if line.startswith("cd ")]
+    assert len(commands) == 2
+    for rank, line in enumerate(commands):
+        assert f"--node_rank={rank}" in line and "--nnodes=2" in line and "--nproc_per_node=8" in line
+        assert "--master_addr=10.1.2.3" in line and "--master_port=29500" in line
+        assert "PATCHKIT_TRAIN_DEVICE=npu" in line and "PATCHKIT_TRAIN_BACKEND=hccl" in line
+        assert "-m patchkit.train.bootstrap train.py --config cfg.py" in line
+        assert "TOY_ENV=1" in line and "GLOO_SOCKET_IFNAME" not in line  # the cpu env is not the npu env
+    assert "does not say toy supports several nodes" in run.out
+    too_many = patchkit(toy, "train", "toy", "--cards", "9", "--dry-run")
+    assert too_many.code == 2 and "asked for 9 cards but this machine has 8 (npu)" in too_many.err
+    alone = patchkit(toy, "train", "toy", "--nnodes", "2", "--dry-run")
+    assert alone.code == 2 and "--master-addr" in alone.err
+
+
+def test_recipe_errors(toy: Path) -> None:
+    (toy / "train/toy.yaml").write_text(
+        "workdir: toy\ncards: eight\nbatch: {arg: -b, value: 2}\nlog:\n  step_time: 'time: ([0-9.]+)'\n"
+        "  step_time_unit: minutes\nextra: 1\n")
+    run = patchkit(toy, "train", "toy", "--dry-run")
+    assert run.code == 2
+    for expected in ("train/toy.yaml:1: recipe: missing required key 'entry'",
+                     "train/toy.yaml:2: cards must be a positive whole number",
+                     "train/toy.yaml:3: batch: give exactly one of config_key, arg, value",
+                     "train/toy.yaml:5: log: step_time: the regular expression needs a (?P<value>...) group",
+                     "train/toy.yaml:6: log: step_time_unit must be one of s, ms, it/s",
+                     "train/toy.yaml:7: recipe: unknown key 'extra'"):
+        assert expected in run.err, run.err
+    assert patchkit(toy, "train", "nope").code == 2
