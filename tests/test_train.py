@@ -180,3 +180,41 @@ def test_recipe_errors(toy: Path) -> None:
                      "train/toy.yaml:7: recipe: unknown key 'extra'"):
         assert expected in run.err, run.err
     assert patchkit(toy, "train", "nope").code == 2
+
+
+def test_ctrl_c_stops_every_worker(toy: Path) -> None:
+    import os
+    import re
+    import signal
+    import time
+
+    from tests.gitfixtures import patchkit_process
+
+    pytest.importorskip("torch", reason="torch is needed to train")
+    assert patchkit(toy, "apply", "toy").code == 0
+    work = toy / "run3"
+    proc = patchkit_process(toy, "train", "toy", "--device", "cpu", "--cards", "2", "--work-dir", str(work),
+                            "--", "--max-steps", "100000000")
+    deadline = time.monotonic() + 60
+    pids: list[int] = []
+    while len(pids) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+        pids = [int(m) for r in (0, 1) if (work / f"rank{r}.log").exists()
+                for m in re.findall(r"patchkit-bootstrap: .* pid=(\d+)", (work / f"rank{r}.log").read_text())]
+    while " time: " not in (work / "rank0.log").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted" in err
+    for pid in pids:
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"worker {pid} still runs after Ctrl-C")
