@@ -129,7 +129,8 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
     })
     if model.overlays:
         env["PATCHKIT_OVERLAYS"] = os.pathsep.join(str(manifest.root / "overlays" / s) for s in model.overlays)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cards)))
+    if "OMP_NUM_THREADS" not in os.environ:  # the user's own setting wins, then the recipe's
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cards)))
     tcmalloc = next((p for p in TCMALLOC if os.path.exists(p)), None)
     if tcmalloc:
         env["LD_PRELOAD"] = ":".join(filter(None, [os.environ.get("LD_PRELOAD"), tcmalloc]))
@@ -192,15 +193,25 @@ def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results
 
 
 def _follow(proc: subprocess.Popen[bytes], plan: Plan, log: Path, progress: Progress) -> None:
-    seen, last = 0, time.monotonic()
-    while proc.poll() is None:
-        time.sleep(0.2)
-        if time.monotonic() - last < 2 or not log.exists():
+    """Wait for torchrun, reporting rank 0's steps every couple of seconds (reading only what is new)."""
+    seen, offset, pending = 0, 0, b""
+    while True:
+        try:
+            proc.wait(timeout=2)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        if not log.exists():
             continue
-        last = time.monotonic()
-        times = results_mod.step_seconds(plan.recipe, log.read_text(encoding="utf-8", errors="replace"))
-        if len(times) > seen:
-            seen = len(times)
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            chunk = pending + fh.read()
+        offset += len(chunk) - len(pending)
+        text, _, rest = chunk.rpartition(b"\n")
+        pending = rest
+        times = results_mod.step_seconds(plan.recipe, text.decode("utf-8", "replace"))
+        if times:
+            seen += len(times)
             progress(f"{plan.model}: {seen} steps, last step {1000 * times[-1]:.1f} ms")
 
 
