@@ -218,3 +218,20 @@ def test_ctrl_c_stops_every_worker(toy: Path) -> None:
             time.sleep(0.1)
         else:
             pytest.fail(f"worker {pid} still runs after Ctrl-C")
+
+
+def test_performance_bound_from_the_log(toy: Path) -> None:
+    """An entry script that cannot bound itself: patchkit stops the run when the log reaches the bound."""
+    pytest.importorskip("torch", reason="torch is needed to train")
+    recipe = toy / "train/toy.yaml"
+    recipe.write_text(recipe.read_text().replace('performance: {steps: 6, args: ["--max-steps", "6"]}',
+                                                 "performance: {steps: 4}"))
+    assert patchkit(toy, "apply", "toy").code == 0
+    work = toy / "run4"
+    run = patchkit(toy, "train", "toy", "--device", "cpu", "--cards", "2", "--performance", "--work-dir", str(work),
+                   "--", "--max-steps", "100000000")
+    assert run.code == 0, run.text
+    assert "patchkit stops it once the log reaches step 4" in run.text
+    results = json.loads((work / "results.json").read_text())
+    assert results["steps_seen"] >= 4 and results["mean_step_ms"] > 0
+    assert "stopped by patchkit at step 4 (the performance bound)" in results["notes"]

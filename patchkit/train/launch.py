@@ -115,9 +115,12 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
     subst = {"config": recipe.config or "", "work_dir": str(work_dir)}
     args = [a.format(**subst) for a in recipe.args]
     if options.performance:
-        if not recipe.performance_args:
+        if not recipe.performance_args and not recipe.performance_steps:
             raise BadInput(f"{display(recipe.path)}: no `performance:` section, so no bounded run")
         args += [a.format(**subst) for a in recipe.performance_args]
+        if not recipe.performance_args:
+            notes.append(f"the entry script cannot bound the run itself: patchkit stops it once the log "
+                         f"reaches step {recipe.performance_steps}")
     args += list(options.extra)
     fingerprint = workspace_fingerprint(manifest, model, workspace_root)
     env = {**recipe.env.get("all", {}), **recipe.env.get(device.kind, {})}
@@ -176,7 +179,7 @@ def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results
         proc = subprocess.Popen(argv, cwd=plan.repo, env={**os.environ, **plan.env}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _follow(proc, plan, log, progress)
+            bounded = _follow(proc, plan, log, progress)
         except KeyboardInterrupt:
             _stop(proc)
             raise
@@ -185,20 +188,26 @@ def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results
                               fingerprint=plan.fingerprint, command=argv, seconds=round(time.monotonic() - start, 3),
                               exit_code=proc.returncode)
     res.notes += plan.notes
-    if proc.returncode != 0:
+    if bounded:
+        res.exit_code = 0
+        res.notes.append(f"stopped by patchkit at step {plan.recipe.performance_steps} (the performance bound)")
+    elif proc.returncode != 0:
         raise _failure(plan, proc.returncode, launcher_log)
     results_mod.fill(res, plan.recipe, log)
     atomic_write(plan.work_dir / "results.json", (json.dumps(res.__dict__, indent=2) + "\n").encode())
     return res
 
 
-def _follow(proc: subprocess.Popen[bytes], plan: Plan, log: Path, progress: Progress) -> None:
-    """Wait for torchrun, reporting rank 0's steps every couple of seconds (reading only what is new)."""
-    seen, offset, pending = 0, 0, b""
+def _follow(proc: subprocess.Popen[bytes], plan: Plan, log: Path, progress: Progress) -> bool:
+    """Wait for torchrun, reporting rank 0's steps (reading only what is new). True when patchkit
+    stopped the run itself because a performance run reached its bound in the log."""
+    recipe = plan.recipe
+    bound = recipe.performance_steps if plan.options.performance and not recipe.performance_args else None
+    seen, step, offset, pending = 0, 0, 0, b""
     while True:
         try:
-            proc.wait(timeout=2)
-            return
+            proc.wait(timeout=0.5 if bound else 2)
+            return False
         except subprocess.TimeoutExpired:
             pass
         if not log.exists():
@@ -207,12 +216,16 @@ def _follow(proc: subprocess.Popen[bytes], plan: Plan, log: Path, progress: Prog
             fh.seek(offset)
             chunk = pending + fh.read()
         offset += len(chunk) - len(pending)
-        text, _, rest = chunk.rpartition(b"\n")
-        pending = rest
-        times = results_mod.step_seconds(plan.recipe, text.decode("utf-8", "replace"))
+        raw, _, pending = chunk.rpartition(b"\n")
+        text = raw.decode("utf-8", "replace")
+        times = results_mod.step_seconds(recipe, text)
+        seen += len(times)
+        step = max([step, *results_mod.steps(recipe, text)]) if recipe.step else seen
         if times:
-            seen += len(times)
-            progress(f"{plan.model}: {seen} steps, last step {1000 * times[-1]:.1f} ms")
+            progress(f"{plan.model}: step {step}, last step {1000 * times[-1]:.1f} ms")
+        if bound and step >= bound:
+            _stop(proc)
+            return True
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

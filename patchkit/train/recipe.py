@@ -1,4 +1,4 @@
-"""`train/<model>.yaml`: how a model trains. Checked like the manifest: file, line, message.
+r"""`train/<model>.yaml`: how a model trains. Checked like the manifest: file, line, message.
 
     workdir: surroundocc            # the workspace repo that is the working directory
     entry: tools/train.py           # the entry script, relative to workdir
@@ -10,9 +10,11 @@
     epochs: 12
     batch: {config_key: data.samples_per_gpu}   # or {arg: --batch-size} or {value: 8}
     performance: {steps: 600, args: ["--cfg-options", "runner.max_iters=600"]}
+                                    # no args: the launcher stops the run once the log reaches `steps`
     env: {all: {...}, npu: {...}, cuda: {...}, cpu: {...}}
     log:
       step_time: 'time: (?P<value>[0-9.]+)'
+      step: 'Iter \[(?P<value>[0-9]+)/'   # optional: the iteration a log line is at
       step_time_unit: s             # s, ms or it/s
       warmup_steps: 5
       metrics: {mIoU: 'mIoU: (?P<value>[0-9.]+)'}
@@ -51,6 +53,7 @@ class Recipe:
     performance_args: tuple[str, ...] = ()
     env: dict[str, dict[str, str]] = field(default_factory=dict)
     step_time: str | None = None
+    step: str | None = None  # the iteration number in the log, when lines are not one per step
     step_time_unit: str = "s"
     warmup_steps: int = 0
     metrics: dict[str, str] = field(default_factory=dict)
@@ -183,8 +186,10 @@ class _RecipeChecker(Checker):
         return text
 
     def log(self, node: yaml.Node) -> dict[str, object]:
-        fields = self.mapping(node, "log", ("step_time", "step_time_unit", "warmup_steps", "metrics"))
+        fields = self.mapping(node, "log", ("step_time", "step", "step_time_unit", "warmup_steps", "metrics"))
         out: dict[str, object] = {}
+        if "step" in fields:
+            out["step"] = self.regex(fields["step"][1], "log: step")
         if "step_time" in fields:
             out["step_time"] = self.regex(fields["step_time"][1], "log: step_time")
         if "step_time_unit" in fields:

@@ -46,6 +46,11 @@ def step_seconds(recipe: Recipe, text: str) -> list[float]:
     return values
 
 
+def steps(recipe: Recipe, text: str) -> list[int]:
+    """The iteration numbers the log reports (with a `log: step` pattern)."""
+    return [int(m.group("value")) for m in re.finditer(recipe.step, text)] if recipe.step else []
+
+
 def metrics(recipe: Recipe, text: str) -> dict[str, float]:
     """The last value of every metric the log reports."""
     found = {}
