@@ -112,7 +112,8 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
     options.master_port = options.master_port or (29500 if options.nnodes > 1 else _free_port())
     repo = workspace_root / model.name / recipe.workdir
     work_dir = (options.work_dir or Path("train-runs") / f"{model.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    subst = {"config": recipe.config or "", "work_dir": str(work_dir)}
+    subst = {"config": recipe.config or "", "work_dir": str(work_dir), "cards": str(cards),
+             "nnodes": str(options.nnodes), "world_size": str(cards * options.nnodes)}
     args = [a.format(**subst) for a in recipe.args]
     if options.performance:
         if not recipe.performance_args and not recipe.performance_steps:
