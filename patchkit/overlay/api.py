@@ -9,14 +9,10 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 
-@dataclass
-class Declaration:
-    target: str  # "module.path:Qualified.name"
-    upstream: str
-    fingerprint: str | None
-    replacement: Any
-    file: str  # where it was declared
-    line: int
+class TargetName:
+    """`module.path:Qualified.name`, split."""
+
+    target: str
 
     @property
     def module(self) -> str:
@@ -25,6 +21,16 @@ class Declaration:
     @property
     def qualname(self) -> str:
         return self.target.partition(":")[2]
+
+
+@dataclass
+class Declaration(TargetName):
+    target: str  # "module.path:Qualified.name"
+    upstream: str
+    fingerprint: str | None
+    replacement: Any
+    file: str  # where it was declared
+    line: int
 
 
 _DECLARED: list[Declaration] = []

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from patchkit.errors import Diagnostic, InvalidInput
+from patchkit.overlay.api import TargetName
 from patchkit.paths import atomic_write, display
 
 _DECLARERS = {"replace": 0, "replace_value": 0}
@@ -27,7 +28,7 @@ _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
-class Target:
+class Target(TargetName):
     """One runtime replacement, as written in an overlay file."""
 
     target: str
@@ -36,14 +37,6 @@ class Target:
     file: Path
     line: int
     call: ast.Call
-
-    @property
-    def module(self) -> str:
-        return self.target.partition(":")[0]
-
-    @property
-    def qualname(self) -> str:
-        return self.target.partition(":")[2]
 
     @property
     def where(self) -> str:
