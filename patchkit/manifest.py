@@ -44,9 +44,17 @@ class Upstream:
     name: str
     url: str
     pin: str
-    track: str
+    track: str  # a branch or tag; for a PyPI release, a version specifier such as ">=1.6,<1.7"
     line: int
     pin_line: int = 0
+    exclude: tuple[str, ...] = ()  # paths the workspace leaves out (sparse checkout patterns)
+    pypi: str | None = None  # "name==version" for a PyPI release (then url is "pypi:name==version")
+    sha256: str | None = None  # of the release file
+    install: dict[str, object] | None = None  # how it is installed (see patchkit.install)
+
+    @property
+    def kind(self) -> str:
+        return "pypi" if self.pypi else "git"
 
 
 @dataclass(frozen=True)
@@ -166,22 +174,51 @@ class _Checker(Checker):
         for key, (knode, value) in self.mapping(node, "upstreams", ()).items():
             name = self.name(knode, "upstream")
             what = f"upstream {key!r}"
-            fields = self.mapping(value, what, ("url", "pin", "track"))
+            fields = self.mapping(value, what, ("url", "pypi", "sha256", "pin", "track", "exclude", "install"))
             if not isinstance(value, yaml.MappingNode):
                 continue
+            if ("url" in fields) == ("pypi" in fields):
+                self.error(knode, f"{what}: give either url (a git repository) or pypi (a release, name==version)")
+                continue
+            source = "url" if "url" in fields else "pypi"
             got: dict[str, str | None] = {}
-            for field_name in ("url", "pin", "track"):
+            for field_name in (source, "pin", "track") + (("sha256",) if source == "pypi" else ()):
                 fnode = self.required(fields, field_name, knode, what)
                 got[field_name] = self.string(fnode, f"{what}: {field_name}") if fnode is not None else None
             pin = got["pin"]
             if pin is not None and not _SHA_RE.match(pin):
-                self.error(fields["pin"][1], f"{what}: pin {pin!r} is not a full 40-hex commit SHA "
-                           "(pin commits, not branches or tags; lower-case hex)")
+                hint = " (run `patchkit pin NAME` to compute it)" if source == "pypi" else \
+                    " (pin commits, not branches or tags; lower-case hex)"
+                self.error(fields["pin"][1], f"{what}: pin {pin!r} is not a full 40-hex commit SHA{hint}")
                 pin = None
-            if name and got["url"] and pin and got["track"]:
-                result[name] = Upstream(name, got["url"], pin, got["track"], knode.start_mark.line + 1,
-                                        fields["pin"][1].start_mark.line + 1)
+            pypi = got.get("pypi")
+            if pypi is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9._+!-]+", pypi):
+                self.error(fields["pypi"][1], f"{what}: pypi {pypi!r} is not NAME==VERSION")
+                pypi = None
+            sha = got.get("sha256")
+            if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+                self.error(fields["sha256"][1], f"{what}: sha256 {sha!r} is not 64 lower-case hex digits")
+            exclude = self.patterns(fields["exclude"][1], what) if "exclude" in fields else ()
+            install = self.install(fields["install"][1], what) if "install" in fields else None
+            url = got.get("url") or (f"pypi:{pypi}" if pypi else None)
+            if name and url and pin and got["track"] and (source == "url" or (pypi and sha)):
+                result[name] = Upstream(name, url, pin, got["track"], knode.start_mark.line + 1,
+                                        fields["pin"][1].start_mark.line + 1, exclude, pypi, sha, install)
         return result
+
+    def patterns(self, node: yaml.Node, what: str) -> tuple[str, ...]:
+        out = []
+        for value, item in self.layer_list(node, f"{what}: exclude", check_names=False):
+            if value.startswith("!") or ".." in value.split("/"):
+                self.error(item, f"{what}: exclude pattern {value!r} must name paths to leave out")
+            else:
+                out.append(value)
+        return tuple(out)
+
+    def install(self, node: yaml.Node, what: str) -> dict[str, object] | None:
+        from patchkit.install import check_recipe
+
+        return check_recipe(self, node, what)
 
     def models(self, node: yaml.Node, upstreams: dict[str, Upstream]) -> dict[str, Model]:
         result: dict[str, Model] = {}
@@ -219,7 +256,7 @@ class _Checker(Checker):
                 names.append(value)
         return tuple(names)
 
-    def layer_list(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node]]:
+    def layer_list(self, node: yaml.Node, what: str, *, check_names: bool = True) -> list[tuple[str, yaml.Node]]:
         if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
             return []  # an upstream used as pinned, with no patches
         if not isinstance(node, yaml.SequenceNode):
@@ -230,7 +267,7 @@ class _Checker(Checker):
             value = self.string(item, what)
             if value is None:
                 continue
-            if not _NAME_RE.match(value):
+            if check_names and not _NAME_RE.match(value):
                 self.error(item, f"{what}: layer name {value!r} is not valid")
             elif value in [n for n, _ in names]:
                 self.error(item, f"{what}: layer {value!r} is listed twice")

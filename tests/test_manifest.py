@@ -64,7 +64,8 @@ def test_every_schema_error_with_its_line(tmp_path: Path) -> None:
         manifest.load(path)
     got = [str(d).replace(str(tmp_path) + "/", "") for d in info.value.diagnostics]
     expected = [
-        "upstreams.yaml:6: upstream 'mmcv': unknown key 'branch' (expected one of: url, pin, track)",
+        "upstreams.yaml:6: upstream 'mmcv': unknown key 'branch' (expected one of: url, pypi, sha256, pin, track,"
+        " exclude, install)",
         "upstreams.yaml:7: upstream 'mmdet': missing required key 'pin'",
         "upstreams.yaml:12: upstream 'mmdet3d': pin 'v1.0.0rc4' is not a full 40-hex commit SHA"
         " (pin commits, not branches or tags; lower-case hex)",

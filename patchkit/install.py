@@ -1,0 +1,219 @@
+"""`patchkit install MODEL`: install a model's stack from its workspace, in dependency order.
+
+Each upstream may say how it installs (`install:` in upstreams.yaml):
+
+    install:
+      after: [mmcv]                    # upstreams of the model installed before this one
+      build: wheel                     # wheel (built once, then cached) | editable | command
+      env: {MMCV_WITH_OPS: "1", MAX_JOBS: "2"}
+      npu_env: {FORCE_NPU: "1"}        # added when installing for an NPU
+      constraints: ["numpy<2", "setuptools>=77.0.3,<81"]
+      pip_args: ["--no-build-isolation"]
+      command: "python setup.py develop"   # with build: command
+
+A wheel is cached under `<cache>/wheels/<upstream>/<key>`, the key hashing the workspace commit
+(pin plus series), the recipe, the Python and torch versions and the device, so a second install
+of the same stack skips the build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from patchkit import git, settings
+from patchkit.errors import BadInput, PatchkitError
+from patchkit.manifest import Manifest, Model
+from patchkit.paths import display
+from patchkit.status import model_status
+
+Progress = Callable[[str], None]
+BUILDS = ("wheel", "editable", "command")
+_KEYS = ("after", "build", "env", "npu_env", "constraints", "pip_args", "command")
+
+
+def check_recipe(checker: Any, node: yaml.Node, what: str) -> dict[str, object] | None:
+    """Validate an `install:` mapping with CHECKER (the manifest's), returning it as plain data."""
+    fields = checker.mapping(node, f"{what}: install", _KEYS)
+    recipe: dict[str, object] = {"build": "wheel"}
+    if "build" in fields:
+        build = checker.string(fields["build"][1], f"{what}: install: build")
+        if build not in BUILDS:
+            checker.error(fields["build"][1], f"{what}: install: build must be one of {', '.join(BUILDS)}")
+        recipe["build"] = build
+    for key in ("after", "constraints", "pip_args"):
+        if key in fields:
+            recipe[key] = [v for v, _ in checker.layer_list(fields[key][1], f"{what}: install: {key}",
+                                                            check_names=False)]
+    for key in ("env", "npu_env"):
+        if key in fields:
+            env = {}
+            for name, (_, value) in checker.mapping(fields[key][1], f"{what}: install: {key}", ()).items():
+                text = checker.string(value, f"{what}: install: {key}: {name}")
+                if text is not None:
+                    env[name] = text
+            recipe[key] = env
+    if "command" in fields:
+        recipe["command"] = checker.string(fields["command"][1], f"{what}: install: command")
+    if recipe["build"] == "command" and not recipe.get("command"):
+        checker.error(node, f"{what}: install: build: command needs a command")
+    return recipe
+
+
+@dataclass
+class Step:
+    upstream: str
+    action: str  # built | cached | installed | ran
+    seconds: float
+    wheel: str | None = None
+    log: str = ""
+
+
+@dataclass
+class InstallReport:
+    model: str
+    python: str
+    steps: list[Step] = field(default_factory=list)
+
+
+def order(model: Model, manifest: Manifest) -> list[str]:
+    """The model's upstreams that install, each after those it names in `after`."""
+    todo = [up for up in model.layers if manifest.upstreams[up].install is not None]
+    done: list[str] = []
+    visiting: list[str] = []
+
+    def visit(up: str) -> None:
+        if up in done:
+            return
+        if up in visiting:
+            raise BadInput(f"install order of {model.name} has a cycle: {' -> '.join(visiting + [up])}")
+        visiting.append(up)
+        recipe: dict[str, Any] = manifest.upstreams[up].install or {}
+        for dep in recipe.get("after", []):
+            if dep not in model.layers:
+                raise BadInput(f"upstream {up!r} installs after {dep!r}, which model {model.name!r} does not have")
+            if manifest.upstreams[dep].install is not None:
+                visit(dep)
+        visiting.pop()
+        done.append(up)
+
+    for up in todo:
+        visit(up)
+    return done
+
+
+def _python(venv: Path | None, progress: Progress) -> str:
+    if venv is None:
+        return sys.executable
+    python = venv / "bin" / "python"
+    if not python.exists():
+        progress(f"creating the virtual environment {display(venv)}")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    return str(python)
+
+
+def _versions(python: str) -> dict[str, str]:
+    code = ("import json, sys\ntry:\n    import torch; t = torch.__version__\nexcept Exception:\n    t = None\n"
+            "print(json.dumps({'python': sys.version.split()[0], 'torch': t}))")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def cache_key(upstream: str, head: str, recipe: dict[str, object], versions: dict[str, str], device: str) -> str:
+    data = json.dumps({"upstream": upstream, "head": head, "recipe": recipe, "versions": versions,
+                       "device": device}, sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:20]
+
+
+def install(manifest: Manifest, model_name: str, workspace_root: Path, *, venv: Path | None = None,
+            device: str = "cpu", progress: Progress = lambda _m: None) -> InstallReport:
+    model = manifest.model(model_name)
+    status = {r.upstream: r for r in model_status(manifest, model, workspace_root).repos}
+    steps = order(model, manifest)
+    bad = [f"{up}: {status[up].state}" for up in steps if status[up].state not in ("clean", "edited")]
+    if bad:
+        raise BadInput(f"{model.name}: the workspace is not applied and current", details=bad +
+                       [f"run `patchkit apply {model.name}`"])
+    python = _python(venv, progress)
+    versions = _versions(python)
+    report = InstallReport(model.name, python)
+    logs = workspace_root / model.name / ".patchkit" / "install"
+    logs.mkdir(parents=True, exist_ok=True)
+    for i, up in enumerate(steps, 1):
+        recipe: dict[str, Any] = manifest.upstreams[up].install or {}
+        repo = workspace_root / model.name / up
+        head = git.out(["rev-parse", "HEAD"], repo)
+        cacheable = recipe.get("build") == "wheel" and status[up].state == "clean"
+        key = cache_key(up, head, recipe, versions, device)
+        progress(f"[{i}/{len(steps)}] {up}: {recipe.get('build')}" +
+                 ("" if cacheable or recipe.get("build") != "wheel" else " (local edits: not cached)"))
+        start = time.monotonic()
+        step = _step(up, recipe, repo, python, device, logs / f"{i:02d}-{up}.log",
+                     settings.cache_root() / "wheels" / up / key if cacheable else None)
+        step.seconds = round(time.monotonic() - start, 2)
+        progress(f"[{i}/{len(steps)}] {up}: {step.action} in {step.seconds:.1f} s")
+        report.steps.append(step)
+    return report
+
+
+def _step(up: str, recipe: dict[str, Any], repo: Path, python: str, device: str, log: Path,
+          cached: Path | None) -> Step:
+    env = {**os.environ, **recipe.get("env", {}), **(recipe.get("npu_env", {}) if device == "npu" else {})}
+    constraints = log.with_suffix(".constraints.txt")
+    constraints.write_text("".join(f"{c}\n" for c in recipe.get("constraints", [])))
+    pip = [python, "-m", "pip", "--disable-pip-version-check"]
+    pip_args = list(recipe.get("pip_args", []))
+    with open(log, "wb") as out:
+        if recipe.get("build") == "command":
+            _run(up, ["sh", "-c", recipe["command"]], repo, env, out, log)
+            return Step(up, "ran", 0, log=display(log))
+        if recipe.get("build") == "editable":
+            _run(up, [*pip, "install", "-c", str(constraints), *pip_args, "-e", "."], repo, env, out, log)
+            return Step(up, "installed", 0, log=display(log))
+        action = "cached"
+        wheels = sorted(cached.glob("*.whl")) if cached and cached.is_dir() else []
+        if not wheels:
+            action = "built"
+            target = Path(tempfile.mkdtemp(prefix="patchkit-wheel-"))
+            try:
+                _run(up, [*pip, "wheel", "--no-deps", "-c", str(constraints), *pip_args, "-w", str(target), "."],
+                     repo, env, out, log)
+                wheels = sorted(target.glob("*.whl"))
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    staging = cached.parent / f".{cached.name}.tmp"
+                    shutil.rmtree(staging, ignore_errors=True)
+                    shutil.copytree(target, staging)
+                    os.replace(staging, cached)
+                    wheels = sorted(cached.glob("*.whl"))
+                else:
+                    keep = Path(tempfile.mkdtemp(prefix="patchkit-wheel-keep-"))
+                    wheels = [Path(shutil.copy2(w, keep)) for w in wheels]
+            finally:
+                shutil.rmtree(target, ignore_errors=True)
+        _run(up, [*pip, "install", "--no-deps", "--force-reinstall", "-c", str(constraints),
+                  *[str(w) for w in wheels]], repo, env, out, log)
+    return Step(up, action, 0, wheel=wheels[0].name if wheels else None, log=display(log))
+
+
+def _run(up: str, cmd: list[str], cwd: Path, env: dict[str, str], out: Any, log: Path) -> None:
+    out.write(f"$ {' '.join(cmd)}\n".encode())
+    out.flush()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        out.flush()
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        raise PatchkitError(f"install step {up!r} failed (exit {proc.returncode}): {' '.join(cmd)}",
+                            details=[f"the end of {display(log)}:", *[f"  {line}" for line in tail]])
