@@ -338,7 +338,7 @@ def _build(model: str, plan: _Plan, mirror: Path, recorder: _Recorder, progress:
     elif plan.dir.exists():
         result.backups = [_move_aside(plan.dir)]
     if not (plan.dir / ".git").is_dir():
-        _clone(mirror, plan.dir)
+        _clone(mirror, plan.dir, up.exclude)
         plan.keep, plan.base = 0, up.pin
     elif not git.has_commit(plan.dir, plan.base):
         git.run(["fetch", "--quiet", "origin", "--tags", "+refs/heads/*:refs/remotes/origin/*",
@@ -412,15 +412,31 @@ def _move_aside(path: Path) -> str:
     return display(target)
 
 
-def _clone(mirror: Path, dest: Path) -> None:
+def _clone(mirror: Path, dest: Path, exclude: tuple[str, ...] = ()) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f"tmp-{dest.name}-", dir=state.meta_dir(dest.parent)))
     try:
+        repo = tmp / "repo"
         git.run(["clone", "--quiet", "--local", "--no-checkout", "-c", "core.autocrlf=false",
                  "-c", f"remote.origin.fetch=+{cache.PIN_REFS}/*:{cache.PIN_REFS}/*",
-                 str(mirror), str(tmp / "repo")])
-        (tmp / "repo").rename(dest)
+                 str(mirror), str(repo)])
+        if exclude:
+            leave_out(repo, exclude)
+        repo.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def leave_out(repo: Path, exclude: tuple[str, ...]) -> None:
+    """Check out everything but EXCLUDE (a sparse checkout), never needing those files' blobs.
+
+    The repo is marked a partial clone of its origin: git then accepts index entries whose
+    blobs it does not have for the paths outside the sparse checkout (mirrors and snapshots of
+    model repos often lack their demo media), and commits still work.
+    """
+    for key, value in (("core.repositoryformatversion", "1"), ("extensions.partialClone", "origin"),
+                       ("remote.origin.promisor", "true")):
+        git.run(["config", key, value], repo)
+    git.run(["sparse-checkout", "set", "--no-cone", "/*", *[f"!{p}" for p in exclude]], repo)
 
 
 def _clean_tmp(mdir: Path) -> None:

@@ -50,7 +50,8 @@ class Scratch:
         self.run(["read-tree", treeish])
 
     def tree(self) -> str:
-        return self.run(["write-tree"]).stdout.strip()
+        # --missing-ok: a snapshot may lack blobs of files no patch touches (demo media)
+        return self.run(["write-tree", "--missing-ok"]).stdout.strip()
 
     def apply(self, data: bytes, *options: str) -> git.Result:
         """`git apply --cached -v OPTIONS` of DATA; the index is unchanged when it fails (atomic)."""
