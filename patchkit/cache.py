@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patchkit import git, settings
-from patchkit.errors import PatchkitError, PinNotFound, UpstreamUnreachable
+from patchkit.errors import BadInput, PatchkitError, PinNotFound, UpstreamUnreachable
 from patchkit.lock import FileLock
 from patchkit.manifest import Upstream
 
@@ -81,6 +81,15 @@ def fetch(upstream: Upstream, root: Path | None = None) -> FetchResult:
     """Create or update the mirror of UPSTREAM."""
     path = mirror_path(upstream, root)
     start = time.monotonic()
+    if upstream.kind == "pypi":
+        from patchkit import pypi
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path.parent / f"{path.name}.lock"):
+            before = track_commit(path, pypi.TRACK_REF) if (path / "HEAD").exists() else None
+            action = "fetched" if before else "imported"
+            after = pypi.fetch(upstream, path)
+        return FetchResult(upstream.name, action, time.monotonic() - start, before, after)
     with FileLock(path.parent / f"{path.name}.lock"):
         if (path / "HEAD").exists():
             before = track_commit(path, upstream.track)
@@ -104,6 +113,19 @@ def ensure_pin(upstream: Upstream, root: Path | None = None) -> tuple[Path, Fetc
     path = mirror_path(upstream, root)
     if has_pin(upstream, root):
         return path, None
+    if not upstream.pin:
+        raise BadInput(f"upstream {upstream.name!r} has no pin yet: run `patchkit pin {upstream.name}`")
+    if upstream.kind == "pypi":
+        from patchkit import pypi
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path.parent / f"{path.name}.lock"):
+            commit = pypi.pin(upstream, path)
+        if commit != upstream.pin:
+            raise PinNotFound(f"upstream {upstream.name!r}: {upstream.pypi} imports as {commit}, "
+                              f"not the pin {upstream.pin}", details=["run `patchkit pin "
+                                                                       f"{upstream.name}` to update it"])
+        return path, FetchResult(upstream.name, "imported", 0.0, None, commit)
     result = fetch(upstream, root)
     if not git.has_commit(path, upstream.pin):
         _fetch_by_sha(upstream, path)

@@ -196,6 +196,13 @@ def _resolve(up: Upstream, onto: str | None, fetch: bool, progress: Progress) ->
         cache.fetch(up)
     mirror, _ = cache.ensure_pin(up)
     ref = onto or up.track
+    if up.kind == "pypi":  # a release: --onto names a version; the track is the newest matching one
+        from patchkit import pypi
+
+        if onto:
+            pypi.import_version(up, mirror, onto)
+        else:
+            ref = pypi.TRACK_REF
     commit = resolve_ref(mirror, ref)
     if commit is None:
         raise BadInput(f"upstream {up.name!r}: {ref!r} is not a branch, tag or commit of {up.url}")

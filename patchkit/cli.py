@@ -159,6 +159,32 @@ def fetch(obj: Ctx, upstreams: tuple[str, ...], jobs: int, as_json: bool) -> Non
     sys.exit(max((e.exit_code for e in errors.values()), default=0))
 
 
+@cli.command("pin")
+@click.argument("upstream")
+@click.option("--check", "check_only", is_flag=True, help="Only say whether the pin in upstreams.yaml is right.")
+@click.pass_obj
+def pin_cmd(obj: Ctx, upstream: str, check_only: bool) -> None:
+    """Compute the pin of a PyPI UPSTREAM (the commit its release imports as) and write it."""
+    from patchkit import pypi
+    from patchkit.manifest import write_pin
+
+    m = obj.manifest()
+    up = m.upstream(upstream)
+    if up.kind != "pypi":
+        raise click.UsageError(f"{upstream} is a git upstream: its pin is a commit you choose")
+    mirror = cache.mirror_path(up)
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    commit = pypi.pin(up, mirror)
+    if commit == up.pin:
+        click.echo(f"{upstream}: pin {commit} is right for {up.pypi}")
+        return
+    if check_only:
+        click.echo(f"{upstream}: {up.pypi} imports as {commit}, upstreams.yaml says {up.pin or 'nothing'}", err=True)
+        sys.exit(1)
+    write_pin(m, up, commit)
+    click.echo(f"{upstream}: pin {commit} written to {m.path.name} ({up.pypi})")
+
+
 @cli.command("apply")
 @click.argument("model")
 @workspace_option

@@ -183,10 +183,13 @@ class _Checker(Checker):
             source = "url" if "url" in fields else "pypi"
             got: dict[str, str | None] = {}
             for field_name in (source, "pin", "track") + (("sha256",) if source == "pypi" else ()):
+                if field_name == "pin" and source == "pypi" and "pin" not in fields:
+                    got["pin"] = ""  # computed from the release by `patchkit pin NAME`
+                    continue
                 fnode = self.required(fields, field_name, knode, what)
                 got[field_name] = self.string(fnode, f"{what}: {field_name}") if fnode is not None else None
             pin = got["pin"]
-            if pin is not None and not _SHA_RE.match(pin):
+            if pin and not _SHA_RE.match(pin):
                 hint = " (run `patchkit pin NAME` to compute it)" if source == "pypi" else \
                     " (pin commits, not branches or tags; lower-case hex)"
                 self.error(fields["pin"][1], f"{what}: pin {pin!r} is not a full 40-hex commit SHA{hint}")
@@ -201,9 +204,11 @@ class _Checker(Checker):
             exclude = self.patterns(fields["exclude"][1], what) if "exclude" in fields else ()
             install = self.install(fields["install"][1], what) if "install" in fields else None
             url = got.get("url") or (f"pypi:{pypi}" if pypi else None)
-            if name and url and pin and got["track"] and (source == "url" or (pypi and sha)):
+            if name and url and pin is not None and got["track"] and (pin or source == "pypi") \
+                    and (source == "url" or (pypi and sha)):
+                pin_line = fields["pin"][1].start_mark.line + 1 if "pin" in fields else 0
                 result[name] = Upstream(name, url, pin, got["track"], knode.start_mark.line + 1,
-                                        fields["pin"][1].start_mark.line + 1, exclude, pypi, sha, install)
+                                        pin_line, exclude, pypi, sha, install)
         return result
 
     def patterns(self, node: yaml.Node, what: str) -> tuple[str, ...]:
@@ -299,3 +304,24 @@ class _Checker(Checker):
                 continue
             refs.append(PatchRef(layer, upstream, entry.name, patch_path, series_path, entry.line))
         return refs
+
+
+def write_pin(manifest: Manifest, upstream: Upstream, pin: str) -> None:
+    """Set UPSTREAM's pin in the manifest file, editing only that line (or adding it)."""
+    from patchkit.paths import atomic_write
+
+    lines = manifest.path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if upstream.pin_line:
+        line = lines[upstream.pin_line - 1]
+        lines[upstream.pin_line - 1] = re.sub(r"(pin:\s*)\S+", lambda m: m.group(1) + pin, line, count=1)
+    else:  # after the release's sha256, inside the upstream's block
+        first = lines[upstream.line] if upstream.line < len(lines) else "    "
+        indent = first[:len(first) - len(first.lstrip())] or "    "
+        at = upstream.line
+        for i in range(upstream.line, len(lines)):
+            if lines[i].strip() and not lines[i].startswith(indent):
+                break
+            if lines[i].startswith(f"{indent}sha256:"):
+                at = i + 1
+        lines.insert(at, f"{indent}pin: {pin}\n")
+    atomic_write(manifest.path, "".join(lines).encode())
