@@ -150,7 +150,7 @@ def _plan(upstream: Upstream, patches: list[Patch], repo: Path, model: str,
         return plan
     edits = workspace.local_edits(check, model, rec.head) if check else []
     keep = _common_prefix(rec, upstream, patches)
-    if rec.status == state.APPLIED and keep == len(patches) == len(rec.patches):
+    if rec.status == state.APPLIED and rec.pin == upstream.pin and keep == len(patches) == len(rec.patches):
         plan.action = "unchanged"
         plan.keep, plan.base = keep, rec.head
         if edits:

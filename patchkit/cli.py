@@ -159,6 +159,28 @@ def fetch(obj: Ctx, upstreams: tuple[str, ...], jobs: int, as_json: bool) -> Non
     sys.exit(max((e.exit_code for e in errors.values()), default=0))
 
 
+@cli.command("install")
+@click.argument("model")
+@click.option("--venv", type=click.Path(file_okay=False), help="Install into this virtual environment (created).")
+@click.option("--device", type=click.Choice(["cpu", "npu", "cuda"]), default="cpu", show_default=True,
+              help="Which build the recipes make (npu adds their npu_env, e.g. FORCE_NPU=1).")
+@workspace_option
+@json_option
+@click.pass_obj
+def install_cmd(obj: Ctx, model: str, venv: str | None, device: str, workspace: str | None, as_json: bool) -> None:
+    """Install MODEL's stack from its workspace in dependency order, reusing cached wheels."""
+    from patchkit.install import install
+
+    report = install(obj.manifest(), model, obj.workspace(workspace), venv=Path(venv) if venv else None,
+                     device=device, progress=obj.progress)
+    if as_json:
+        _emit_json({"ok": True, **dataclasses.asdict(report)})
+        return
+    for step in report.steps:
+        click.echo(f"  {step.upstream:<20} {step.action:<9} {step.seconds:7.1f} s  {step.wheel or ''}")
+    click.echo(f"{model}: {len(report.steps)} step(s) installed into {report.python}")
+
+
 @cli.command("pin")
 @click.argument("upstream")
 @click.option("--check", "check_only", is_flag=True, help="Only say whether the pin in upstreams.yaml is right.")

@@ -260,3 +260,15 @@ def test_unrecorded_folder_is_refused_then_moved_aside(port: Port) -> None:
     assert (mine.with_name("lib.patchkit-backup") / "notes.txt").read_text() == "mine\n"
     assert "kept on work/demo/lib.patchkit-backup" in run.out
     assert (mine / "lib/demo.py").exists()
+
+
+def test_changed_pin_rebuilds_a_repo_without_patches(port: Port) -> None:
+    """With no patches the prefix test alone would call a moved pin unchanged."""
+    assert patchkit(port.root, "apply", "other").code == 0
+    (port.root / "patches/shared/lib/series").write_text("# nothing yet\n")
+    assert patchkit(port.root, "apply", "other").code == 0
+    new_pin = commit(port.lib, {"NEWS": "moved\n"}, "upstream moves")
+    port.write_manifest(lib_pin=new_pin)
+    run = patchkit(port.root, "apply", "other")
+    assert run.code == 0 and "pin changed" in run.out, run.text
+    assert git(port.repo("other", "lib"), "rev-parse", "HEAD") == new_pin

@@ -1,0 +1,91 @@
+"""`patchkit install`: dependency order, the wheel cache, a failing step named with its log."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.gitfixtures import commit, make_upstream, patchkit, write_layer
+
+SETUP = """\
+from pathlib import Path
+from setuptools import setup
+marker = Path({marker!r})
+marker.write_text(marker.read_text() + "{name}\\n" if marker.exists() else "{name}\\n")
+setup(name="{name}", version="1.0", py_modules=["{name}"])
+"""
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One virtual environment for the module, seeing the machine's pip and setuptools (no network)."""
+    path = tmp_path_factory.mktemp("venv") / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)], check=True)
+    return path
+
+
+def stack(tmp_path: Path, marker: Path, *, broken: bool = False) -> Path:
+    pins = {}
+    for name in ("pkgbase", "pkgtop"):
+        body = "raise SystemExit('cannot build pkgtop here')\n" if broken and name == "pkgtop" else \
+            SETUP.format(marker=str(marker), name=name)
+        pins[name] = make_upstream(tmp_path / name, {"setup.py": body, f"{name}.py": f"NAME = {name!r}\n"})
+    port = tmp_path / "port"
+    for name in pins:
+        write_layer(port, "npu", name, {})
+    recipe = "    install:\n      pip_args: [--no-build-isolation]\n      constraints: ['setuptools']\n"
+    (port / "upstreams.yaml").write_text(
+        "upstreams:\n"
+        f"  pkgtop:\n    url: {tmp_path / 'pkgtop'}\n    pin: {pins['pkgtop']}\n    track: main\n"
+        f"{recipe}      after: [pkgbase]\n"
+        f"  pkgbase:\n    url: {tmp_path / 'pkgbase'}\n    pin: {pins['pkgbase']}\n    track: main\n{recipe}"
+        "models:\n  m:\n    upstreams:\n      pkgtop: [npu]\n      pkgbase: [npu]\n")
+    assert patchkit(port, "apply", "m").code == 0
+    return port
+
+
+def test_order_and_cache(tmp_path: Path, venv: Path) -> None:
+    marker = tmp_path / "builds.txt"
+    port = stack(tmp_path, marker)
+    run = patchkit(port, "install", "m", "--venv", str(venv), "--json")
+    assert run.code == 0, run.text
+    import json
+
+    steps = json.loads(run.out)["steps"]
+    assert [(s["upstream"], s["action"]) for s in steps] == [("pkgbase", "built"), ("pkgtop", "built")]
+    assert marker.read_text().count("pkgtop") >= 1
+    builds = marker.read_text()
+    run = patchkit(port, "install", "m", "--venv", str(venv), "--json")
+    assert [s["action"] for s in json.loads(run.out)["steps"]] == ["cached", "cached"]
+    assert marker.read_text() == builds  # no setup.py ran: the wheels came from the cache
+    out = subprocess.run([str(venv / "bin/python"), "-c", "import pkgtop, pkgbase; print(pkgtop.NAME)"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.strip() == "pkgtop"
+    # a new upstream commit is a new key: that one is built again, the other stays cached
+    new = commit(tmp_path / "pkgbase", {"pkgbase.py": "NAME = 'pkgbase 2'\n"}, "moves")
+    text = (port / "upstreams.yaml").read_text()
+    old = text.split("pkgbase:\n    url: ")[1].split("pin: ")[1].split("\n")[0]
+    (port / "upstreams.yaml").write_text(text.replace(old, new))
+    assert patchkit(port, "apply", "m").code == 0
+    steps = json.loads(patchkit(port, "install", "m", "--venv", str(venv), "--json").out)["steps"]
+    assert [s["action"] for s in steps] == ["built", "cached"]
+
+
+def test_failing_step_is_named(tmp_path: Path, venv: Path) -> None:
+    port = stack(tmp_path, tmp_path / "builds.txt", broken=True)
+    run = patchkit(port, "install", "m", "--venv", str(venv))
+    assert run.code == 1
+    assert "install step 'pkgtop' failed" in run.err and "cannot build pkgtop here" in run.err
+    assert "[1/2] pkgbase: built" in run.err
+
+
+def test_cycle(tmp_path: Path) -> None:
+    port = stack(tmp_path, tmp_path / "builds.txt")
+    text = (port / "upstreams.yaml").read_text()
+    (port / "upstreams.yaml").write_text(text.rstrip("\n").replace(
+        "constraints: ['setuptools']\nmodels:", "constraints: ['setuptools']\n      after: [pkgtop]\nmodels:") + "\n")
+    run = patchkit(port, "install", "m")
+    assert run.code == 2 and "has a cycle" in run.err
