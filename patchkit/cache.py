@@ -52,10 +52,13 @@ def _clone(upstream: Upstream, path: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted clone
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
     try:
-        result = git.run(["clone", "--mirror", "--quiet", upstream.url, str(tmp / "m.git")],
+        source = settings.mirror_template_url(upstream.url)
+        result = git.run(["clone", "--mirror", "--quiet", source, str(tmp / "m.git")],
                          check=False, config=settings.git_config())
         if not result.ok:
             raise _unreachable(upstream, result)
+        if source != upstream.url:  # fetched from a local mirror; it still names the real upstream
+            git.run(["remote", "set-url", "origin", upstream.url], tmp / "m.git")
         git.run(["config", "--add", "remote.origin.fetch", f"+{PIN_REFS}/*:{PIN_REFS}/*"], tmp / "m.git")
         (tmp / "m.git").rename(path)
     finally:
@@ -63,7 +66,9 @@ def _clone(upstream: Upstream, path: Path) -> None:
 
 
 def _fetch(upstream: Upstream, path: Path) -> None:
-    result = git.run(["fetch", "--prune", "--quiet", "origin"], path, check=False, config=settings.git_config())
+    source = settings.mirror_template_url(upstream.url)
+    remote = ["origin"] if source == upstream.url else [source, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+    result = git.run(["fetch", "--prune", "--quiet", *remote], path, check=False, config=settings.git_config())
     if not result.ok:
         raise _unreachable(upstream, result)
 

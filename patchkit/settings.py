@@ -34,3 +34,22 @@ def url_rewrites() -> list[tuple[str, str]]:
 
 def git_config() -> list[tuple[str, str]]:
     return [(f"url.{target}.insteadOf", source) for source, target in url_rewrites()]
+
+
+def mirror_template_url(url: str) -> str:
+    """URL, or the local mirror PATCHKIT_MIRROR_TEMPLATE names for it when that path exists.
+
+    The template may use {host}, {owner} and {name} (the repository name without `.git`), e.g.
+    `/srv/mirrors/{host}/{owner}/{name}.git` or `/data/git/{owner}+{name}/repo`.
+    """
+    template = os.environ.get("PATCHKIT_MIRROR_TEMPLATE")
+    if not template:
+        return url
+    import re
+
+    m = re.match(r"^(?:https?|ssh|git)://(?:[^@/]+@)?([^/:]+)(?::\d+)?/([^/]+)/([^/]+?)(?:\.git)?/?$", url) or \
+        re.match(r"^[^@]+@([^:]+):([^/]+)/([^/]+?)(?:\.git)?$", url)
+    if not m:
+        return url
+    path = Path(template.format(host=m.group(1), owner=m.group(2), name=m.group(3))).expanduser()
+    return str(path) if path.exists() else url

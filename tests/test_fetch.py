@@ -83,3 +83,18 @@ def test_validate_remote_checks_track(port: Port) -> None:
     run = patchkit(port.root, "validate", "--remote")
     assert run.code == 2
     assert "upstreams.yaml:2: upstream 'lib': track 'release-9' is neither a branch nor a tag of" in run.err
+
+
+def test_mirror_path_template(port: Port, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A site's local mirrors, found by a path template, without editing upstreams.yaml."""
+    mirrors = port.lib.parent.parent / "site-mirrors"
+    (mirrors / "example.invalid" / "org").mkdir(parents=True)
+    shutil.copytree(port.lib, mirrors / "example.invalid/org/lib.git")
+    shutil.copytree(port.app, mirrors / "example.invalid/org/app.git")
+    port.write_manifest(lib_url="https://example.invalid/org/lib.git", app_url="https://example.invalid/org/app")
+    monkeypatch.setenv("PATCHKIT_MIRROR_TEMPLATE", str(mirrors / "{host}/{owner}/{name}.git"))
+    run = patchkit(port.root, "apply", "demo")
+    assert run.code == 0, run.text
+    assert patchkit(port.root, "fetch").code == 0
+    monkeypatch.delenv("PATCHKIT_MIRROR_TEMPLATE")
+    assert patchkit(port.root, "fetch").code == 3  # without it the URL really is unreachable
