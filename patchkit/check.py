@@ -201,8 +201,11 @@ def _resolve(up: Upstream, onto: str | None, fetch: bool, progress: Progress) ->
 
         if onto:
             pypi.import_version(up, mirror, onto)
-        else:
+        elif resolve_ref(mirror, pypi.TRACK_REF):
             ref = pypi.TRACK_REF
+        else:  # never fetched: the newest release is not known, so the pinned one is the target
+            ref = pypi.split(up.pypi or "")[1]
+            progress(f"{up.name}: newest release matching {up.track!r} not fetched yet; checking {ref}")
     commit = resolve_ref(mirror, ref)
     if commit is None:
         raise BadInput(f"upstream {up.name!r}: {ref!r} is not a branch, tag or commit of {up.url}")

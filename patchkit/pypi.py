@@ -54,8 +54,11 @@ def _json(upstream: Upstream, path: str) -> dict[str, object]:
 
 
 def _files(upstream: Upstream, name: str, version: str) -> list[dict[str, object]]:
-    data = _json(upstream, f"{name}/{version}/json")
-    return list(data.get("urls", []))  # type: ignore[call-overload]
+    """The files of one release, from the project's JSON (every release, with digests)."""
+    releases = dict(_json(upstream, f"{name}/json").get("releases", {}))  # type: ignore[call-overload]
+    if version not in releases:
+        raise BadInput(f"upstream {upstream.name!r}: {name} has no release {version} on {index_url()}")
+    return list(releases[version])
 
 
 def _download(upstream: Upstream, url: str, filename: str, sha256: str) -> Path:

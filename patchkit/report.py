@@ -94,8 +94,9 @@ def check_lines(report: CheckReport) -> list[str]:
             for state in [t.state for t in o.targets] + [f.state for f in o.files]:
                 states[state] = states.get(state, 0) + 1
         overlays = "; overlays: " + ", ".join(f"{v} {k}" for k, v in states.items())
-    lines.append(f"{total} patches in {models} model{'s' if models != 1 else ''}: "
-                 + ", ".join(f"{v} {k}" for k, v in counts.items()) + overlays + f" -- {verdict}")
+    detail = ", ".join(f"{v} {k}" for k, v in counts.items()) + overlays
+    lines.append(f"{total} patches in {models} model{'s' if models != 1 else ''}"
+                 + (f": {detail}" if detail else "") + f" -- {verdict}")
     return lines
 
 

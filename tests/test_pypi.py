@@ -35,10 +35,9 @@ def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         path, sha = sdist(dist, "toy", version, {"toy/__init__.py": f"VALUE = {value}\n\n\ndef f():\n    return VALUE\n",
                                                  "setup.py": "from setuptools import setup\nsetup(name='toy')\n"})
         entry = {"filename": path.name, "url": path.as_uri(), "digests": {"sha256": sha}, "packagetype": "sdist"}
-        (api / "toy" / version).mkdir(parents=True)
-        (api / "toy" / version / "json").write_text(json.dumps({"urls": [entry]}))
         releases[version] = [entry]
         shas[version] = sha
+    (api / "toy").mkdir(parents=True)
     (api / "toy" / "json").write_text(json.dumps({"releases": releases}))
     monkeypatch.setenv("PATCHKIT_PYPI_URL", api.as_uri())
     return shas
