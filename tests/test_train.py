@@ -12,6 +12,7 @@ from tests.gitfixtures import git, make_upstream, patchkit, write_layer, write_o
 
 TRAIN = '''\
 import argparse
+import os
 import time
 
 import torch
@@ -27,11 +28,11 @@ args = parser.parse_args()
 cfg = {}
 exec(open(args.config).read(), cfg)
 batch = cfg["data"]["samples_per_gpu"]
+print(f"speed {toymod.SPEED}", flush=True)
+if int(os.environ["RANK"]) == args.crash_rank:  # before the process group: the others wait, not fail
+    raise SystemExit(3)
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-print(f"speed {toymod.SPEED}", flush=True)
-if rank == args.crash_rank:
-    raise SystemExit(3)
 torch.manual_seed(rank)
 model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 1))
 opt = torch.optim.SGD(model.parameters(), lr=0.05)
