@@ -45,6 +45,7 @@ for step in range(args.max_steps):
     opt.step()
     print(f"step {step} loss: {loss.item():.4f} time: {time.perf_counter() - start:.6f}", flush=True)
 print("acc: 0.875", flush=True)
+dist.barrier()  # leave together: a gloo peer that goes first can abort the other one's teardown
 dist.destroy_process_group()
 '''
 
