@@ -179,6 +179,8 @@ def install_cmd(obj: Ctx, model: str, venv: str | None, device: str, workspace: 
     for step in report.steps:
         click.echo(f"  {step.upstream:<20} {step.action:<9} {step.seconds:7.1f} s  {step.wheel or ''}")
     click.echo(f"{model}: {len(report.steps)} step(s) installed into {report.python}")
+    for warning in report.warnings:
+        click.echo(f"warning: pip check: {warning}", err=True)
 
 
 @cli.command("pin")

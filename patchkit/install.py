@@ -86,6 +86,7 @@ class InstallReport:
     model: str
     python: str
     steps: list[Step] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what `pip check` says is missing (wheels go in --no-deps)
 
 
 def order(model: Model, manifest: Manifest) -> list[str]:
@@ -148,6 +149,9 @@ def install(manifest: Manifest, model_name: str, workspace_root: Path, *, venv: 
                        [f"run `patchkit apply {model.name}`"])
     python = _python(venv, progress)
     versions = _versions(python)
+    if versions.get("torch") is None:
+        progress(f"note: {python} has no torch; builds that need it (mmcv ops) will fail: "
+                 "pip install torch==2.13.0 there first")
     report = InstallReport(model.name, python)
     logs = workspace_root / model.name / ".patchkit" / "install"
     logs.mkdir(parents=True, exist_ok=True)
@@ -155,41 +159,75 @@ def install(manifest: Manifest, model_name: str, workspace_root: Path, *, venv: 
         recipe: dict[str, Any] = manifest.upstreams[up].install or {}
         repo = workspace_root / model.name / up
         head = git.out(["rev-parse", "HEAD"], repo)
-        cacheable = recipe.get("build") == "wheel" and status[up].state == "clean"
+        clean = status[up].state == "clean"
         key = cache_key(up, head, recipe, versions, device)
-        progress(f"[{i}/{len(steps)}] {up}: {recipe.get('build')}" +
-                 ("" if cacheable or recipe.get("build") != "wheel" else " (local edits: not cached)"))
+        label = f"[{i}/{len(steps)}] {up}"
+        progress(f"{label}: {recipe.get('build')}" +
+                 ("" if clean or recipe.get("build") != "wheel" else " (local edits: built from the work tree, not cached)"))
         start = time.monotonic()
-        step = _step(up, recipe, repo, python, device, logs / f"{i:02d}-{up}.log",
-                     settings.cache_root() / "wheels" / up / key if cacheable else None)
+        source = _Source(repo, head if clean else None, manifest.upstreams[up].exclude)
+        step = _step(up, recipe, source, python, device, logs / f"{i:02d}-{up}.log",
+                     settings.cache_root() / "wheels" / up / key if clean else None, _prefixed(progress, label))
         step.seconds = round(time.monotonic() - start, 2)
-        progress(f"[{i}/{len(steps)}] {up}: {step.action} in {step.seconds:.1f} s")
+        progress(f"{label}: {step.action} in {step.seconds:.1f} s")
         report.steps.append(step)
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
+    if check.returncode:
+        report.warnings = [line for line in check.stdout.splitlines() if line.strip()]
     return report
 
 
-def _step(up: str, recipe: dict[str, Any], repo: Path, python: str, device: str, log: Path,
-          cached: Path | None) -> Step:
+def _prefixed(progress: Progress, label: str) -> Progress:
+    return lambda message: progress(f"{label}: {message}")
+
+
+@dataclass
+class _Source:
+    """Where a step builds: a clean export of HEAD (the workspace stays untouched; build artefacts
+    never show up as local edits) or, for a repo with local edits, its work tree."""
+
+    repo: Path
+    head: str | None
+    exclude: tuple[str, ...] = ()
+
+    def export(self, into: Path) -> Path:
+        if self.head is None:
+            return self.repo
+        pathspec = [".", *[f":(exclude){p}" for p in self.exclude]]
+        archive = subprocess.run(["git", "archive", "--format=tar", self.head, "--", *pathspec], cwd=self.repo,
+                                 capture_output=True, env=git.base_env())
+        if archive.returncode:
+            raise PatchkitError(f"cannot export {display(self.repo)} at {self.head[:12]} to build it",
+                                details=[archive.stderr.decode("utf-8", "replace").strip()])
+        into.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+        return into
+
+
+def _step(up: str, recipe: dict[str, Any], source: _Source, python: str, device: str, log: Path,
+          cached: Path | None, progress: Progress) -> Step:
     env = {**os.environ, **recipe.get("env", {}), **(recipe.get("npu_env", {}) if device == "npu" else {})}
     constraints = log.with_suffix(".constraints.txt")
     constraints.write_text("".join(f"{c}\n" for c in recipe.get("constraints", [])))
     pip = [python, "-m", "pip", "--disable-pip-version-check"]
     pip_args = list(recipe.get("pip_args", []))
+    repo = source.repo
     with open(log, "wb") as out:
         if recipe.get("build") == "command":
-            _run(up, ["sh", "-c", recipe["command"]], repo, env, out, log)
+            _run(up, ["sh", "-c", recipe["command"]], repo, env, out, log, progress)
             return Step(up, "ran", 0, log=display(log))
         if recipe.get("build") == "editable":
-            _run(up, [*pip, "install", "-c", str(constraints), *pip_args, "-e", "."], repo, env, out, log)
+            _run(up, [*pip, "install", "-c", str(constraints), *pip_args, "-e", "."], repo, env, out, log, progress)
             return Step(up, "installed", 0, log=display(log))
         action = "cached"
         wheels = sorted(cached.glob("*.whl")) if cached and cached.is_dir() else []
-        if not wheels:
-            action = "built"
-            target = Path(tempfile.mkdtemp(prefix="patchkit-wheel-"))
-            try:
-                _run(up, [*pip, "wheel", "--no-deps", "-c", str(constraints), *pip_args, "-w", str(target), "."],
-                     repo, env, out, log)
+        with tempfile.TemporaryDirectory(prefix="patchkit-build-") as tmp:
+            if not wheels:
+                action = "built"
+                target = Path(tmp) / "wheels"
+                where = source.export(Path(tmp) / "src")
+                _run(up, [*pip, "wheel", "-v", "--no-deps", "-c", str(constraints), *pip_args, "-w", str(target), "."],
+                     where, env, out, log, progress)
                 wheels = sorted(target.glob("*.whl"))
                 if cached is not None:
                     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -198,22 +236,27 @@ def _step(up: str, recipe: dict[str, Any], repo: Path, python: str, device: str,
                     shutil.copytree(target, staging)
                     os.replace(staging, cached)
                     wheels = sorted(cached.glob("*.whl"))
-                else:
-                    keep = Path(tempfile.mkdtemp(prefix="patchkit-wheel-keep-"))
-                    wheels = [Path(shutil.copy2(w, keep)) for w in wheels]
-            finally:
-                shutil.rmtree(target, ignore_errors=True)
-        _run(up, [*pip, "install", "--no-deps", "--force-reinstall", "-c", str(constraints),
-                  *[str(w) for w in wheels]], repo, env, out, log)
+            _run(up, [*pip, "install", "--no-deps", "--force-reinstall", "-c", str(constraints),
+                      *[str(w) for w in wheels]], repo, env, out, log, progress)
     return Step(up, action, 0, wheel=wheels[0].name if wheels else None, log=display(log))
 
 
-def _run(up: str, cmd: list[str], cwd: Path, env: dict[str, str], out: Any, log: Path) -> None:
+def _run(up: str, cmd: list[str], cwd: Path, env: dict[str, str], out: Any, log: Path,
+         progress: Progress = lambda _m: None) -> None:
+    """Run CMD into LOG; every 30 s of a long build say it is still going (and how far the log got)."""
     out.write(f"$ {' '.join(cmd)}\n".encode())
     out.flush()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    start = time.monotonic()
+    while True:
+        try:
+            proc.wait(timeout=30)
+            break
+        except subprocess.TimeoutExpired:
+            lines = log.read_bytes().count(b"\n")
+            progress(f"still running after {time.monotonic() - start:.0f} s ({lines} log lines in {display(log)})")
     if proc.returncode:
         out.flush()
-        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
         raise PatchkitError(f"install step {up!r} failed (exit {proc.returncode}): {' '.join(cmd)}",
                             details=[f"the end of {display(log)}:", *[f"  {line}" for line in tail]])

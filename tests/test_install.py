@@ -57,6 +57,9 @@ def test_order_and_cache(tmp_path: Path, venv: Path) -> None:
     steps = json.loads(run.out)["steps"]
     assert [(s["upstream"], s["action"]) for s in steps] == [("pkgbase", "built"), ("pkgtop", "built")]
     assert marker.read_text().count("pkgtop") >= 1
+    # builds run in an export of the commit: nothing of them lands in the workspace
+    assert patchkit(port, "status", "m").out.count("clean") == 2
+    assert not list((port / "work/m/pkgbase").glob("*.egg-info")) and not (port / "work/m/pkgbase/build").exists()
     builds = marker.read_text()
     run = patchkit(port, "install", "m", "--venv", str(venv), "--json")
     assert [s["action"] for s in json.loads(run.out)["steps"]] == ["cached", "cached"]
