@@ -109,7 +109,7 @@ def _plan(manifest: Manifest, model: Model, up: str, repo: Path,
     identity = {pid: _identity(p) for pid, p in patches.items()}
     matched: set[str] = set()
     plan: list[_Planned] = []
-    layer = own_layer(model, up)
+    layer = model.layers[up][-1] if model.layers[up] else ""  # own_layer() is asked only for new commits
     for sha, author, subject in _commits(repo, pin, branch):
         if subject == OVERLAY_SUBJECT:  # apply's commit of the whole-file overlays: not a patch
             entry = next((a for a in rec.patches if a.id == OVERLAY_ID), None)
@@ -121,6 +121,7 @@ def _plan(manifest: Manifest, model: Model, up: str, repo: Path,
             pid = next((i for i, ident in identity.items() if i not in matched and ident == (author, subject)), None)
         data = git.output_bytes([*FORMAT, sha], repo)
         if pid is None:
+            layer = own_layer(model, up)
             plan.append(_Planned(_new_ref(manifest, model, up, layer, subject, plan), data, sha, "added"))
             continue
         matched.add(pid)
@@ -131,6 +132,7 @@ def _plan(manifest: Manifest, model: Model, up: str, repo: Path,
         if pid not in matched:
             plan.append(_Planned(patch.ref, patch.data, None, "dropped"))
     _check_order(plan, model.layers[up], report)
+    layer = own_layer(model, up) if model.layers[up] else ""
     report.changes = [Change(p.action, p.ref.id, display(p.ref.path), p.commit) for p in plan
                       if p.action != "overlays"]
     for p in plan:

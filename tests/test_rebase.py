@@ -137,3 +137,13 @@ def test_rebase_needs_a_clean_workspace(port: Port) -> None:
     assert run.code == 1 and "uncommitted: M setup.py" in run.err
     shutil.rmtree(port.root / "work")
     assert patchkit(port.root, "rebase", "--continue").code == 2
+
+
+def test_export_of_an_upstream_without_layers(port: Port) -> None:
+    """An upstream a model takes unpatched has nothing to export, until it gets commits."""
+    port.manifest.write_text(port.manifest.read_text().replace("      app: [demo]\n", "      app: []\n"))
+    assert patchkit(port.root, "apply", "demo").code == 0
+    assert patchkit(port.root, "export", "demo", "--check").code == 0
+    commit(port.repo("demo", "app"), {"x.py": "X = 1\n"}, "a new change\n\nUpstream-Status: Pending")
+    run = patchkit(port.root, "export", "demo")
+    assert run.code == 2 and "has no layer for upstream 'app' to put new patches in" in run.err
