@@ -177,6 +177,14 @@ def install(manifest: Manifest, model_name: str, workspace_root: Path, *, venv: 
     return report
 
 
+def _pathspec(pattern: str) -> str:
+    """A sparse-checkout (gitignore-style) pattern as a git pathspec."""
+    pattern = pattern.lstrip("/")
+    if pattern.endswith("/"):
+        return pattern.rstrip("/")  # a folder and everything in it
+    return f":(glob)**/{pattern}" if "/" not in pattern else f":(glob){pattern}"
+
+
 def _prefixed(progress: Progress, label: str) -> Progress:
     return lambda message: progress(f"{label}: {message}")
 
@@ -193,15 +201,28 @@ class _Source:
     def export(self, into: Path) -> Path:
         if self.head is None:
             return self.repo
-        pathspec = [".", *[f":(exclude){p}" for p in self.exclude]]
-        archive = subprocess.run(["git", "archive", "--format=tar", self.head, "--", *pathspec], cwd=self.repo,
-                                 capture_output=True, env=git.base_env())
+        treeish = self._tree()
+        archive = subprocess.run(["git", "archive", "--format=tar", treeish], cwd=self.repo, capture_output=True,
+                                 env=git.base_env())
         if archive.returncode:
             raise PatchkitError(f"cannot export {display(self.repo)} at {self.head[:12]} to build it",
                                 details=[archive.stderr.decode("utf-8", "replace").strip()])
         into.mkdir(parents=True, exist_ok=True)
         subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
         return into
+
+    def _tree(self) -> str:
+        """HEAD's tree without the left-out paths (whose blobs the mirror may not have)."""
+        assert self.head is not None
+        if not self.exclude:
+            return self.head
+        with tempfile.TemporaryDirectory(prefix="patchkit-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            git.run(["read-tree", self.head], self.repo, env=env)
+            git.run(["rm", "-r", "-q", "--cached", "--sparse", "--ignore-unmatch", "--",
+                     *[_pathspec(p) for p in self.exclude]],
+                    self.repo, env=env)
+            return git.out(["write-tree", "--missing-ok"], self.repo, env=env)
 
 
 def _step(up: str, recipe: dict[str, Any], source: _Source, python: str, device: str, log: Path,
