@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchkit import am, cache, git, patchfile, state, workspace
+from patchkit import am, cache, git, patchfile, settings, state, workspace
 from patchkit.am import PatchFailure
 from patchkit.errors import Diagnostic, GitError, InvalidInput, LocalEdits, PatchkitError, UnsafePatch
 from patchkit.lock import FileLock
@@ -264,7 +264,8 @@ def _ensure_mirrors(plans: list[_Plan], progress: Progress) -> dict[str, Path]:
 
     def one(plan: _Plan) -> tuple[str, Path]:
         if not cache.has_pin(plan.upstream):
-            progress(f"{plan.upstream.name}: pin {plan.upstream.pin[:12]} not cached, fetching {plan.upstream.url}")
+            source = settings.mirror_template_url(plan.upstream.url)
+            progress(f"{plan.upstream.name}: pin {plan.upstream.pin[:12]} not cached, fetching {source}")
         path, fetched = cache.ensure_pin(plan.upstream)
         if fetched:
             progress(f"{plan.upstream.name}: {fetched.action} mirror of {plan.upstream.url} "
@@ -371,7 +372,7 @@ def _build(model: str, plan: _Plan, mirror: Path, recorder: _Recorder, progress:
         progress(f"{up.name}: {failed.ref.id} does not apply")
     else:
         recorder.set(up.name, state.RepoState(state.APPLIED, up.url, up.pin, branch, head, applied))
-        progress(f"{up.name}: {len(applied)} patches applied, head {head[:12]}")
+        progress(f"{up.name}: {len(applied)} patch{'es' if len(applied) != 1 else ''} applied, head {head[:12]}")
     return result
 
 
