@@ -19,11 +19,13 @@ of the same stack skips the build.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -202,13 +204,10 @@ class _Source:
         if self.head is None:
             return self.repo
         treeish = self._tree()
-        archive = subprocess.run(["git", "archive", "--format=tar", treeish], cwd=self.repo, capture_output=True,
-                                 env=git.base_env())
-        if archive.returncode:
-            raise PatchkitError(f"cannot export {display(self.repo)} at {self.head[:12]} to build it",
-                                details=[archive.stderr.decode("utf-8", "replace").strip()])
+        archive = git.output_bytes(["archive", "--format=tar", treeish], self.repo)
         into.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(into, filter="tar")
         return into
 
     def _tree(self) -> str:

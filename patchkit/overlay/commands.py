@@ -67,31 +67,31 @@ def pinned_sources(manifest: Manifest, model: Model, workspace_root: Path) -> It
 
 
 def list_overlays(manifest: Manifest, model_name: str, workspace_root: Path) -> OverlayReport:
-    model = manifest.model(model_name)
+    return _pinned_report(manifest, manifest.model(model_name), workspace_root)[0]
+
+
+def _pinned_report(manifest: Manifest, model: Model, workspace_root: Path) -> tuple[OverlayReport, list[static.Target]]:
+    """Every declaration of MODEL classified against the pinned code, and the declarations."""
     targets, files = _declared(manifest, model)
     with pinned_sources(manifest, model, workspace_root) as sources:
         report = OverlayReport(model.name, {up: desc for up, (_, desc) in sources.items()})
         report.targets = [drift.classify(t, sources[t.upstream][0]) for t in targets]
         report.files = [drift.check_file(f, sources[f.upstream][0], [sources[f.upstream][0]]) for f in files]
-    return report
+    return report, targets
 
 
 def fingerprint(manifest: Manifest, model_name: str, workspace_root: Path) -> OverlayReport:
     """Compute every target's fingerprint from the pinned code and write it into the overlay files."""
-    model = manifest.model(model_name)
-    targets, _ = _declared(manifest, model)
-    with pinned_sources(manifest, model, workspace_root) as sources:
-        report = OverlayReport(model.name, {up: desc for up, (_, desc) in sources.items()})
-        updates = []
-        for target in targets:
-            state = drift.classify(target, sources[target.upstream][0])
-            if state.current is not None and state.current != target.fingerprint:
-                updates.append((target, state.current))
-                state.state, state.declared = "updated", state.current
-            report.targets.append(state)
+    report, targets = _pinned_report(manifest, manifest.model(model_name), workspace_root)
+    report.files = []
     missing = [t for t in report.targets if t.state == "missing"]
     if missing:
         raise PatchkitError("cannot fingerprint targets that are not in the upstream",
                             details=[f"{t.where}: {t.target}: {'; '.join(t.detail)}" for t in missing])
+    updates = []
+    for target, state in zip(targets, report.targets):
+        if state.current is not None and state.current != target.fingerprint:
+            updates.append((target, state.current))
+            state.state, state.declared = "updated", state.current
     static.write_fingerprints(updates)
     return report

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -148,17 +149,11 @@ def dry_run(plan: Plan) -> list[str]:
     lines = [f"# {plan.model}: {plan.cards} {plan.device.kind} card(s) x {plan.options.nnodes} node(s), "
              f"backend {plan.device.backend}, in {plan.repo}"]
     lines += [f"# note: {n}" for n in plan.notes]
-    env = " ".join(f"{k}={_quote(v)}" for k, v in sorted(plan.env.items()))
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(plan.env.items()))
     for rank in range(plan.options.nnodes):
         lines.append(f"# node {rank}:")
-        lines.append(f"cd {_quote(str(plan.repo))} && env {env} " + " ".join(_quote(a) for a in plan.argv(rank)))
+        lines.append(f"cd {shlex.quote(str(plan.repo))} && env {env} " + " ".join(shlex.quote(a) for a in plan.argv(rank)))
     return lines
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 class TrainFailed(PatchkitError):
