@@ -40,8 +40,17 @@ def split(spec: str) -> tuple[str, str]:
     return name, version
 
 
+_FETCHED: dict[str, dict[str, object]] = {}  # one download of a project's JSON per run
+
+
 def _json(upstream: Upstream, path: str) -> dict[str, object]:
     url = f"{index_url()}/{path}"
+    if url not in _FETCHED:
+        _FETCHED[url] = _download_json(upstream, url)
+    return _FETCHED[url]
+
+
+def _download_json(upstream: Upstream, url: str) -> dict[str, object]:
     try:
         with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (https or file by design)
             return json.loads(response.read())  # type: ignore[no-any-return]
