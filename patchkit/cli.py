@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from patchkit import __version__, cache, manifest as manifest_mod
-from patchkit.errors import InvalidInput, PatchkitError
+from patchkit.errors import BadInput, InvalidInput, PatchkitError
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERNAL = 70
@@ -455,6 +455,9 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
 @click.option("--cards", type=click.IntRange(min=1), help="Processes (cards) per node (default: the recipe's).")
 @click.option("--device", type=click.Choice(["auto", "npu", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--performance", is_flag=True, help="The recipe's bounded performance run.")
+@click.option("--smoke", is_flag=True,
+              help="The real model on a synthetic nuScenes-shaped batch for a few steps (the recipe's smoke: script).")
+@click.option("--steps", type=click.IntRange(min=1), help="Smoke steps (default: the recipe's).")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Logs and results.json (default: train-runs/MODEL-TIME).")
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
@@ -465,7 +468,7 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
 @json_option
 @click.pass_obj
 def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, device: str, performance: bool,
-          work_dir: str | None, nnodes: int, node_rank: int, master_addr: str, master_port: int | None,
+          smoke: bool, steps: int | None, work_dir: str | None, nnodes: int, node_rank: int, master_addr: str, master_port: int | None,
           dry_run: bool, workspace: str | None, as_json: bool) -> None:
     """Train MODEL with its recipe (train/MODEL.yaml) through torchrun; `-- ARGS` go to the entry script."""
     from patchkit.train import device as device_mod, launch, recipe as recipe_mod
@@ -475,7 +478,9 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
     m.model(model)
     recipe = recipe_mod.load(m.root, model)
     options = launch.Options(cards, performance, Path(work_dir) if work_dir else None, nnodes, node_rank,
-                             master_addr, master_port, extra)
+                             master_addr, master_port, extra, smoke, steps)
+    if steps and not smoke:
+        raise BadInput("--steps counts the steps of a --smoke run; a performance run's bound is in the recipe")
     plan = launch.plan(m, recipe, device_mod.detect(device), obj.workspace(workspace), options)
     if dry_run:
         if as_json:

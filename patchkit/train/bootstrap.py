@@ -37,6 +37,42 @@ def set_device(kind: str, local_rank: int) -> None:
         torch.cuda.set_device(local_rank)
 
 
+_KEEP: list[object] = []  # torch.library handles must outlive the import they make possible
+
+
+def torchvision_compat() -> str | None:
+    """Make a torchvision whose compiled ops cannot load importable; what was done, or None.
+
+    PyPI has only CUDA builds of torchvision for recent torch: on a CPU-only torch its `_C` does not
+    load and `import torchvision` stops with "operator torchvision::nms does not exist" while it
+    registers fake kernels. mmcv 1.x imports torchvision at module level, so nothing trains. Defining
+    the two operator schemas first lets it import; torchvision.ops kernels stay unavailable (mmcv.ops
+    has its own). Only done when the import really fails that way.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return None
+    try:
+        import torchvision  # noqa: F401
+        return None
+    except RuntimeError as exc:
+        if "torchvision::nms" not in str(exc):
+            raise
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    import torch
+
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+    _KEEP.append(lib)
+    import torchvision  # noqa: F401,F811
+
+    return ("torchvision's compiled ops do not load with this torch (a CUDA build on a CPU torch?): defined "
+            "the torchvision::nms/qnms schemas so it imports; its C++ ops stay unavailable, mmcv.ops has its own")
+
+
 def _lookup(data: object, dotted: str) -> object:
     for part in dotted.split("."):
         data = data[part] if isinstance(data, dict) else getattr(data, part)
@@ -88,6 +124,10 @@ def main() -> None:
     set_device(kind, local_rank)
     print(f"patchkit-bootstrap: rank={rank} local_rank={local_rank} world_size={os.environ.get('WORLD_SIZE', '1')} "
           f"device={kind} backend={os.environ.get('PATCHKIT_TRAIN_BACKEND', 'gloo')} pid={os.getpid()}", flush=True)
+    if os.environ.get("PATCHKIT_TORCHVISION_COMPAT", "1") != "0":
+        done = torchvision_compat()
+        if done and rank == 0:
+            print(f"patchkit-compat: {done}", flush=True)
     if os.environ.get("PATCHKIT_OVERLAYS"):
         from patchkit.overlay.runtime import activate_from_env
 

@@ -7,6 +7,7 @@ follows rank 0's log for progress, and turns the end into results or a clear fai
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,6 +32,10 @@ from patchkit.train.device import Device
 from patchkit.train.recipe import Recipe
 
 Progress = Callable[[str], None]
+# The lines patchkit/train/smoke.py prints (kept here so planning needs no torch).
+SMOKE_STEP_TIME = r"patchkit-smoke: step \d+/\d+ loss \S+ time (?P<value>[0-9.]+) s"
+SMOKE_STEP = r"patchkit-smoke: step (?P<value>\d+)/\d+ "
+SMOKE_LOSS = r"patchkit-smoke: step \d+/\d+ loss (?P<value>\S+) "
 TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc.so.4",
             "/usr/lib64/libtcmalloc.so.4", "/usr/local/lib/libtcmalloc.so", "/usr/lib/libtcmalloc.so.4")
 
@@ -45,6 +50,8 @@ class Options:
     master_addr: str = "127.0.0.1"
     master_port: int | None = None
     extra: tuple[str, ...] = ()
+    smoke: bool = False
+    steps: int | None = None  # smoke steps (default: the recipe's)
 
 
 @dataclass
@@ -90,8 +97,32 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def smoke_recipe(manifest: Manifest, recipe: Recipe) -> Recipe:
+    """The recipe of a smoke run: the recipe's `smoke:` script as the entry, its arguments, the
+    synthetic batch as the per-card batch, and the smoke loop's own log lines (patchkit/train/smoke.py)."""
+    if recipe.smoke is None:
+        raise BadInput(f"{display(recipe.path)}: no `smoke:` section, so no smoke run for {recipe.model}",
+                       details=["add smoke: {script: train/smoke/<model>.py} (see patchkit/train/recipe.py)"])
+    script = manifest.root / recipe.smoke.script
+    if not script.is_file():
+        raise BadInput(f"{display(recipe.path)}:{recipe.smoke.line}: smoke script {recipe.smoke.script} not found")
+    return dataclasses.replace(
+        recipe, entry=str(script), args=recipe.smoke.args, global_batch=None, epochs=None,
+        batch=("value", str(recipe.smoke.batch)), performance_steps=None, performance_args=(),
+        env=_merge_env(recipe.env, recipe.smoke.env), step_time=SMOKE_STEP_TIME, step=SMOKE_STEP,
+        step_time_unit="s", warmup_steps=1, metrics={"loss": SMOKE_LOSS})
+
+
+def _merge_env(base: dict[str, dict[str, str]], over: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {kind: {**base.get(kind, {}), **over.get(kind, {})} for kind in {*base, *over}}
+
+
 def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Path, options: Options) -> Plan:
     model = manifest.model(recipe.model)
+    if options.smoke:
+        if options.performance:
+            raise BadInput("--smoke and --performance are two different runs: give one")
+        recipe = smoke_recipe(manifest, recipe)
     if recipe.workdir not in model.layers:
         raise BadInput(f"{display(recipe.path)}: workdir {recipe.workdir!r} is not an upstream of {model.name}")
     status = model_status(manifest, model, workspace_root)
@@ -101,7 +132,7 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
                        details=[f"{r.upstream}: {r.state}" for r in bad] + [f"run `patchkit apply {model.name}`"])
     notes = [f"{r.upstream} has local edits: the fingerprint names its head, not the edits"
              for r in status.repos if r.state == "edited"]
-    cards = options.cards or recipe.cards
+    cards = options.cards or (1 if options.smoke else recipe.cards)
     if cards > device.count:
         raise BadInput(f"asked for {cards} cards but this machine has {device.count} ({device.kind})")
     if options.nnodes > 1 and not recipe.multinode:
@@ -112,7 +143,7 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
         raise BadInput(f"--node-rank {options.node_rank} is not in 0..{options.nnodes - 1}")
     options.master_port = options.master_port or (29500 if options.nnodes > 1 else _free_port())
     repo = workspace_root / model.name / recipe.workdir
-    work_dir = (options.work_dir or Path("train-runs") / f"{model.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    work_dir = (options.work_dir or Path("train-runs") / f"{model.name}{'-smoke' if options.smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     subst = {"config": recipe.config or "", "work_dir": str(work_dir), "cards": str(cards),
              "nnodes": str(options.nnodes), "world_size": str(cards * options.nnodes)}
     args = [a.format(**subst) for a in recipe.args]
@@ -132,6 +163,10 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
         "PATCHKIT_TRAIN_CONFIG": str(repo / recipe.config) if recipe.config else "",
         "PATCHKIT_TRAIN_FINGERPRINT": json.dumps(fingerprint, sort_keys=True),
     })
+    if options.smoke:
+        env["PATCHKIT_SMOKE_STEPS"] = str(options.steps or recipe.smoke.steps)  # type: ignore[union-attr]
+        notes.append(f"smoke run: the real model on a synthetic batch for {env['PATCHKIT_SMOKE_STEPS']} steps "
+                     f"({recipe.smoke.script})")  # type: ignore[union-attr]
     if model.overlays:
         env["PATCHKIT_OVERLAYS"] = os.pathsep.join(str(manifest.root / "overlays" / s) for s in model.overlays)
     if "OMP_NUM_THREADS" not in os.environ:  # the user's own setting wins, then the recipe's
@@ -183,6 +218,7 @@ def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results
                               plan.options.performance, published_global_batch=plan.recipe.global_batch,
                               fingerprint=plan.fingerprint, command=argv, seconds=round(time.monotonic() - start, 3),
                               exit_code=proc.returncode)
+    res.smoke = plan.options.smoke
     res.notes += plan.notes
     if bounded:
         res.exit_code = 0

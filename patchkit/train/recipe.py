@@ -18,6 +18,12 @@ r"""`train/<model>.yaml`: how a model trains. Checked like the manifest: file, l
       step_time_unit: s             # s, ms or it/s
       warmup_steps: 5
       metrics: {mIoU: 'mIoU: (?P<value>[0-9.]+)'}
+    smoke:                          # `patchkit train MODEL --smoke`: the real model, synthetic batch, a few steps
+      script: train/smoke/surroundocc.py   # our own script, relative to the port root (beside upstreams.yaml)
+      args: ["{config}"]            # optional, same placeholders
+      steps: 4                      # default steps (--steps overrides)
+      batch: 1                      # per-card batch of the synthetic input (default 1)
+      env: {all: {...}, cpu: {...}} # optional, over the recipe's env
 """
 
 from __future__ import annotations
@@ -57,6 +63,17 @@ class Recipe:
     step_time_unit: str = "s"
     warmup_steps: int = 0
     metrics: dict[str, str] = field(default_factory=dict)
+    smoke: Smoke | None = None
+
+
+@dataclass(frozen=True)
+class Smoke:
+    script: str  # relative to the port root
+    args: tuple[str, ...] = ()
+    steps: int = 4
+    batch: int = 1
+    env: dict[str, dict[str, str]] = field(default_factory=dict)
+    line: int = 0  # where the section is, for messages
 
 
 def recipe_path(root: Path, model: str) -> Path:
@@ -76,7 +93,7 @@ def load(root: Path, model: str) -> Recipe:
 
 
 _KEYS = ("workdir", "entry", "config", "args", "cards", "multinode", "global_batch", "epochs", "batch",
-         "performance", "env", "log")
+         "performance", "env", "log", "smoke")
 
 
 class _RecipeChecker(Checker):
@@ -113,9 +130,33 @@ class _RecipeChecker(Checker):
             values["env"] = self.env(top["env"][1])
         if "log" in top:
             values.update(self.log(top["log"][1]))
+        if "smoke" in top:
+            values["smoke"] = self.smoke(top["smoke"][1])
         if any(values.get(k) is None for k in ("workdir", "entry")) or self.problems:
             return None
         return Recipe(model, self.path, **values)  # type: ignore[arg-type]
+
+    def smoke(self, node: yaml.Node) -> Smoke | None:
+        fields = self.mapping(node, "smoke", ("script", "args", "steps", "batch", "env"))
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        script = self.required(fields, "script", node, "smoke")
+        text = self.string(script, "smoke: script") if script is not None else None
+        if text is not None and (text.startswith("/") or ".." in text.split("/") or not text.endswith(".py")):
+            self.error(script, "smoke: script must be a .py file path inside the port repository "
+                               "(relative, no '..')")
+            text = None
+        values: dict[str, object] = {"line": node.start_mark.line + 1}
+        if "args" in fields:
+            values["args"] = self.strings(fields["args"][1], "smoke: args")
+        for key in ("steps", "batch"):
+            if key in fields:
+                number = self.positive(fields[key][1], f"smoke: {key}")
+                if number is not None:
+                    values[key] = number
+        if "env" in fields:
+            values["env"] = self.env(fields["env"][1])
+        return Smoke(text, **values) if text is not None else None  # type: ignore[arg-type]
 
     def strings(self, node: yaml.Node, what: str) -> tuple[str, ...]:
         if not isinstance(node, yaml.SequenceNode):

@@ -18,6 +18,7 @@ class Results:
     cards: int
     nnodes: int
     performance: bool
+    smoke: bool = False
     steps_seen: int = 0
     warmup_steps: int = 0
     mean_step_ms: float | None = None

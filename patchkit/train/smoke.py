@@ -1,0 +1,192 @@
+"""The training loop of a smoke run (`patchkit train MODEL --smoke`): a few real steps of the real model
+on a synthetic batch, on whatever device the launcher chose, under torchrun.
+
+A model's smoke script (`train/smoke/<model>.py`, named by the recipe's `smoke: script`) builds the
+model from its upstream config and says how to make a batch and how to get the losses; this module
+does the rest the same way for every model: the process group, the device, DDP, the optimizer step,
+the checks (every loss finite, gradients reached the parameters) and the `patchkit-smoke:` lines the
+launcher reads. It runs inside the training worker, after the bootstrap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from patchkit.train import dispatch
+
+DEFAULT_STEPS = 4
+PREFIX = "patchkit-smoke:"
+# What the launcher parses (patchkit/train/launch.py): keep these in step with the lines run() prints.
+STEP_TIME = r"patchkit-smoke: step \d+/\d+ loss \S+ time (?P<value>[0-9.]+) s"
+STEP = r"patchkit-smoke: step (?P<value>\d+)/\d+ "
+LOSS = r"patchkit-smoke: step \d+/\d+ loss (?P<value>\S+) "
+
+
+class SmokeFailed(RuntimeError):
+    """The model ran but did not train: a loss that is not finite, or no gradient anywhere."""
+
+
+@dataclass
+class Context:
+    device: torch.device
+    kind: str  # npu | cuda | cpu
+    backend: str
+    rank: int
+    local_rank: int
+    world_size: int
+    steps: int
+    amp: bool
+    generator: torch.Generator
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise SmokeFailed(f"{name}={value!r} is not a whole number") from None
+
+
+def init(seed: int = 0) -> Context:
+    """The device and process group of this worker, from the launcher's and torchrun's environment."""
+    kind = os.environ.get("PATCHKIT_TRAIN_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    world_size = _env_int("WORLD_SIZE", 1)
+    backend = os.environ.get("PATCHKIT_TRAIN_BACKEND") or dispatch.backend(kind)
+    device = torch.device(kind, local_rank) if kind in ("cuda", "npu") else torch.device(kind)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    steps = _env_int("PATCHKIT_SMOKE_STEPS", DEFAULT_STEPS)
+    if steps < 1:
+        raise SmokeFailed(f"PATCHKIT_SMOKE_STEPS must be at least 1, not {steps}")
+    amp = os.environ.get("PATCHKIT_SMOKE_AMP", "0") not in ("", "0", "false", "no")
+    generator = torch.Generator().manual_seed(seed * 1000 + rank)
+    torch.manual_seed(seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    return Context(device, kind, backend, rank, local_rank, world_size, steps, amp, generator)
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Tensors anywhere inside dicts, lists and tuples moved to device; everything else as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_device(v, device) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(to_device(v, device) for v in obj)
+    return obj
+
+
+def parse_losses(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The total loss and its terms: a tensor is the total; from a dict, every term whose key contains
+    'loss' counts (the mmdet convention), a list of tensors counts as their sum."""
+    if isinstance(out, torch.Tensor):
+        return out, {"loss": out}
+    if not isinstance(out, Mapping):
+        raise SmokeFailed(f"the losses function returned {type(out).__name__}, not a tensor or a dict of losses")
+    terms: dict[str, torch.Tensor] = {}
+    for key, value in out.items():
+        if "loss" not in str(key):
+            continue
+        if isinstance(value, torch.Tensor):
+            terms[str(key)] = value.mean()
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+            terms[str(key)] = sum(v.mean() for v in value)  # type: ignore[assignment]
+        else:
+            raise SmokeFailed(f"loss term {key!r} is {type(value).__name__}, not a tensor or a list of tensors")
+    if not terms:
+        raise SmokeFailed(f"no loss term among the model's outputs ({', '.join(map(str, out)) or 'none'})")
+    total = sum(terms.values())
+    return total, terms  # type: ignore[return-value]
+
+
+def _synchronize(ctx: Context) -> None:
+    if ctx.kind == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    elif ctx.kind == "npu":
+        torch.npu.synchronize(ctx.device)  # type: ignore[attr-defined]
+
+
+def _say(ctx: Context, message: str) -> None:
+    if ctx.rank == 0:
+        print(f"{PREFIX} {message}", flush=True)
+
+
+def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
+        losses: Callable[[torch.nn.Module, Any], Any], optimizer: torch.optim.Optimizer | None = None,
+        lr: float = 1e-4, find_unused_parameters: bool = True, grad_clip: float | None = 35.0) -> dict[str, Any]:
+    """`ctx.steps` optimizer steps; `batch(step)` makes the inputs, `losses(model, inputs)` runs the
+    forward pass and returns the losses. Returns the per-step totals and times."""
+    model.to(ctx.device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise SmokeFailed("the model has no trainable parameters")
+    wrapped: torch.nn.Module = model
+    if ctx.world_size > 1:
+        ids = [ctx.local_rank] if ctx.kind in ("cuda", "npu") else None
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                            find_unused_parameters=find_unused_parameters)
+    optimizer = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    scaler = torch.amp.GradScaler(ctx.kind) if ctx.amp and ctx.kind in ("cuda", "npu") else None
+    _say(ctx, f"start model={type(model).__name__} parameters={sum(p.numel() for p in params)} device={ctx.device} "
+              f"backend={ctx.backend if ctx.world_size > 1 else 'none'} world_size={ctx.world_size} "
+              f"steps={ctx.steps} amp={ctx.amp}")
+    totals: list[float] = []
+    times: list[float] = []
+    for step in range(1, ctx.steps + 1):
+        inputs = to_device(batch(step), ctx.device)
+        _synchronize(ctx)
+        start = time.perf_counter()
+        with dispatch.autocast(ctx.device, enabled=ctx.amp):
+            total, terms = parse_losses(losses(wrapped, inputs))
+        bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
+        if bad or not torch.isfinite(total.detach()):
+            raise SmokeFailed(f"rank {ctx.rank} step {step}: loss is not finite "
+                              f"({', '.join(f'{k}={float(terms[k]):g}' for k in bad) or f'total={float(total):g}'})")
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(total) if scaler else total).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
+        with_grad = [p for p in params if p.grad is not None]
+        if not with_grad:
+            raise SmokeFailed(f"rank {ctx.rank} step {step}: the backward pass reached no parameter")
+        nonfinite = sum(1 for p in with_grad if not torch.isfinite(p.grad).all())  # type: ignore[arg-type]
+        if nonfinite and not scaler:
+            raise SmokeFailed(f"rank {ctx.rank} step {step}: {nonfinite} parameter(s) got non-finite gradients")
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(with_grad, grad_clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        _synchronize(ctx)
+        elapsed = time.perf_counter() - start
+        value = total.detach().float().reshape(1)
+        if ctx.world_size > 1:
+            value = value.to(ctx.device)
+            dist.all_reduce(value)
+            value = value / ctx.world_size
+        totals.append(float(value))
+        times.append(elapsed)
+        detail = " ".join(f"{k}={float(v.detach()):.4f}" for k, v in terms.items())
+        _say(ctx, f"step {step}/{ctx.steps} loss {totals[-1]:.6f} time {elapsed:.3f} s "
+                  f"grads={len(with_grad)}/{len(params)} {detail}")
+    if ctx.world_size > 1:
+        dist.barrier()
+    steady = times[1:] or times
+    _say(ctx, f"done steps={ctx.steps} losses finite, mean step time {sum(steady) / len(steady):.3f} s "
+              f"(after the first), loss {totals[0]:.4f} -> {totals[-1]:.4f}")
+    if ctx.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+    return {"losses": totals, "times": times, "finite": all(math.isfinite(t) for t in totals)}
