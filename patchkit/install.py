@@ -42,8 +42,8 @@ from patchkit.paths import display
 from patchkit.status import model_status
 
 Progress = Callable[[str], None]
-BUILDS = ("wheel", "editable", "command")
-_KEYS = ("after", "build", "env", "npu_env", "constraints", "pip_args", "command")
+BUILDS = ("wheel", "editable", "command", "none")
+_KEYS = ("after", "build", "env", "npu_env", "constraints", "pip_args", "command", "requires")
 
 
 def check_recipe(checker: Any, node: yaml.Node, what: str) -> dict[str, object] | None:
@@ -55,7 +55,7 @@ def check_recipe(checker: Any, node: yaml.Node, what: str) -> dict[str, object] 
         if build not in BUILDS:
             checker.error(fields["build"][1], f"{what}: install: build must be one of {', '.join(BUILDS)}")
         recipe["build"] = build
-    for key in ("after", "constraints", "pip_args"):
+    for key in ("after", "constraints", "pip_args", "requires"):
         if key in fields:
             recipe[key] = [v for v, _ in checker.layer_list(fields[key][1], f"{what}: install: {key}",
                                                             check_names=False)]
@@ -231,33 +231,45 @@ def _step(up: str, recipe: dict[str, Any], source: _Source, python: str, device:
     constraints.write_text("".join(f"{c}\n" for c in recipe.get("constraints", [])))
     pip = [python, "-m", "pip", "--disable-pip-version-check"]
     pip_args = list(recipe.get("pip_args", []))
-    repo = source.repo
     with open(log, "wb") as out:
-        if recipe.get("build") == "command":
-            _run(up, ["sh", "-c", recipe["command"]], repo, env, out, log, progress)
-            return Step(up, "ran", 0, log=display(log))
-        if recipe.get("build") == "editable":
-            _run(up, [*pip, "install", "-c", str(constraints), *pip_args, "-e", "."], repo, env, out, log, progress)
-            return Step(up, "installed", 0, log=display(log))
-        action = "cached"
-        wheels = sorted(cached.glob("*.whl")) if cached and cached.is_dir() else []
-        with tempfile.TemporaryDirectory(prefix="patchkit-build-") as tmp:
-            if not wheels:
-                action = "built"
-                target = Path(tmp) / "wheels"
-                where = source.export(Path(tmp) / "src")
-                _run(up, [*pip, "wheel", "-v", "--no-deps", "-c", str(constraints), *pip_args, "-w", str(target), "."],
-                     where, env, out, log, progress)
-                wheels = sorted(target.glob("*.whl"))
-                if cached is not None:
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    staging = cached.parent / f".{cached.name}.tmp"
-                    shutil.rmtree(staging, ignore_errors=True)
-                    shutil.copytree(target, staging)
-                    os.replace(staging, cached)
-                    wheels = sorted(cached.glob("*.whl"))
-            _run(up, [*pip, "install", "--no-deps", "--force-reinstall", "-c", str(constraints),
-                      *[str(w) for w in wheels]], repo, env, out, log, progress)
+        step = _build(up, recipe, source, pip, pip_args, constraints, env, out, log, cached, progress)
+        if recipe.get("requires"):  # what the repo needs at run time: wheels go in --no-deps
+            _run(up, [*pip, "install", "-c", str(constraints), *recipe["requires"]], source.repo, env, out, log, progress)
+            if recipe.get("build") == "none":
+                step.action = "installed"
+    return step
+
+
+def _build(up: str, recipe: dict[str, Any], source: _Source, pip: list[str], pip_args: list[str], constraints: Path,
+           env: dict[str, str], out: Any, log: Path, cached: Path | None, progress: Progress) -> Step:
+    repo = source.repo
+    if recipe.get("build") == "none":  # run from the workspace: nothing to build, only its requirements
+        return Step(up, "nothing to build", 0, log=display(log))
+    if recipe.get("build") == "command":
+        _run(up, ["sh", "-c", recipe["command"]], repo, env, out, log, progress)
+        return Step(up, "ran", 0, log=display(log))
+    if recipe.get("build") == "editable":
+        _run(up, [*pip, "install", "-c", str(constraints), *pip_args, "-e", "."], repo, env, out, log, progress)
+        return Step(up, "installed", 0, log=display(log))
+    action = "cached"
+    wheels = sorted(cached.glob("*.whl")) if cached and cached.is_dir() else []
+    with tempfile.TemporaryDirectory(prefix="patchkit-build-") as tmp:
+        if not wheels:
+            action = "built"
+            target = Path(tmp) / "wheels"
+            where = source.export(Path(tmp) / "src")
+            _run(up, [*pip, "wheel", "-v", "--no-deps", "-c", str(constraints), *pip_args, "-w", str(target), "."],
+                 where, env, out, log, progress)
+            wheels = sorted(target.glob("*.whl"))
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                staging = cached.parent / f".{cached.name}.tmp"
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(target, staging)
+                os.replace(staging, cached)
+                wheels = sorted(cached.glob("*.whl"))
+        _run(up, [*pip, "install", "--no-deps", "--force-reinstall", "-c", str(constraints),
+                  *[str(w) for w in wheels]], repo, env, out, log, progress)
     return Step(up, action, 0, wheel=wheels[0].name if wheels else None, log=display(log))
 
 

@@ -92,3 +92,34 @@ def test_cycle(tmp_path: Path) -> None:
         "constraints: ['setuptools']\nmodels:", "constraints: ['setuptools']\n      after: [pkgtop]\nmodels:") + "\n")
     run = patchkit(port, "install", "m")
     assert run.code == 2 and "has a cycle" in run.err
+
+
+def test_requires_brings_runtime_dependencies(tmp_path: Path, venv: Path) -> None:
+    """A repo run from the workspace (`build: none`) gets only its run-time requirements; a wheel's
+    requirements come after the wheel, which goes in --no-deps."""
+    dep = tmp_path / "runtimedep"
+    dep.mkdir()
+    (dep / "setup.py").write_text('from setuptools import setup\nsetup(name="runtimedep", version="2.0", '
+                                  'py_modules=["runtimedep"])\n')
+    (dep / "runtimedep.py").write_text("VERSION = 2\n")
+    pin = make_upstream(tmp_path / "model", {"train.py": "import runtimedep\n"})
+    port = tmp_path / "port"
+    write_layer(port, "npu", "model", {})
+    (port / "upstreams.yaml").write_text(
+        "upstreams:\n"
+        f"  model:\n    url: {tmp_path / 'model'}\n    pin: {pin}\n    track: main\n"
+        f"    install:\n      build: none\n      requires: ['{dep}']\n      constraints: ['setuptools']\n"
+        "models:\n  m:\n    upstreams:\n      model: [npu]\n")
+    assert patchkit(port, "apply", "m").code == 0
+    run = patchkit(port, "install", "m", "--venv", str(venv), "--json")
+    assert run.code == 0, run.text
+    import json
+
+    assert [(s["upstream"], s["action"]) for s in json.loads(run.out)["steps"]] == [("model", "installed")]
+    out = subprocess.run([str(venv / "bin/python"), "-c", "import runtimedep; print(runtimedep.VERSION)"],
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "2", out.stderr
+    (port / "upstreams.yaml").write_text((port / "upstreams.yaml").read_text().replace("build: none", "build: nothing"))
+    bad = patchkit(port, "install", "m", "--venv", str(venv))
+    assert bad.code == 2 and "upstreams.yaml:7: upstream 'model': install: build must be one of wheel, editable, command, none" \
+        in bad.err, bad.err

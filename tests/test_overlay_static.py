@@ -190,3 +190,16 @@ def test_whole_file_overlay_drift(oport: OverlayPort, upstream_change: tuple[str
     assert run.code == (1 if expected == "conflict" else 0)
     if expected == "merged":
         assert "+setting_18 = 180" in files[0]["detail"]
+
+
+def test_fingerprint_of_a_signature_with_defaults_and_annotations() -> None:
+    """A signature such as `backend: str, **kwargs` is no statement of its own: it is hashed as a tree,
+    never re-parsed from its text (which raised SyntaxError and made such targets look missing)."""
+    from patchkit.overlay import fingerprint as fp
+
+    src = ('class Loss:\n    def forward(self, pred, target, weight=None, *, avg: int = 3, **kw) -> int:\n'
+           '        """doc"""\n        return 1\n\ndef init(backend: str, **kwargs) -> None:\n    pass\n')
+    a = fp.of_source(src, "Loss.forward")
+    assert a and a == fp.of_source(src.replace('"""doc"""', '"""other doc"""'), "Loss.forward")
+    assert a.split("-")[1] != fp.of_source(src.replace("avg: int = 3", "avg: int = 4"), "Loss.forward").split("-")[1]
+    assert fp.of_source(src, "init")

@@ -9,6 +9,8 @@ stack (the first time about 20 minutes: the mmcv-full ops build; later from the 
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -66,3 +68,32 @@ def test_install_and_import_an_mmdet3d_model(real: Path) -> None:
     code = "import mmcv.ops, mmdet.models, mmdet3d.models; print('ok')"
     proc = subprocess.run([str(Path(VENV) / "bin" / "python"), "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def _venv_python() -> str:
+    python = str(Path(VENV or "") / "bin" / "python")
+    if subprocess.run([python, "-c", "import patchkit"], capture_output=True).returncode != 0:
+        subprocess.run([python, "-m", "pip", "install", "-q", "-e", str(ROOT)], check=True)
+    return python
+
+
+@pytest.mark.skipif(not VENV, reason="set PATCHKIT_STACK_VENV to a venv with torch 2.13.0 and the build tools")
+@pytest.mark.parametrize("model", MODELS)
+def test_smoke_trains_the_real_model_on_cpu(real: Path, tmp_path: Path, model: str) -> None:
+    """The issue's check: `patchkit train MODEL --smoke --device cpu --cards 2` with the installed,
+    patched stack: two gloo processes, finite losses, a parsed step time."""
+    assert patchkit(ROOT, "apply", model, "--workspace", str(real)).code == 0
+    run = patchkit(ROOT, "install", model, "--workspace", str(real), "--venv", str(VENV))
+    assert run.code == 0, run.text
+    work = tmp_path / "smoke"
+    proc = subprocess.run([_venv_python(), "-m", "patchkit", "train", model, "--smoke", "--device", "cpu",
+                           "--cards", "2", "--workspace", str(real), "--work-dir", str(work)],
+                          capture_output=True, text=True, env={**os.environ, "PATCHKIT_MANIFEST": str(ROOT / "upstreams.yaml")})
+    logs = "".join(p.read_text(errors="replace")[-3000:] for p in sorted(work.glob("rank*.log")))
+    assert proc.returncode == 0, proc.stdout + proc.stderr + logs
+    results = json.loads((work / "results.json").read_text())
+    assert results["smoke"] and results["cards"] == 2 and results["backend"] == "gloo"
+    assert results["steps_seen"] >= 2 and results["mean_step_ms"] > 0
+    assert math.isfinite(results["metrics"]["loss"])
+    rank0 = (work / "rank0.log").read_text(errors="replace")
+    assert "losses finite" in rank0 and "patchkit-bootstrap: rank=0" in rank0

@@ -10,6 +10,7 @@ version's `ast.dump` format.
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 
 _SKIP_FIELDS = {"ctx", "type_comment", "kind", "type_params"}
@@ -39,7 +40,7 @@ def _serialise(node: object, out: list[str]) -> None:
 
 
 def _strip_docstrings(node: ast.AST) -> ast.AST:
-    node = ast.parse(ast.unparse(node)) if not isinstance(node, ast.Module) else node
+    node = copy.deepcopy(node)  # a copy: the caller's tree stays as it is (signature parts do not re-parse)
     for child in ast.walk(node):
         body = getattr(child, "body", None)
         if (isinstance(child, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
