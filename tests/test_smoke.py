@@ -34,8 +34,8 @@ H, W, GRID = 32, 64, (8, 8, 4)
 model = toymod.OccNet(GRID, classes=5)
 
 def batch(step):
-    imgs = synthetic.images(1, (H, W), generator=ctx.generator)
-    occ = synthetic.occupancy(1, GRID, classes=5, free=0, generator=ctx.generator)
+    imgs = synthetic.images(ctx.batch, (H, W), generator=ctx.generator)
+    occ = synthetic.occupancy(ctx.batch, GRID, classes=5, free=0, generator=ctx.generator)
     return {"imgs": imgs, "occ": occ}
 
 def losses(net, b):
@@ -252,6 +252,7 @@ def test_smoke_dry_run_on_npu_and_bad_requests(toy: Path, monkeypatch: pytest.Mo
     env, argv = data["env"], data["nodes"][0]
     assert env["PATCHKIT_TRAIN_DEVICE"] == "npu" and env["PATCHKIT_TRAIN_BACKEND"] == "hccl"
     assert env["PATCHKIT_SMOKE_STEPS"] == "5" and env["TOY_SMOKE"] == "1" and env["PATCHKIT_TRAIN_BATCH"] == "value:1"
+    assert env["PATCHKIT_SMOKE_BATCH"] == "1"
     assert argv[argv.index("patchkit.train.bootstrap") + 1] == str(toy / "train/smoke/toy.py")
     assert "--nproc_per_node=8" in argv
     # a smoke run's default is one card, not the recipe's eight

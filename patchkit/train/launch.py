@@ -165,6 +165,7 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
     })
     if options.smoke:
         env["PATCHKIT_SMOKE_STEPS"] = str(options.steps or recipe.smoke.steps)  # type: ignore[union-attr]
+        env["PATCHKIT_SMOKE_BATCH"] = str(recipe.smoke.batch)  # type: ignore[union-attr]
         notes.append(f"smoke run: the real model on a synthetic batch for {env['PATCHKIT_SMOKE_STEPS']} steps "
                      f"({recipe.smoke.script})")  # type: ignore[union-attr]
     if model.overlays:

@@ -45,6 +45,7 @@ class Context:
     steps: int
     amp: bool
     generator: torch.Generator
+    batch: int = 1  # per-card samples of the synthetic input (the recipe's smoke: batch)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -68,9 +69,10 @@ def init(seed: int = 0) -> Context:
     if steps < 1:
         raise SmokeFailed(f"PATCHKIT_SMOKE_STEPS must be at least 1, not {steps}")
     amp = os.environ.get("PATCHKIT_SMOKE_AMP", "0") not in ("", "0", "false", "no")
+    batch = _env_int("PATCHKIT_SMOKE_BATCH", 1)
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
-    return Context(device, kind, backend, rank, local_rank, world_size, steps, amp, generator)
+    return Context(device, kind, backend, rank, local_rank, world_size, steps, amp, generator, max(1, batch))
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
