@@ -7,6 +7,7 @@ overlays, says what it did (the launcher reads these `patchkit-...:` lines), the
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import runpy
@@ -112,6 +113,15 @@ def per_card_batch(spec: str, config: str | None, args: list[str]) -> tuple[int 
     return None, "no batch rule in the recipe"
 
 
+def _overlay_summary(report: object) -> None:
+    """At exit, what became of the targets that were pending at start (their modules imported later)."""
+    entries = getattr(report, "entries", [])
+    never = [e.target for e in entries if e.status == "pending"]
+    applied = sum(1 for e in entries if e.status == "applied")
+    print(f"patchkit-overlay: at exit: {applied} applied, {len(never)} never imported"
+          + (f" ({', '.join(never)})" if never else ""), flush=True)
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: python -m patchkit.train.bootstrap ENTRY [ARGS...]")
@@ -135,6 +145,7 @@ def main() -> None:
         if report is not None and rank == 0:
             for line in report.lines():
                 print(f"patchkit-overlay: {line}", flush=True)
+            atexit.register(_overlay_summary, report)
     if rank == 0:
         batch, source = per_card_batch(os.environ.get("PATCHKIT_TRAIN_BATCH", ""),
                                        os.environ.get("PATCHKIT_TRAIN_CONFIG") or None, args)
