@@ -105,8 +105,8 @@ def test_two_gloo_processes_really_train(toy: Path) -> None:
     for rank, text in logs.items():
         assert f"patchkit-bootstrap: rank={rank} local_rank={rank} world_size=2 device=cpu backend=gloo" in text
         assert "speed 2" in text  # the overlay was active in both workers
-    assert "patchkit-overlay: at exit: 1 applied, 0 never imported" in logs[0]
         assert text.count(" time: ") == 6  # the performance bound stopped it
+    assert "patchkit-overlay: at exit: 1 applied, 0 never imported" in logs[0]
     results = json.loads((work / "results.json").read_text())
     assert results["steps_seen"] == 6 and results["warmup_steps"] == 2
     assert results["per_card_batch"] == 4 and results["global_batch"] == 8
