@@ -29,7 +29,7 @@ import torch
 from patchkit.train import smoke, synthetic
 
 IMAGE_SIZE = (64, 176)  # H, W: a quarter of the config's 256x704 input (same aspect), for CPU step time
-BATCH = 1  # per card
+BATCH = 1  # per card; main() takes the recipe's smoke: batch (ctx.batch)
 BOXES = 6  # ground-truth objects per sample
 POINTS = 4000  # lidar points for the depth supervision
 STEP_SECONDS = 0.5  # nuScenes keyframes are 2 Hz
@@ -143,7 +143,9 @@ class Scene:
 def main() -> None:
     if len(sys.argv) < 2:
         raise SystemExit("usage: sparse4d.py CONFIG")
+    global BATCH
     ctx = smoke.init(seed=0)
+    BATCH = ctx.batch
     cfg = build_config(sys.argv[1])
     importlib.import_module(cfg.plugin_dir.rstrip("/").replace("/", "."))  # registers Sparse4D's modules
     from mmdet.models import build_detector
