@@ -153,7 +153,11 @@ def main() -> None:
         if os.environ.get("PATCHKIT_TRAIN_FINGERPRINT"):
             print(f"patchkit-fingerprint: {os.environ['PATCHKIT_TRAIN_FINGERPRINT']}", flush=True)
     sys.argv = [entry, *args]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(entry)))
+    if not os.environ.get("PATCHKIT_SMOKE_STEPS"):
+        # as `python tools/train.py` would: the script's folder first. A smoke script lives in the port
+        # repo (train/smoke/bevdepth.py): its folder would shadow the upstream package of the same name,
+        # so there the workspace repo (the working directory, already on sys.path under -m) leads.
+        sys.path.insert(0, os.path.dirname(os.path.abspath(entry)))
     runpy.run_path(entry, run_name="__main__")
 
 

@@ -1,14 +1,15 @@
-"""tools/train.py --launcher pytorch: a process group for the device the worker really runs on.
+"""mmcv 1.x `init_dist('pytorch')`: a process group for the device the worker really runs on.
 
-tools/train.py calls mmcv's init_dist('pytorch', **cfg.dist_params); SurroundOcc's configs inherit
-`dist_params = dict(backend='nccl')` (projects/configs/_base_/default_runtime.py). mmcv 1.x's
-_init_dist_pytorch then uses hccl when torch_npu imports, otherwise that nccl, and first calls
-`torch.cuda.set_device(rank % torch.cuda.device_count())`: on a CPU worker a ZeroDivisionError before
-any process group exists, and on every device it picks the card from the global rank, not the local one.
+The mmcv-based entries (SurroundOcc's and Sparse4D's `tools/train.py --launcher pytorch`, FB-BEV's)
+call mmcv's `init_dist('pytorch', **cfg.dist_params)`, and their configs say
+`dist_params = dict(backend='nccl')`. mmcv 1.x's `_init_dist_pytorch` then uses hccl when torch_npu
+imports, otherwise that nccl, and first calls `torch.cuda.set_device(rank % torch.cuda.device_count())`:
+on a CPU worker a ZeroDivisionError before any process group exists, and on every device it picks the
+card from the global rank, not the local one.
 
 Under patchkit the launcher names the backend for the device in PATCHKIT_TRAIN_BACKEND (hccl on NPU,
 nccl on CUDA, gloo on CPU) and the bootstrap has already set this worker's device from torchrun's
-LOCAL_RANK, so the group is created with that backend and the device is left alone. Without
+LOCAL_RANK, so the group is made with that backend and the device is left alone. Without
 PATCHKIT_TRAIN_DEVICE (the model run outside patchkit) mmcv's own function runs unchanged.
 """
 
