@@ -76,6 +76,7 @@ cards: 8
 global_batch: 64
 smoke:
   script: train/smoke/toy.py
+  args: ["--on", "{device}"]
   steps: 3
   env: {all: {TOY_SMOKE: "1"}}
 '''
@@ -253,7 +254,7 @@ def test_smoke_dry_run_on_npu_and_bad_requests(toy: Path, monkeypatch: pytest.Mo
     assert env["PATCHKIT_TRAIN_DEVICE"] == "npu" and env["PATCHKIT_TRAIN_BACKEND"] == "hccl"
     assert env["PATCHKIT_SMOKE_STEPS"] == "5" and env["TOY_SMOKE"] == "1" and env["PATCHKIT_TRAIN_BATCH"] == "value:1"
     assert env["PATCHKIT_SMOKE_BATCH"] == "1"
-    assert argv[argv.index("patchkit.train.bootstrap") + 1] == str(toy / "train/smoke/toy.py")
+    assert argv[argv.index("patchkit.train.bootstrap") + 1:] == [str(toy / "train/smoke/toy.py"), "--on", "npu"]
     assert "--nproc_per_node=8" in argv
     # a smoke run's default is one card, not the recipe's eight
     one = json.loads(patchkit(toy, "train", "toy", "--smoke", "--dry-run", "--json").out)

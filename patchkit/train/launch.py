@@ -145,7 +145,7 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
     repo = workspace_root / model.name / recipe.workdir
     work_dir = (options.work_dir or Path("train-runs") / f"{model.name}{'-smoke' if options.smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     subst = {"config": recipe.config or "", "work_dir": str(work_dir), "cards": str(cards),
-             "nnodes": str(options.nnodes), "world_size": str(cards * options.nnodes)}
+             "nnodes": str(options.nnodes), "world_size": str(cards * options.nnodes), "device": device.kind}
     args = [a.format(**subst) for a in recipe.args]
     if options.performance:
         if not recipe.performance_args and not recipe.performance_steps:

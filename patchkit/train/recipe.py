@@ -3,7 +3,7 @@ r"""`train/<model>.yaml`: how a model trains. Checked like the manifest: file, l
     workdir: surroundocc            # the workspace repo that is the working directory
     entry: tools/train.py           # the entry script, relative to workdir
     config: projects/configs/surroundocc/surroundocc.py   # optional
-    args: ["{config}", "--launcher", "pytorch", "--work-dir", "{work_dir}"]   # also {cards}, {nnodes}, {world_size}
+    args: ["{config}", "--launcher", "pytorch", "--work-dir", "{work_dir}"]   # also {cards}, {nnodes}, {world_size}, {device}
     cards: 8
     multinode: false
     global_batch: 8                 # the published figure, shown beside the measured one
