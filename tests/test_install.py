@@ -123,3 +123,12 @@ def test_requires_brings_runtime_dependencies(tmp_path: Path, venv: Path) -> Non
     bad = patchkit(port, "install", "m", "--venv", str(venv))
     assert bad.code == 2 and "upstreams.yaml:7: upstream 'model': install: build must be one of wheel, editable, command, none" \
         in bad.err, bad.err
+
+
+def test_run_time_requirements_are_not_part_of_the_wheel_key() -> None:
+    from patchkit.install import cache_key
+
+    recipe: dict[str, object] = {"build": "wheel", "env": {"MMCV_WITH_OPS": "1"}, "pip_args": ["--no-build-isolation"]}
+    key = cache_key("mmcv", "abc", recipe, {"torch": "2.13.0"}, "cpu")
+    assert cache_key("mmcv", "abc", {**recipe, "requires": ["addict"]}, {"torch": "2.13.0"}, "cpu") == key
+    assert cache_key("mmcv", "abc", {**recipe, "env": {"MMCV_WITH_OPS": "0"}}, {"torch": "2.13.0"}, "cpu") != key
