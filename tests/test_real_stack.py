@@ -66,8 +66,11 @@ def test_install_and_import_an_mmdet3d_model(real: Path) -> None:
     assert patchkit(ROOT, "apply", "surroundocc", "--workspace", str(real)).code == 0
     run = patchkit(ROOT, "install", "surroundocc", "--workspace", str(real), "--venv", str(VENV))
     assert run.code == 0, run.text
-    code = "import mmcv.ops, mmdet.models, mmdet3d.models; print('ok')"
-    proc = subprocess.run([str(Path(VENV) / "bin" / "python"), "-c", code], capture_output=True, text=True)
+    # as a training worker imports it: after the bootstrap's torchvision compatibility step (PyPI's
+    # torchvision for torch 2.13 is a CUDA build; on a CPU torch it needs the op schemas first)
+    code = ("from patchkit.train.bootstrap import torchvision_compat; torchvision_compat(); "
+            "import mmcv.ops, mmdet.models, mmdet3d.models; print('ok')")
+    proc = subprocess.run([_venv_python(), "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
