@@ -458,6 +458,8 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
 @click.option("--smoke", is_flag=True,
               help="The real model on a synthetic nuScenes-shaped batch for a few steps (the recipe's smoke: script).")
 @click.option("--steps", type=click.IntRange(min=1), help="Smoke steps (default: the recipe's).")
+@click.option("--venv", type=click.Path(file_okay=False, exists=True),
+              help="Run the workers with this virtual environment's Python (where `patchkit install` put the stack).")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Logs and results.json (default: train-runs/MODEL-TIME).")
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
@@ -468,7 +470,7 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
 @json_option
 @click.pass_obj
 def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, device: str, performance: bool,
-          smoke: bool, steps: int | None, work_dir: str | None, nnodes: int, node_rank: int, master_addr: str, master_port: int | None,
+          smoke: bool, steps: int | None, venv: str | None, work_dir: str | None, nnodes: int, node_rank: int, master_addr: str, master_port: int | None,
           dry_run: bool, workspace: str | None, as_json: bool) -> None:
     """Train MODEL with its recipe (train/MODEL.yaml) through torchrun; `-- ARGS` go to the entry script."""
     from patchkit.train import device as device_mod, launch, recipe as recipe_mod
@@ -478,10 +480,10 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
     m.model(model)
     recipe = recipe_mod.load(m.root, model)
     options = launch.Options(cards, performance, Path(work_dir) if work_dir else None, nnodes, node_rank,
-                             master_addr, master_port, extra, smoke, steps)
+                             master_addr, master_port, extra, smoke, steps, _venv_python(venv))
     if steps and not smoke:
         raise BadInput("--steps counts the steps of a --smoke run; a performance run's bound is in the recipe")
-    plan = launch.plan(m, recipe, device_mod.detect(device), obj.workspace(workspace), options)
+    plan = launch.plan(m, recipe, device_mod.detect(device, options.python), obj.workspace(workspace), options)
     if dry_run:
         if as_json:
             _emit_json({"model": model, "repo": str(plan.repo), "env": plan.env, "notes": plan.notes,
@@ -500,6 +502,15 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
             click.echo(line)
         for note in result.notes:
             click.echo(f"note: {note}")
+
+
+def _venv_python(venv: str | None) -> str | None:
+    if venv is None:
+        return None
+    python = Path(venv) / "bin" / "python"
+    if not python.exists():
+        raise BadInput(f"--venv {venv}: no bin/python there (is it a virtual environment?)")
+    return str(python.absolute())
 
 
 def _json_error(args: list[str], exc: PatchkitError) -> None:

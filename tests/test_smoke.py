@@ -22,10 +22,14 @@ from patchkit.train import dispatch, smoke, synthetic  # noqa: E402
 # repo, imported from the workspace as cwd), a synthetic batch, the shared loop.
 SMOKE = '''\
 import os
+import sys
 
 import torch
 
+import patchkit
 from patchkit.train import smoke, synthetic
+
+print(f"worker python {sys.prefix} patchkit {os.path.dirname(patchkit.__file__)}", flush=True)
 
 import toymod
 
@@ -233,6 +237,25 @@ def test_smoke_trains_in_two_gloo_processes(toy: Path) -> None:
     assert results["per_card_batch"] == 1 and results["global_batch"] == 2
     assert results["published_global_batch"] is None  # a smoke run is not the published configuration
     assert any("smoke run: the real model on a synthetic batch for 3 steps" in n for n in results["notes"])
+
+
+def test_smoke_runs_in_the_venv_the_stack_was_installed_into(toy: Path, tmp_path: Path) -> None:
+    """--venv: the workers run that environment's Python (and device probes), with this patchkit first
+    on their path whatever the venv holds."""
+    import subprocess
+
+    venv = tmp_path / "stackenv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    assert patchkit(toy, "apply", "toy").code == 0
+    work = toy / "smoke-venv"
+    run = patchkit(toy, "train", "toy", "--smoke", "--venv", str(venv), "--device", "cpu", "--cards", "1",
+                   "--steps", "2", "--work-dir", str(work))
+    assert run.code == 0, run.text + (work / "rank0.log").read_text()
+    log = (work / "rank0.log").read_text()
+    assert f"worker python {venv} patchkit {work / '.patchkit-path' / 'patchkit'}" in log
+    assert (work / ".patchkit-path/patchkit").resolve() == Path(smoke.__file__).resolve().parent.parent
+    missing = patchkit(toy, "train", "toy", "--smoke", "--venv", str(tmp_path), "--dry-run")
+    assert missing.code == 2 and "no bin/python there" in missing.err
 
 
 def test_a_non_finite_loss_fails_the_smoke_run(toy: Path, monkeypatch: pytest.MonkeyPatch) -> None:

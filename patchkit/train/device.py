@@ -6,6 +6,7 @@ The probes are the only functions that import torch; tests replace them at this 
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 
 from patchkit.errors import BadInput
@@ -44,11 +45,31 @@ def probe_cpu() -> int:
     return os.cpu_count() or 1
 
 
-def detect(requested: str = "auto") -> Device:
-    """The device to train on; asking for a kind the machine does not have is an error."""
+_PROBE_CODE = {
+    "npu": "import torch, torch_npu\nprint(int(torch.npu.device_count()))",
+    "cuda": "import torch\nprint(int(torch.cuda.device_count()) if torch.cuda.is_available() else 0)",
+}
+
+
+def probe_in(python: str, kind: str) -> int:
+    """The probe of KIND run by another interpreter (a training venv's: its torch, its torch_npu)."""
+    if kind == "cpu":
+        return probe_cpu()
+    try:
+        out = subprocess.run([python, "-c", _PROBE_CODE[kind]], capture_output=True, text=True, timeout=120)
+        return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return 0
+
+
+def detect(requested: str = "auto", python: str | None = None) -> Device:
+    """The device to train on; asking for a kind the machine does not have is an error. With PYTHON,
+    the probes run in that interpreter (the environment the workers will run in)."""
     if requested not in ("auto", *BACKENDS):
         raise BadInput(f"unknown device {requested!r} (auto, npu, cuda or cpu)")
     probes = {"npu": probe_npu, "cuda": probe_cuda, "cpu": probe_cpu}
+    if python is not None:
+        probes = {kind: (lambda k=kind: probe_in(python, k)) for kind in probes}
     if requested != "auto":
         count = probes[requested]()
         if count == 0:

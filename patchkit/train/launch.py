@@ -32,6 +32,7 @@ from patchkit.train.device import Device
 from patchkit.train.recipe import Recipe
 
 Progress = Callable[[str], None]
+PATH_LINK = ".patchkit-path"  # under the work dir: a folder holding a link to this patchkit package
 # The lines patchkit/train/smoke.py prints (kept here so planning needs no torch).
 SMOKE_STEP_TIME = r"patchkit-smoke: step \d+/\d+ loss \S+ time (?P<value>[0-9.]+) s"
 SMOKE_STEP = r"patchkit-smoke: step (?P<value>\d+)/\d+ "
@@ -52,6 +53,7 @@ class Options:
     extra: tuple[str, ...] = ()
     smoke: bool = False
     steps: int | None = None  # smoke steps (default: the recipe's)
+    python: str | None = None  # the workers' interpreter (a venv's); default: the one running patchkit
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Plan:
 
     def argv(self, node_rank: int | None = None) -> list[str]:
         o = self.options
-        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.cards}",
+        return [o.python or sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.cards}",
                 f"--nnodes={o.nnodes}", f"--node_rank={o.node_rank if node_rank is None else node_rank}",
                 f"--master_addr={o.master_addr}", f"--master_port={o.master_port}",
                 "-m", "patchkit.train.bootstrap", self.recipe.entry, *self.args]
@@ -168,6 +170,10 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
         env["PATCHKIT_SMOKE_BATCH"] = str(recipe.smoke.batch)  # type: ignore[union-attr]
         notes.append(f"smoke run: the real model on a synthetic batch for {env['PATCHKIT_SMOKE_STEPS']} steps "
                      f"({recipe.smoke.script})")  # type: ignore[union-attr]
+    if options.python:
+        # the workers import this patchkit (the bootstrap, the smoke loop, the overlay runtime: standard library
+        # and torch only), whatever the venv holds: a link to this package, first on their path (run() makes it)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work_dir / PATH_LINK), os.environ.get("PYTHONPATH")]))
     if model.overlays:
         env["PATCHKIT_OVERLAYS"] = os.pathsep.join(str(manifest.root / "overlays" / s) for s in model.overlays)
     if "OMP_NUM_THREADS" not in os.environ:  # the user's own setting wins, then the recipe's
@@ -196,8 +202,23 @@ class TrainFailed(PatchkitError):
     pass
 
 
+def _link_package(work_dir: Path) -> None:
+    folder = work_dir / PATH_LINK
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "patchkit"
+    target = Path(__file__).resolve().parent.parent
+    if link.is_symlink() and link.resolve() == target:
+        return
+    staging = folder / f".patchkit.{os.getpid()}"
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(target, target_is_directory=True)
+    os.replace(staging, link)
+
+
 def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results:
     plan.work_dir.mkdir(parents=True, exist_ok=True)
+    if plan.options.python:
+        _link_package(plan.work_dir)
     rank0 = plan.options.node_rank * plan.cards
     log = plan.work_dir / f"rank{rank0}.log"
     launcher_log = plan.work_dir / f"torchrun-node{plan.options.node_rank}.log"
