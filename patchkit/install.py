@@ -128,7 +128,9 @@ def _python(venv: Path | None, progress: Progress) -> str:
 
 
 def _versions(python: str) -> dict[str, str]:
-    code = ("import json, sys\ntry:\n    import torch; t = torch.__version__\nexcept Exception:\n    t = None\n"
+    # torch's version from its installed metadata: importing torch costs seconds on every install
+    code = ("import json, sys\nfrom importlib import metadata\ntry:\n    t = metadata.version('torch')\n"
+            "except metadata.PackageNotFoundError:\n    t = None\n"
             "print(json.dumps({'python': sys.version.split()[0], 'torch': t}))")
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
