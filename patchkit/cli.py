@@ -470,8 +470,8 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
 @json_option
 @click.pass_obj
 def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, device: str, performance: bool,
-          smoke: bool, steps: int | None, venv: str | None, work_dir: str | None, nnodes: int, node_rank: int, master_addr: str, master_port: int | None,
-          dry_run: bool, workspace: str | None, as_json: bool) -> None:
+          smoke: bool, steps: int | None, venv: str | None, work_dir: str | None, nnodes: int, node_rank: int,
+          master_addr: str, master_port: int | None, dry_run: bool, workspace: str | None, as_json: bool) -> None:
     """Train MODEL with its recipe (train/MODEL.yaml) through torchrun; `-- ARGS` go to the entry script."""
     from patchkit.train import device as device_mod, launch, recipe as recipe_mod
     from patchkit.train.results import table
@@ -481,8 +481,6 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
     recipe = recipe_mod.load(m.root, model)
     options = launch.Options(cards, performance, Path(work_dir) if work_dir else None, nnodes, node_rank,
                              master_addr, master_port, extra, smoke, steps, _venv_python(venv))
-    if steps and not smoke:
-        raise BadInput("--steps counts the steps of a --smoke run; a performance run's bound is in the recipe")
     plan = launch.plan(m, recipe, device_mod.detect(device, options.python), obj.workspace(workspace), options)
     if dry_run:
         if as_json:

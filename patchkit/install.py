@@ -240,8 +240,6 @@ def _step(up: str, recipe: dict[str, Any], source: _Source, python: str, device:
         step = _build(up, recipe, source, pip, pip_args, constraints, env, out, log, cached, progress)
         if recipe.get("requires"):  # what the repo needs at run time: wheels go in --no-deps
             _run(up, [*pip, "install", "-c", str(constraints), *recipe["requires"]], source.repo, env, out, log, progress)
-            if recipe.get("build") == "none":
-                step.action = "installed"
     return step
 
 
@@ -249,7 +247,7 @@ def _build(up: str, recipe: dict[str, Any], source: _Source, pip: list[str], pip
            env: dict[str, str], out: Any, log: Path, cached: Path | None, progress: Progress) -> Step:
     repo = source.repo
     if recipe.get("build") == "none":  # run from the workspace: nothing to build, only its requirements
-        return Step(up, "nothing to build", 0, log=display(log))
+        return Step(up, "installed" if recipe.get("requires") else "nothing to build", 0, log=display(log))
     if recipe.get("build") == "command":
         _run(up, ["sh", "-c", recipe["command"]], repo, env, out, log, progress)
         return Step(up, "ran", 0, log=display(log))

@@ -220,10 +220,18 @@ def test_parse_losses_follows_the_mmdet_convention() -> None:
 
 # --- the launcher --------------------------------------------------------------------------------------
 
-def test_smoke_trains_in_two_gloo_processes(toy: Path) -> None:
+def test_smoke_trains_in_two_gloo_processes_from_a_venv(toy: Path, tmp_path: Path) -> None:
+    """Two real gloo workers train the toy model. With --venv they run that environment's Python (and
+    its device probes), with this patchkit first on their path whatever the venv holds. (One launch for
+    both: each costs seconds of torch imports; the plain-Python launch is the non-finite test's.)"""
+    import subprocess
+
+    venv = tmp_path / "stackenv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     assert patchkit(toy, "apply", "toy").code == 0
     work = toy / "smoke1"
-    run = patchkit(toy, "train", "toy", "--smoke", "--device", "cpu", "--cards", "2", "--work-dir", str(work))
+    run = patchkit(toy, "train", "toy", "--smoke", "--venv", str(venv), "--device", "cpu", "--cards", "2",
+                   "--work-dir", str(work))
     logs = {r: (work / f"rank{r}.log").read_text() for r in (0, 1) if (work / f"rank{r}.log").exists()}
     assert run.code == 0, run.text + "".join(logs.values())
     for rank, text in logs.items():
@@ -237,22 +245,8 @@ def test_smoke_trains_in_two_gloo_processes(toy: Path) -> None:
     assert results["per_card_batch"] == 1 and results["global_batch"] == 2
     assert results["published_global_batch"] is None  # a smoke run is not the published configuration
     assert any("smoke run: the real model on a synthetic batch for 3 steps" in n for n in results["notes"])
-
-
-def test_smoke_runs_in_the_venv_the_stack_was_installed_into(toy: Path, tmp_path: Path) -> None:
-    """--venv: the workers run that environment's Python (and device probes), with this patchkit first
-    on their path whatever the venv holds."""
-    import subprocess
-
-    venv = tmp_path / "stackenv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    assert patchkit(toy, "apply", "toy").code == 0
-    work = toy / "smoke-venv"
-    run = patchkit(toy, "train", "toy", "--smoke", "--venv", str(venv), "--device", "cpu", "--cards", "1",
-                   "--steps", "2", "--work-dir", str(work))
-    assert run.code == 0, run.text + (work / "rank0.log").read_text()
-    log = (work / "rank0.log").read_text()
-    assert f"worker python {venv} patchkit {work / '.patchkit-path' / 'patchkit'}" in log
+    # the venv's Python, this patchkit
+    assert f"worker python {venv} patchkit {work / '.patchkit-path' / 'patchkit'}" in logs[0]
     assert (work / ".patchkit-path/patchkit").resolve() == Path(smoke.__file__).resolve().parent.parent
     missing = patchkit(toy, "train", "toy", "--smoke", "--venv", str(tmp_path), "--dry-run")
     assert missing.code == 2 and "no bin/python there" in missing.err

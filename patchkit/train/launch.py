@@ -33,7 +33,7 @@ from patchkit.train.recipe import Recipe
 
 Progress = Callable[[str], None]
 PATH_LINK = ".patchkit-path"  # under the work dir: a folder holding a link to this patchkit package
-# The lines patchkit/train/smoke.py prints (kept here so planning needs no torch).
+# The lines patchkit/train/smoke.py run() prints (here, not there: planning must not import torch).
 SMOKE_STEP_TIME = r"patchkit-smoke: step \d+/\d+ loss \S+ time (?P<value>[0-9.]+) s"
 SMOKE_STEP = r"patchkit-smoke: step (?P<value>\d+)/\d+ "
 SMOKE_LOSS = r"patchkit-smoke: step \d+/\d+ loss (?P<value>\S+) "
@@ -125,6 +125,8 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
         if options.performance:
             raise BadInput("--smoke and --performance are two different runs: give one")
         recipe = smoke_recipe(manifest, recipe)
+    elif options.steps:
+        raise BadInput("--steps counts the steps of a --smoke run; a performance run's bound is in the recipe")
     if recipe.workdir not in model.layers:
         raise BadInput(f"{display(recipe.path)}: workdir {recipe.workdir!r} is not an upstream of {model.name}")
     status = model_status(manifest, model, workspace_root)
@@ -237,10 +239,10 @@ def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results
             _stop(proc)
             raise
     res = results_mod.Results(plan.model, plan.device.kind, plan.device.backend, plan.cards, plan.options.nnodes,
-                              plan.options.performance, published_global_batch=plan.recipe.global_batch,
+                              plan.options.performance, plan.options.smoke,
+                              published_global_batch=plan.recipe.global_batch,
                               fingerprint=plan.fingerprint, command=argv, seconds=round(time.monotonic() - start, 3),
                               exit_code=proc.returncode)
-    res.smoke = plan.options.smoke
     res.notes += plan.notes
     if bounded:
         res.exit_code = 0

@@ -23,11 +23,7 @@ import torch.distributed as dist
 from patchkit.train import dispatch
 
 DEFAULT_STEPS = 4
-PREFIX = "patchkit-smoke:"
-# What the launcher parses (patchkit/train/launch.py): keep these in step with the lines run() prints.
-STEP_TIME = r"patchkit-smoke: step \d+/\d+ loss \S+ time (?P<value>[0-9.]+) s"
-STEP = r"patchkit-smoke: step (?P<value>\d+)/\d+ "
-LOSS = r"patchkit-smoke: step \d+/\d+ loss (?P<value>\S+) "
+PREFIX = "patchkit-smoke:"  # the launcher parses these lines: launch.SMOKE_STEP_TIME, SMOKE_STEP, SMOKE_LOSS
 
 
 class SmokeFailed(RuntimeError):
