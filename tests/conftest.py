@@ -8,6 +8,11 @@ import pytest
 
 from tests.gitfixtures import PatchMaker, make_upstream, write_layer
 
+# Opt-in tests over the real upstreams (tests/test_real_*.py). Read at import: `hermetic` clears PATCHKIT_*.
+REAL_MIRRORS = os.environ.get("PATCHKIT_REAL_MIRRORS")  # bare mirrors laid out as <owner>+<name>/repo
+REAL_CACHE = os.environ.get("PATCHKIT_REAL_CACHE")  # reuse mirrors and wheels across runs when set
+ROOT = Path(__file__).resolve().parent.parent
+
 
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,3 +110,13 @@ def port(tmp_path: Path) -> Port:
     write_layer(root, "demo", "app", {"0001-app-say-hello.patch": app1, "0002-app-add-config.patch": app2})
     p.write_manifest()
     return p
+
+
+@pytest.fixture
+def real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A workspace (returned) over the real upstream mirrors, with this repository's upstreams.yaml."""
+    monkeypatch.setenv("PATCHKIT_MIRROR_TEMPLATE", f"{REAL_MIRRORS}/{{owner}}+{{name}}/repo")
+    monkeypatch.setenv("PATCHKIT_MANIFEST", str(ROOT / "upstreams.yaml"))
+    if REAL_CACHE:
+        monkeypatch.setenv("PATCHKIT_CACHE", REAL_CACHE)
+    return tmp_path / "work"

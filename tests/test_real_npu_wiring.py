@@ -36,7 +36,6 @@ from tests.gitfixtures import patchkit
 ROOT = Path(__file__).resolve().parent.parent
 MIRRORS = os.environ.get("PATCHKIT_REAL_MIRRORS")  # read at import: the hermetic fixture clears PATCHKIT_*
 VENV = os.environ.get("PATCHKIT_STACK_VENV")
-CACHE = os.environ.get("PATCHKIT_REAL_CACHE")
 
 pytestmark = pytest.mark.skipif(not (MIRRORS and VENV),
                                 reason="set PATCHKIT_REAL_MIRRORS and PATCHKIT_STACK_VENV (the installed mmcv stack)")
@@ -315,15 +314,6 @@ PROGRAMS = {
     "bevdepth": ("bevdepth", BEVDEPTH),
     "tpvformer": ("tpvformer", TPVFORMER),
 }
-
-
-@pytest.fixture
-def real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PATCHKIT_MIRROR_TEMPLATE", f"{MIRRORS}/{{owner}}+{{name}}/repo")
-    monkeypatch.setenv("PATCHKIT_MANIFEST", str(ROOT / "upstreams.yaml"))
-    if CACHE:
-        monkeypatch.setenv("PATCHKIT_CACHE", CACHE)
-    return tmp_path / "work"
 
 
 def run_wiring(workspace: Path, model: str) -> dict[str, dict]:

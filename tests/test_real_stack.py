@@ -22,22 +22,12 @@ from tests.gitfixtures import patchkit
 ROOT = Path(__file__).resolve().parent.parent
 MIRRORS = os.environ.get("PATCHKIT_REAL_MIRRORS")  # read at import: the hermetic fixture clears PATCHKIT_*
 VENV = os.environ.get("PATCHKIT_STACK_VENV")
-CACHE = os.environ.get("PATCHKIT_REAL_CACHE")  # reuse mirrors and wheels across runs when set
 MODELS = ["surroundocc", "fbocc", "bevdepth", "tpvformer", "sparse4d"]
 # files that do not compile even with the model layers applied (fb-bev's occupancy_cbgs.py syntax error is fixed
 # by the fbocc layer, so this is empty: every repo of every model compiles)
 KNOWN_BAD: dict[str, list[str]] = {}
 
 pytestmark = pytest.mark.skipif(not MIRRORS, reason="set PATCHKIT_REAL_MIRRORS to a folder of upstream mirrors")
-
-
-@pytest.fixture
-def real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PATCHKIT_MIRROR_TEMPLATE", f"{MIRRORS}/{{owner}}+{{name}}/repo")
-    monkeypatch.setenv("PATCHKIT_MANIFEST", str(ROOT / "upstreams.yaml"))
-    if CACHE:
-        monkeypatch.setenv("PATCHKIT_CACHE", CACHE)
-    return tmp_path / "work"
 
 
 @pytest.mark.parametrize("model", MODELS)

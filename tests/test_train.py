@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from patchkit.train import device as device_mod
 from tests.gitfixtures import git, make_upstream, patchkit, write_layer, write_one_upstream_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TRAIN = '''\
 import argparse
@@ -238,3 +241,42 @@ def test_performance_bound_from_the_log(toy: Path) -> None:
     results = json.loads((work / "results.json").read_text())
     assert results["steps_seen"] >= 4 and results["mean_step_ms"] > 0
     assert "stopped by patchkit at step 4 (the performance bound)" in results["notes"]
+
+
+def test_torchvision_compat_only_on_the_failing_import(tmp_path: Path) -> None:
+    """The bootstrap's torchvision step imports nothing up front; a first `import torchvision` that
+    stops for want of its compiled ops gets the op schemas and runs again; a working one is untouched.
+    Stand-in torch/torchvision packages keep it to a subprocess of milliseconds."""
+    import subprocess
+    import sys
+
+    fakes = tmp_path / "fakes"
+    (fakes / "torch").mkdir(parents=True)
+    (fakes / "torch/__init__.py").write_text("from . import library\n")
+    (fakes / "torch/library.py").write_text(
+        "DEFINED = []\nclass Library:\n    def __init__(self, ns, kind):\n        self.ns = ns\n"
+        "    def define(self, schema):\n        DEFINED.append(f'{self.ns}::{schema.split(\"(\")[0]}')\n")
+    (fakes / "torchvision").mkdir()
+    (fakes / "torchvision/ops.py").write_text("LOADED = True\n")
+    (fakes / "torchvision/__init__.py").write_text(
+        "import torch\nfrom torchvision import ops\n"
+        "if 'torchvision::nms' not in torch.library.DEFINED:\n"
+        "    raise RuntimeError('operator torchvision::nms does not exist')\n")
+    program = ("import sys\nfrom patchkit.train.bootstrap import torchvision_compat\n"
+               "torchvision_compat(lambda note: print('said:', note[:40]))\n"
+               "print('before:', 'torch' in sys.modules, 'torchvision' in sys.modules)\n"
+               "import torchvision, torch\nprint('after:', torch.library.DEFINED, torchvision.ops.LOADED)\n")
+    env = {**os.environ, "PYTHONPATH": f"{fakes}{os.pathsep}{ROOT}"}
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "before: False False", "said: torchvision's compiled ops do not load w",
+        "after: ['torchvision::nms', 'torchvision::qnms'] True"]
+    # a torchvision that imports fine is left alone: nothing defined, nothing said
+    (fakes / "torchvision/__init__.py").write_text("from torchvision import ops\n")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env)
+    assert out.stdout.splitlines()[1:] == ["after: [] True"], out.stderr
+    # another import error is not swallowed
+    (fakes / "torchvision/__init__.py").write_text("raise RuntimeError('something else')\n")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and "RuntimeError: something else" in out.stderr

@@ -8,10 +8,15 @@ overlays, says what it did (the launcher reads these `patchkit-...:` lines), the
 from __future__ import annotations
 
 import atexit
+import importlib.abc
+import importlib.machinery
 import json
 import os
 import runpy
 import sys
+from collections.abc import Callable
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 
 
 def _redirect(log_dir: str, rank: int) -> None:
@@ -39,39 +44,62 @@ def set_device(kind: str, local_rank: int) -> None:
 
 
 _KEEP: list[object] = []  # torch.library handles must outlive the import they make possible
+_TORCHVISION_OPS = ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+                    "qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+COMPAT_NOTE = ("torchvision's compiled ops do not load with this torch (a CUDA build on a CPU torch?): defined "
+               "the torchvision::nms/qnms schemas so it imports; its C++ ops stay unavailable, mmcv.ops has its own")
 
 
-def torchvision_compat() -> str | None:
-    """Make a torchvision whose compiled ops cannot load importable; what was done, or None.
+class _TorchvisionCompat(importlib.abc.MetaPathFinder):
+    """Makes a torchvision whose compiled ops cannot load importable, on its first import.
 
     PyPI has only CUDA builds of torchvision for recent torch: on a CPU-only torch its `_C` does not
     load and `import torchvision` stops with "operator torchvision::nms does not exist" while it
-    registers fake kernels. mmcv 1.x imports torchvision at module level, so nothing trains. Defining
-    the two operator schemas first lets it import; torchvision.ops kernels stay unavailable (mmcv.ops
-    has its own). Only done when the import really fails that way.
+    registers fake kernels. mmcv 1.x imports torchvision at module level, so nothing trains. When the
+    import fails that way (and only then) the two operator schemas are defined and the import is run
+    again; torchvision.ops kernels stay unavailable (mmcv.ops has its own). Nothing happens, and
+    nothing is imported, until the worker's own code imports torchvision.
     """
-    import importlib.util
 
-    if importlib.util.find_spec("torchvision") is None:
-        return None
-    try:
-        import torchvision  # noqa: F401
-        return None
-    except RuntimeError as exc:
-        if "torchvision::nms" not in str(exc):
-            raise
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        del sys.modules[name]
-    import torch
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
 
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-    _KEEP.append(lib)
-    import torchvision  # noqa: F401,F811
+    def find_spec(self, name: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        if name != "torchvision":
+            return None
+        sys.meta_path.remove(self)  # one shot: the real finders take it from here
+        spec = importlib.machinery.PathFinder.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if spec is None or loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        real = loader.exec_module
 
-    return ("torchvision's compiled ops do not load with this torch (a CUDA build on a CPU torch?): defined "
-            "the torchvision::nms/qnms schemas so it imports; its C++ ops stay unavailable, mmcv.ops has its own")
+        def exec_module(module: ModuleType) -> None:
+            try:
+                real(module)
+            except RuntimeError as exc:
+                if "torchvision::nms" not in str(exc):
+                    raise
+                for sub in [m for m in sys.modules if m.startswith("torchvision.")]:
+                    del sys.modules[sub]
+                import torch
+
+                lib = torch.library.Library("torchvision", "DEF")
+                for schema in _TORCHVISION_OPS:
+                    lib.define(schema)
+                _KEEP.append(lib)
+                real(module)
+                self.say(COMPAT_NOTE)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def torchvision_compat(say: Callable[[str], None] = lambda _m: None) -> None:
+    """From now on, a first `import torchvision` that fails for want of its compiled ops still works
+    (see _TorchvisionCompat); SAY hears when that was needed."""
+    if "torchvision" not in sys.modules and not any(isinstance(f, _TorchvisionCompat) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionCompat(say))
 
 
 def _lookup(data: object, dotted: str) -> object:
@@ -113,6 +141,14 @@ def per_card_batch(spec: str, config: str | None, args: list[str]) -> tuple[int 
     return None, "no batch rule in the recipe"
 
 
+def _say_on(rank: int, prefix: str) -> Callable[[str], None]:
+    """A function printing `prefix: message` lines on rank 0 (the one the launcher reads), silent elsewhere."""
+    def say(message: str) -> None:
+        if rank == 0:
+            print(f"{prefix}: {message}", flush=True)
+    return say
+
+
 def _overlay_summary(report: object) -> None:
     """At exit, what became of the targets that were pending at start (their modules imported later)."""
     entries = getattr(report, "entries", [])
@@ -135,9 +171,7 @@ def main() -> None:
     print(f"patchkit-bootstrap: rank={rank} local_rank={local_rank} world_size={os.environ.get('WORLD_SIZE', '1')} "
           f"device={kind} backend={os.environ.get('PATCHKIT_TRAIN_BACKEND', 'gloo')} pid={os.getpid()}", flush=True)
     if os.environ.get("PATCHKIT_TORCHVISION_COMPAT", "1") != "0":
-        done = torchvision_compat()
-        if done and rank == 0:
-            print(f"patchkit-compat: {done}", flush=True)
+        torchvision_compat(_say_on(rank, "patchkit-compat"))
     if os.environ.get("PATCHKIT_OVERLAYS"):
         from patchkit.overlay.runtime import activate_from_env
 

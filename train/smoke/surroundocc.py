@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import sys
 
 import numpy as np
 import torch
@@ -120,9 +119,8 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = Config.fromfile(args.config)
     # The plugin registers SurroundOcc, OccHead, OccEncoder, ... with mmdet/mmcv, as tools/train.py does it
-    # (the module path from cfg.plugin_dir; the repo root is the working directory).
+    # (the module path from cfg.plugin_dir; the repo root is the working directory, first on sys.path).
     if cfg.get("plugin"):
-        sys.path.insert(0, os.getcwd())
         importlib.import_module(os.path.dirname(cfg.plugin_dir.rstrip("/") + "/").replace("/", "."))
     shrink(cfg, coarsest, image_size, args.depth, args.width)
     # Per-rank batch: the recipe's smoke batch (ctx.batch), as the config trains (data.samples_per_gpu=1).

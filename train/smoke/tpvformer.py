@@ -21,8 +21,6 @@ numba voxel labels) and custom_collate_fn. No dataset, no pretrained weights, no
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import numpy as np
 import torch
@@ -133,8 +131,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="config/tpv04_occupancy.py")
     args = parser.parse_args()
-    if os.getcwd() not in sys.path[:2]:  # the repo's packages (builder, dataloader, utils, tpvformer04)
-        sys.path.insert(0, os.getcwd())
 
     ctx = smoke.init(seed=0)
     np.random.seed(ctx.rank)  # GridMask and the photometric distortion draw from numpy
