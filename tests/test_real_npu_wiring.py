@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MIRRORS = os.environ.get("PATCHKIT_REAL_MIRRORS")  # read at import: the hermetic fixture clears PATCHKIT_*
 VENV = os.environ.get("PATCHKIT_STACK_VENV")
 
-pytestmark = pytest.mark.skipif(not (MIRRORS and VENV),
-                                reason="set PATCHKIT_REAL_MIRRORS and PATCHKIT_STACK_VENV (the installed mmcv stack)")
+pytestmark = [pytest.mark.skipif(not (MIRRORS and VENV),
+                                 reason="set PATCHKIT_REAL_MIRRORS and PATCHKIT_STACK_VENV (the installed mmcv stack)"),
+              pytest.mark.xdist_group("real-stack")]
 
 # Common to every program: the stand-in mx_driving, the device check answering 'npu' on demand, the
 # recording and the report (one `NPUWIRE {json}` line per check).

@@ -27,7 +27,8 @@ MODELS = ["surroundocc", "fbocc", "bevdepth", "tpvformer", "sparse4d"]
 # by the fbocc layer, so this is empty: every repo of every model compiles)
 KNOWN_BAD: dict[str, list[str]] = {}
 
-pytestmark = pytest.mark.skipif(not MIRRORS, reason="set PATCHKIT_REAL_MIRRORS to a folder of upstream mirrors")
+pytestmark = [pytest.mark.skipif(not MIRRORS, reason="set PATCHKIT_REAL_MIRRORS to a folder of upstream mirrors"),
+              pytest.mark.xdist_group("real-stack")]  # one venv: never two pip installs into it at once
 
 
 @pytest.mark.parametrize("model", MODELS)
