@@ -167,11 +167,10 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
         "PATCHKIT_TRAIN_CONFIG": str(repo / recipe.config) if recipe.config else "",
         "PATCHKIT_TRAIN_FINGERPRINT": json.dumps(fingerprint, sort_keys=True),
     })
-    if options.smoke:
-        env["PATCHKIT_SMOKE_STEPS"] = str(options.steps or recipe.smoke.steps)  # type: ignore[union-attr]
-        env["PATCHKIT_SMOKE_BATCH"] = str(recipe.smoke.batch)  # type: ignore[union-attr]
-        notes.append(f"smoke run: the real model on a synthetic batch for {env['PATCHKIT_SMOKE_STEPS']} steps "
-                     f"({recipe.smoke.script})")  # type: ignore[union-attr]
+    if options.smoke and recipe.smoke:
+        steps = options.steps or recipe.smoke.steps
+        env.update({"PATCHKIT_SMOKE_STEPS": str(steps), "PATCHKIT_SMOKE_BATCH": str(recipe.smoke.batch)})
+        notes.append(f"smoke run: the real model on a synthetic batch for {steps} steps ({recipe.smoke.script})")
     if options.python:
         # the workers import this patchkit (the bootstrap, the smoke loop, the overlay runtime: standard library
         # and torch only), whatever the venv holds: a link to this package, first on their path (run() makes it)
