@@ -49,6 +49,7 @@ for step in range(args.max_steps):
     print(f"step {step} loss: {loss.item():.4f} time: {time.perf_counter() - start:.6f}", flush=True)
 print("acc: 0.875", flush=True)
 dist.barrier()  # leave together: a gloo peer that goes first can abort the other one's teardown
+del model, opt  # DDP's reducer holds the group: release it before the group goes
 dist.destroy_process_group()
 '''
 

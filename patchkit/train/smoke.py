@@ -10,6 +10,7 @@ launcher reads. It runs inside the training worker, after the bootstrap.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -186,5 +187,9 @@ def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
     _say(ctx, f"done steps={ctx.steps} losses finite, mean step time {sum(steady) / len(steady):.3f} s "
               f"(after the first), loss {totals[0]:.4f} -> {totals[-1]:.4f}")
     if ctx.world_size > 1 and dist.is_initialized():
+        # DDP's reducer holds the process group: drop it first, or the group's threads outlive
+        # destroy_process_group and a rank can abort at exit ("terminate called without an active exception")
+        del wrapped, optimizer
+        gc.collect()
         dist.destroy_process_group()
     return {"losses": totals, "times": times, "finite": all(math.isfinite(t) for t in totals)}
