@@ -265,6 +265,7 @@ def test_torchvision_compat_only_on_the_failing_import(tmp_path: Path) -> None:
         "    raise RuntimeError('operator torchvision::nms does not exist')\n")
     program = ("import sys\nfrom patchkit.train.bootstrap import torchvision_compat\n"
                "torchvision_compat(lambda note: print('said:', note[:40]))\n"
+               "import importlib.util\nassert importlib.util.find_spec('torchvision')  # a lookup (torchmetrics does)\n"
                "print('before:', 'torch' in sys.modules, 'torchvision' in sys.modules)\n"
                "import torchvision, torch\nprint('after:', torch.library.DEFINED, torchvision.ops.LOADED)\n")
     env = {**os.environ, "PYTHONPATH": f"{fakes}{os.pathsep}{ROOT}"}

@@ -67,14 +67,15 @@ class _TorchvisionCompat(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: object = None, target: object = None) -> ModuleSpec | None:
         if name != "torchvision":
             return None
-        sys.meta_path.remove(self)  # one shot: the real finders take it from here
-        spec = importlib.machinery.PathFinder.find_spec(name)
+        spec = importlib.machinery.PathFinder.find_spec(name)  # the real finder (a lookup alone execs nothing)
         loader = getattr(spec, "loader", None)
         if spec is None or loader is None or not hasattr(loader, "exec_module"):
             return spec
         real = loader.exec_module
 
         def exec_module(module: ModuleType) -> None:
+            if self in sys.meta_path:  # one shot: the first import that really runs torchvision
+                sys.meta_path.remove(self)
             try:
                 real(module)
             except RuntimeError as exc:
