@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,7 +50,7 @@ for step in range(args.max_steps):
     opt.step()
     print(f"step {step} loss: {loss.item():.4f} time: {time.perf_counter() - start:.6f}", flush=True)
 print("acc: 0.875", flush=True)
-dist.barrier()  # leave together: a gloo peer that goes first can abort the other one's teardown
+dist.barrier()  # ends within a GIL switch of the barrier: the bootstrap's at-exit settle is what keeps this safe
 del model, opt  # DDP's reducer holds the group: release it before the group goes
 dist.destroy_process_group()
 '''
@@ -133,6 +135,29 @@ def test_a_crashing_worker_is_named(toy: Path) -> None:
     assert run.code == 1, run.text
     assert "training failed" in run.err and "rank 1 exited with code 3" in run.err
     assert "speed 2" in run.err  # the tail of that rank's log
+
+
+SETTLE = """\
+import sys
+from patchkit.train.bootstrap import settle_collective_threads
+print(settle_collective_threads(0.01))  # torch.distributed not imported: nothing to wait for
+import torch.distributed as dist
+print(settle_collective_threads(0.01))  # imported, no group: no gloo threads
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+dist.barrier()
+print(settle_collective_threads(0.01))
+dist.destroy_process_group()
+"""
+
+
+def test_the_bootstrap_waits_only_when_gloo_threads_exist(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="torch is needed for a process group")
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("thread names are read from /proc (Linux)")
+    out = subprocess.run([sys.executable, "-c", SETTLE, str(tmp_path / "store")], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True"]
 
 
 @pytest.mark.parametrize(("npu", "cuda", "expected"), [

@@ -14,6 +14,7 @@ import json
 import os
 import runpy
 import sys
+import time
 from collections.abc import Callable
 from importlib.machinery import ModuleSpec
 from types import ModuleType
@@ -159,10 +160,45 @@ def _overlay_summary(report: object) -> None:
           + (f" ({', '.join(never)})" if never else ""), flush=True)
 
 
+def _gloo_threads() -> int:
+    """How many of torch's gloo work threads this process has (Linux: /proc; elsewhere 0)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    count = 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm", encoding="utf-8") as comm:
+                count += comm.read().strip() == "pt_gloo_runloop"
+        except OSError:
+            continue
+    return count
+
+
+def settle_collective_threads(wait_s: float = 0.2) -> bool:
+    """Let gloo's work threads finish freeing their last works before the interpreter finalizes.
+
+    torch 2.13 frees a finished collective's work on the gloo thread that ran it, and that free
+    takes the GIL (the work holds a Python object). A script that ends within a GIL switch
+    interval of its last collective (a `barrier()` then `destroy_process_group()`, say) leaves
+    that thread waiting for the GIL; once finalization starts, CPython ends such a thread with a
+    forced unwind through a noexcept destructor: "terminate called without an active exception",
+    SIGABRT, a failed run after a finished training (seen in about 1 run in 10 on 2 busy cores).
+    DDP keeps the group alive past `destroy_process_group`, so the threads cannot be joined;
+    sleeping hands them the GIL. Runs as the last at-exit handler; returns whether it waited.
+    """
+    if "torch.distributed" not in sys.modules or not _gloo_threads():
+        return False
+    time.sleep(wait_s)
+    return True
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: python -m patchkit.train.bootstrap ENTRY [ARGS...]")
     entry, args = sys.argv[1], sys.argv[2:]
+    atexit.register(settle_collective_threads)  # registered first: runs last, after the script's own
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if os.environ.get("PATCHKIT_TRAIN_LOG_DIR"):

@@ -187,8 +187,9 @@ def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
     _say(ctx, f"done steps={ctx.steps} losses finite, mean step time {sum(steady) / len(steady):.3f} s "
               f"(after the first), loss {totals[0]:.4f} -> {totals[-1]:.4f}")
     if ctx.world_size > 1 and dist.is_initialized():
-        # DDP's reducer holds the process group: drop it first, or the group's threads outlive
-        # destroy_process_group and a rank can abort at exit ("terminate called without an active exception")
+        # drop the wrapper and the optimizer before the group. On torch 2.13 the group's gloo threads
+        # outlive this anyway (DDP keeps it referenced from C++); the bootstrap's at-exit
+        # settle_collective_threads is what keeps a rank from aborting at exit
         del wrapped, optimizer
         gc.collect()
         dist.destroy_process_group()
