@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +15,9 @@ REAL_CACHE = os.environ.get("PATCHKIT_REAL_CACHE")  # reuse mirrors and wheels a
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No user config, no real cache, fixed dates: every test sees the same git."""
-    home = tmp_path / "home"
+def _hermetic(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No user config, no real cache, fixed dates under ROOT: every test sees the same git."""
+    home = root / "home"
     home.mkdir()
     (home / ".gitconfig").write_text(
         "[user]\n\tname = Test User\n\temail = test@example.org\n"
@@ -32,7 +32,12 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
     monkeypatch.setenv("GIT_AUTHOR_DATE", "1700000000 +0000")
     monkeypatch.setenv("GIT_COMMITTER_DATE", "1700000000 +0000")
-    monkeypatch.setenv("PATCHKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATCHKIT_CACHE", str(root / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _hermetic(tmp_path, monkeypatch)
 
 
 MANIFEST = """\
@@ -82,8 +87,10 @@ class Port:
         return self.root / "work" / model / upstream
 
 
-@pytest.fixture
-def port(tmp_path: Path) -> Port:
+_PORT_PARTS = ("upstreams", "port", "scratch-lib", "scratch-app")
+
+
+def _build_port(tmp_path: Path) -> Port:
     ups = tmp_path / "upstreams"
     lib_pin = make_upstream(ups / "lib", {
         "lib/core.py": "".join(f"def f{i}():\n    return {i}\n\n" for i in range(12)),
@@ -109,6 +116,29 @@ def port(tmp_path: Path) -> Port:
     write_layer(root, "demo", "lib", {"0001-lib-demo-tweak.patch": demo1})
     write_layer(root, "demo", "app", {"0001-app-say-hello.patch": app1, "0002-app-add-config.patch": app2})
     p.write_manifest()
+    return p
+
+
+@pytest.fixture(scope="session")
+def port_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """The two upstreams, their patch stacks and the port, built once per test process (about 25 git
+    calls) under the same hermetic git as every test; `port` copies it. Returns (folder, lib pin, app pin)."""
+    base = tmp_path_factory.mktemp("port-template")
+    with pytest.MonkeyPatch.context() as mp:
+        _hermetic(base, mp)
+        built = _build_port(base)
+    return base, built.lib_pin, built.app_pin
+
+
+@pytest.fixture
+def port(tmp_path: Path, port_template: tuple[Path, str, str]) -> Port:
+    template, lib_pin, app_pin = port_template
+    for part in _PORT_PARTS:
+        shutil.copytree(template / part, tmp_path / part, symlinks=True)
+    ups = tmp_path / "upstreams"
+    p = Port(tmp_path / "port", ups / "lib", ups / "app", lib_pin, app_pin,
+             PatchMaker.resume(tmp_path / "scratch-lib"), PatchMaker.resume(tmp_path / "scratch-app"))
+    p.write_manifest()  # the upstream URLs are this test's copies
     return p
 
 

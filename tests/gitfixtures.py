@@ -53,6 +53,13 @@ class PatchMaker:
         git(upstream.parent, "clone", "-q", str(upstream), str(scratch))
         git(scratch, "checkout", "-q", base)
 
+    @classmethod
+    def resume(cls, scratch: Path) -> PatchMaker:
+        """A maker over a scratch clone made earlier (a copy of one, say), going on from its HEAD."""
+        maker = cls.__new__(cls)
+        maker.repo = scratch
+        return maker
+
     def patch(self, subject: str, files: dict[str, str | bytes], *, remove: tuple[str, ...] = (),
               author: str = "Port Er <porter@example.org>",
               body: str = "Upstream-Status: Inappropriate [NPU port]") -> bytes:

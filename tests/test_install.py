@@ -19,6 +19,31 @@ setup(name="{name}", version="1.0", py_modules=["{name}"])
 """
 
 
+@pytest.fixture(autouse=True)
+def _no_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network: a pip that would reach for PyPI (a build-isolation env, say) fails the test instead."""
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+
+
+def wheel(folder: Path, name: str, version: str, source: str) -> Path:
+    """A pure-Python wheel written by hand (a zip with its dist-info): pip installs it without a build."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": source, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: patchkit-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
+              f"{len(text.encode())}" for path, text in files.items()]
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, text in files.items():
+            zf.writestr(member, text)
+    return path
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One virtual environment for the module, seeing the machine's pip and setuptools (no network)."""
@@ -97,11 +122,7 @@ def test_cycle(tmp_path: Path) -> None:
 def test_requires_brings_runtime_dependencies(tmp_path: Path, venv: Path) -> None:
     """A repo run from the workspace (`build: none`) gets only its run-time requirements; a wheel's
     requirements come after the wheel, which goes in --no-deps."""
-    dep = tmp_path / "runtimedep"
-    dep.mkdir()
-    (dep / "setup.py").write_text('from setuptools import setup\nsetup(name="runtimedep", version="2.0", '
-                                  'py_modules=["runtimedep"])\n')
-    (dep / "runtimedep.py").write_text("VERSION = 2\n")
+    dep = wheel(tmp_path, "runtimedep", "2.0", "VERSION = 2\n")
     pin = make_upstream(tmp_path / "model", {"train.py": "import runtimedep\n"})
     port = tmp_path / "port"
     write_layer(port, "npu", "model", {})
