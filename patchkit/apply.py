@@ -81,6 +81,12 @@ def model_dir(workspace_root: Path, model: str) -> Path:
 
 
 OVERLAY_SUBJECT = "patchkit: whole-file overlays"
+OVERLAY_ID = "overlays/files"  # the series entry (and applied record) of a repo's whole-file overlays
+
+
+def overlay_ref(up: str, where: Path) -> PatchRef:
+    layer, name = OVERLAY_ID.split("/")
+    return PatchRef(layer, up, name, where, where, 0)
 
 
 def model_series(manifest: Manifest, model: Model) -> dict[str, list[Patch]]:
@@ -97,9 +103,7 @@ def model_series(manifest: Manifest, model: Model) -> dict[str, list[Patch]]:
             continue
         content = tuple((f.path, f.source.read_bytes()) for f in mine)
         digest = hashlib.sha256(b"".join(p.encode() + b"\0" + hashlib.sha256(c).digest() for p, c in content))
-        listing = static.sets_root(manifest.root)
-        ref = PatchRef("overlays", up, "files", listing, listing, 0)
-        series[up].append(Patch(ref, b"", digest.hexdigest(), content))
+        series[up].append(Patch(overlay_ref(up, static.sets_root(manifest.root)), b"", digest.hexdigest(), content))
     return series
 
 

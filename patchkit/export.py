@@ -15,12 +15,11 @@ from pathlib import Path
 
 from patchkit import git, patchfile, state, workspace
 from patchkit.errors import BadInput, PatchkitError
-from patchkit.apply import OVERLAY_SUBJECT
+from patchkit.apply import OVERLAY_ID, OVERLAY_SUBJECT, overlay_ref
 from patchkit.manifest import Manifest, Model, PatchRef, series_dir
 from patchkit.patchfile import Patch
 from patchkit.paths import atomic_write, display
 
-OVERLAY_ID = "overlays/files"
 FORMAT = ["format-patch", "-1", "--stdout", "--zero-commit", "--no-signature", "--full-index", "--no-stat"]
 
 
@@ -109,20 +108,18 @@ def _plan(manifest: Manifest, model: Model, up: str, repo: Path,
     identity = {pid: _identity(p) for pid, p in patches.items()}
     matched: set[str] = set()
     plan: list[_Planned] = []
-    layer = model.layers[up][-1] if model.layers[up] else ""  # own_layer() is asked only for new commits
     for sha, author, subject in _commits(repo, pin, branch):
         if subject == OVERLAY_SUBJECT:  # apply's commit of the whole-file overlays: not a patch
             entry = next((a for a in rec.patches if a.id == OVERLAY_ID), None)
             if entry is not None:
-                plan.append(_Planned(PatchRef("overlays", up, "files", repo, repo, 0), b"", sha, "overlays"))
+                plan.append(_Planned(overlay_ref(up, repo), b"", sha, "overlays"))
             continue
         pid = by_commit.get(sha) if by_commit.get(sha) in patches else None
         if pid is None:
             pid = next((i for i, ident in identity.items() if i not in matched and ident == (author, subject)), None)
         data = git.output_bytes([*FORMAT, sha], repo)
         if pid is None:
-            layer = own_layer(model, up)
-            plan.append(_Planned(_new_ref(manifest, model, up, layer, subject, plan), data, sha, "added"))
+            plan.append(_Planned(_new_ref(manifest, model, up, own_layer(model, up), subject, plan), data, sha, "added"))
             continue
         matched.add(pid)
         old = patches[pid]

@@ -172,6 +172,9 @@ def test_whole_file_overlay_applied_as_one_commit(oport: OverlayPort) -> None:
     assert "stale" in patchkit(oport.root, "status", "m").out
     run = patchkit(oport.root, "apply", "m")
     assert run.code == 0 and "setting_3 = 'npu:0'" in (repo / "upkg/config.py").read_text()
+    # `overlay list` reads the applied workspace without its overlay commit: the pin with the series
+    listed = json.loads(patchkit(oport.root, "overlay", "list", "m", "--json").out)
+    assert [f["state"] for f in listed["files"]] == ["holds"], listed["files"]
 
 
 @pytest.mark.parametrize(("upstream_change", "expected"), [

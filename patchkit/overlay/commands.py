@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchkit import cache, patchfile, workspace
+from patchkit import cache, patchfile, state, workspace
+from patchkit.apply import OVERLAY_ID, model_dir
 from patchkit.errors import BadInput, PatchkitError
 from patchkit.manifest import Manifest, Model
 from patchkit.overlay import drift, static
@@ -46,13 +47,17 @@ def pinned_sources(manifest: Manifest, model: Model, workspace_root: Path) -> It
     """A reader per upstream of the code the overlays were written against: the pin with the
     model's series, read from the workspace when it is applied and clean, else replayed."""
     status = {r.upstream: r for r in model_status(manifest, model, workspace_root).repos}
+    recorded = state.load(model_dir(workspace_root, model.name))
     with contextlib.ExitStack() as stack:
         readers: dict[str, tuple[TreeReader, str]] = {}
         for up in model.layers:
             repo = workspace_root / model.name / up
             if status[up].state == "clean":
-                readers[up] = (TreeReader(repo, f"refs/heads/{workspace.branch_name(model.name)}"),
-                               f"the workspace {repo}")
+                applied = recorded[up].patches
+                tip = f"refs/heads/{workspace.branch_name(model.name)}"
+                if applied and applied[-1].id == OVERLAY_ID:  # apply's overlay commit holds our files, not theirs
+                    tip = f"{applied[-1].commit}^"
+                readers[up] = (TreeReader(repo, tip), f"the workspace {repo}")
                 continue
             upstream = manifest.upstreams[up]
             mirror, _ = cache.ensure_pin(upstream)
@@ -70,9 +75,12 @@ def list_overlays(manifest: Manifest, model_name: str, workspace_root: Path) -> 
     return _pinned_report(manifest, manifest.model(model_name), workspace_root)[0]
 
 
-def _pinned_report(manifest: Manifest, model: Model, workspace_root: Path) -> tuple[OverlayReport, list[static.Target]]:
-    """Every declaration of MODEL classified against the pinned code, and the declarations."""
+def _pinned_report(manifest: Manifest, model: Model, workspace_root: Path, *,
+                   with_files: bool = True) -> tuple[OverlayReport, list[static.Target]]:
+    """Every declaration of MODEL (WITH_FILES: whole-file overlays too) classified against the pinned
+    code, and the runtime declarations."""
     targets, files = _declared(manifest, model)
+    files = files if with_files else []
     with pinned_sources(manifest, model, workspace_root) as sources:
         report = OverlayReport(model.name, {up: desc for up, (_, desc) in sources.items()})
         report.targets = [drift.classify(t, sources[t.upstream][0]) for t in targets]
@@ -82,8 +90,7 @@ def _pinned_report(manifest: Manifest, model: Model, workspace_root: Path) -> tu
 
 def fingerprint(manifest: Manifest, model_name: str, workspace_root: Path) -> OverlayReport:
     """Compute every target's fingerprint from the pinned code and write it into the overlay files."""
-    report, targets = _pinned_report(manifest, manifest.model(model_name), workspace_root)
-    report.files = []
+    report, targets = _pinned_report(manifest, manifest.model(model_name), workspace_root, with_files=False)
     missing = [t for t in report.targets if t.state == "missing"]
     if missing:
         raise PatchkitError("cannot fingerprint targets that are not in the upstream",
