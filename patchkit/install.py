@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from patchkit import git, settings
 from patchkit.errors import BadInput, PatchkitError
 from patchkit.manifest import Manifest, Model
@@ -42,36 +40,6 @@ from patchkit.paths import display
 from patchkit.status import model_status
 
 Progress = Callable[[str], None]
-BUILDS = ("wheel", "editable", "command", "none")
-_KEYS = ("after", "build", "env", "npu_env", "constraints", "pip_args", "command", "requires")
-
-
-def check_recipe(checker: Any, node: yaml.Node, what: str) -> dict[str, object] | None:
-    """Validate an `install:` mapping with CHECKER (the manifest's), returning it as plain data."""
-    fields = checker.mapping(node, f"{what}: install", _KEYS)
-    recipe: dict[str, object] = {"build": "wheel"}
-    if "build" in fields:
-        build = checker.string(fields["build"][1], f"{what}: install: build")
-        if build not in BUILDS:
-            checker.error(fields["build"][1], f"{what}: install: build must be one of {', '.join(BUILDS)}")
-        recipe["build"] = build
-    for key in ("after", "constraints", "pip_args", "requires"):
-        if key in fields:
-            recipe[key] = [v for v, _ in checker.layer_list(fields[key][1], f"{what}: install: {key}",
-                                                            check_names=False)]
-    for key in ("env", "npu_env"):
-        if key in fields:
-            env = {}
-            for name, (_, value) in checker.mapping(fields[key][1], f"{what}: install: {key}", ()).items():
-                text = checker.string(value, f"{what}: install: {key}: {name}")
-                if text is not None:
-                    env[name] = text
-            recipe[key] = env
-    if "command" in fields:
-        recipe["command"] = checker.string(fields["command"][1], f"{what}: install: command")
-    if recipe["build"] == "command" and not recipe.get("command"):
-        checker.error(node, f"{what}: install: build: command needs a command")
-    return recipe
 
 
 @dataclass

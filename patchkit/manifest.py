@@ -37,6 +37,8 @@ MANIFEST_NAME = "upstreams.yaml"
 SCHEMA_VERSION = 1
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+INSTALL_BUILDS = ("wheel", "editable", "command", "none")
+INSTALL_KEYS = ("after", "build", "env", "npu_env", "constraints", "pip_args", "command", "requires")
 
 
 @dataclass(frozen=True)
@@ -213,17 +215,39 @@ class _Checker(Checker):
 
     def patterns(self, node: yaml.Node, what: str) -> tuple[str, ...]:
         out = []
-        for value, item in self.layer_list(node, f"{what}: exclude", check_names=False):
+        for value, item in self.strings(node, f"{what}: exclude", unique=True):
             if value.startswith("!") or ".." in value.split("/"):
                 self.error(item, f"{what}: exclude pattern {value!r} must name paths to leave out")
             else:
                 out.append(value)
         return tuple(out)
 
-    def install(self, node: yaml.Node, what: str) -> dict[str, object] | None:
-        from patchkit.install import check_recipe
-
-        return check_recipe(self, node, what)
+    def install(self, node: yaml.Node, what: str) -> dict[str, object]:
+        """An `install:` mapping (see patchkit.install) as plain data."""
+        fields = self.mapping(node, f"{what}: install", INSTALL_KEYS)
+        recipe: dict[str, object] = {"build": "wheel"}
+        if "build" in fields:
+            build = self.string(fields["build"][1], f"{what}: install: build")
+            if build not in INSTALL_BUILDS:
+                self.error(fields["build"][1], f"{what}: install: build must be one of {', '.join(INSTALL_BUILDS)}")
+            recipe["build"] = build
+        for key in ("after", "constraints", "pip_args", "requires"):
+            if key in fields:
+                recipe[key] = [v for v, _ in self.strings(fields[key][1], f"{what}: install: {key}",
+                                                          unique=key == "after")]
+        for key in ("env", "npu_env"):
+            if key in fields:
+                env = {}
+                for name, (_, value) in self.mapping(fields[key][1], f"{what}: install: {key}", ()).items():
+                    text = self.string(value, f"{what}: install: {key}: {name}")
+                    if text is not None:
+                        env[name] = text
+                recipe[key] = env
+        if "command" in fields:
+            recipe["command"] = self.string(fields["command"][1], f"{what}: install: command")
+        if recipe["build"] == "command" and not recipe.get("command"):
+            self.error(node, f"{what}: install: build: command needs a command")
+        return recipe
 
     def models(self, node: yaml.Node, upstreams: dict[str, Upstream]) -> dict[str, Model]:
         result: dict[str, Model] = {}
@@ -261,18 +285,10 @@ class _Checker(Checker):
                 names.append(value)
         return tuple(names)
 
-    def layer_list(self, node: yaml.Node, what: str, *, check_names: bool = True) -> list[tuple[str, yaml.Node]]:
-        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
-            return []  # an upstream used as pinned, with no patches
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(node, f"{what} must be a list of layer names")
-            return []
+    def layer_list(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node]]:
         names: list[tuple[str, yaml.Node]] = []
-        for item in node.value:
-            value = self.string(item, what)
-            if value is None:
-                continue
-            if check_names and not _NAME_RE.match(value):
+        for value, item in self.strings(node, what):
+            if not _NAME_RE.match(value):
                 self.error(item, f"{what}: layer name {value!r} is not valid")
             elif value in [n for n, _ in names]:
                 self.error(item, f"{what}: layer {value!r} is listed twice")

@@ -52,6 +52,24 @@ class Checker:
             return None
         return str(node.value)
 
+    def strings(self, node: yaml.Node, what: str, *, unique: bool = False) -> list[tuple[str, yaml.Node]]:
+        """A list of non-empty strings, each with its node (null: an empty list). UNIQUE: a repeat is an error."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"{what} must be a list")
+            return []
+        items: list[tuple[str, yaml.Node]] = []
+        for item in node.value:
+            value = self.string(item, what)
+            if value is None:
+                continue
+            if unique and value in [v for v, _ in items]:
+                self.error(item, f"{what}: {value!r} is listed twice")
+            else:
+                items.append((value, item))
+        return items
+
     def name(self, key: yaml.Node, what: str) -> str | None:
         value = str(key.value)
         if not _NAME_RE.match(value):

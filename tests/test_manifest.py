@@ -141,3 +141,18 @@ def test_manifest_found_in_parent_and_overridable(tmp_path: Path) -> None:
     assert "no upstreams.yaml" in patchkit(elsewhere, "list").err
     run = patchkit(elsewhere, "--manifest", str(tmp_path / "upstreams.yaml"), "list")
     assert run.code == 0 and "a " in run.out
+
+
+def test_install_lists_are_plain_strings(tmp_path: Path) -> None:
+    """pip arguments repeat (`--config-settings` twice) and are no layer names; `after` must not repeat."""
+    head = f"upstreams:\n  a:\n    url: x\n    pin: {SHA}\n    track: m\n    install:\n"
+    pip_args = '      pip_args: ["--config-settings", "a=1", "--config-settings", "b=2"]\n'
+    (tmp_path / "upstreams.yaml").write_text(head + pip_args + "models: {}\n")
+    loaded = manifest.load(tmp_path / "upstreams.yaml")
+    assert loaded.upstreams["a"].install == {"build": "wheel",
+                                             "pip_args": ["--config-settings", "a=1", "--config-settings", "b=2"]}
+    (tmp_path / "upstreams.yaml").write_text(head + "      after: [b, b]\n      requires: 7\nmodels: {}\n")
+    run = patchkit(tmp_path, "validate")
+    assert run.code == 2
+    assert "upstreams.yaml:7: upstream 'a': install: after: 'b' is listed twice" in run.err, run.err
+    assert "upstreams.yaml:8: upstream 'a': install: requires must be a list" in run.err, run.err

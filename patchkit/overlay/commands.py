@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchkit import cache, patchfile, state, workspace
+from patchkit import cache, patchfile, workspace
+from patchkit import state as state_mod
 from patchkit.apply import OVERLAY_ID, model_dir
 from patchkit.errors import BadInput, PatchkitError
 from patchkit.manifest import Manifest, Model
@@ -47,7 +48,7 @@ def pinned_sources(manifest: Manifest, model: Model, workspace_root: Path) -> It
     """A reader per upstream of the code the overlays were written against: the pin with the
     model's series, read from the workspace when it is applied and clean, else replayed."""
     status = {r.upstream: r for r in model_status(manifest, model, workspace_root).repos}
-    recorded = state.load(model_dir(workspace_root, model.name))
+    recorded = state_mod.load(model_dir(workspace_root, model.name))
     with contextlib.ExitStack() as stack:
         readers: dict[str, tuple[TreeReader, str]] = {}
         for up in model.layers:
