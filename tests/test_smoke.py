@@ -218,6 +218,22 @@ def test_parse_losses_follows_the_mmdet_convention() -> None:
     assert moved["b"] == 3 and moved["a"][1][1] == "meta" and isinstance(moved["a"][1], tuple)
 
 
+def test_the_loop_in_process_trains_and_catches_non_finite_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process, no group: a finite loss whose gradient is NaN (d sqrt(x)/dx at 0) fails the step;
+    a well-behaved model trains and reports its per-step totals."""
+    monkeypatch.setenv("PATCHKIT_TRAIN_DEVICE", "cpu")
+    monkeypatch.setenv("PATCHKIT_SMOKE_STEPS", "2")
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    ctx = smoke.init(seed=0)
+    net = torch.nn.Linear(3, 1)
+    result = smoke.run(ctx, net, lambda step: torch.ones(4, 3), lambda m, x: {"loss": m(x).pow(2).mean()})
+    assert len(result["losses"]) == 2 and result["finite"]
+    with pytest.raises(smoke.SmokeFailed, match="step 1: 2 parameter\\(s\\) got non-finite gradients"):
+        smoke.run(ctx, torch.nn.Linear(3, 1), lambda step: torch.ones(4, 3),
+                  lambda m, x: {"loss": torch.sqrt(m(x) * 0).sum()})
+
+
 # --- the launcher --------------------------------------------------------------------------------------
 
 def test_smoke_trains_in_two_gloo_processes_from_a_venv(toy: Path, tmp_path: Path) -> None:
