@@ -389,9 +389,8 @@ def _commit_files(repo: Path, entry: Patch) -> None:
     paths = [path for path, _ in entry.files]
     git.run(["add", "--", *paths], repo)
     message = f"{OVERLAY_SUBJECT}\n\n" + "".join(f"{path}\n" for path in paths)
-    env = {**git.COMMITTER, "GIT_AUTHOR_NAME": "patchkit", "GIT_AUTHOR_EMAIL": "patchkit@localhost",
-           "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000"}
-    git.run(["commit", "--quiet", "--allow-empty", "--no-verify", "--no-gpg-sign", "-m", message], repo, env=env)
+    git.run(["commit", "--quiet", "--allow-empty", "--no-verify", "--no-gpg-sign", "-m", message], repo,
+            env=git.FIXED_IDENTITY)
 
 
 def _make_clean(plan: _Plan, model: str) -> list[str]:

@@ -31,6 +31,9 @@ _SCRUBBED = (
 # Committer of every commit patchkit makes: with the author date also used as committer date,
 # the same pin and patches give the same commit SHAs on every machine.
 COMMITTER = {"GIT_COMMITTER_NAME": "patchkit", "GIT_COMMITTER_EMAIL": "patchkit@localhost"}
+# patchkit's own commits (a PyPI import, the whole-file overlays): the same author, date and hash everywhere
+FIXED_IDENTITY = {**COMMITTER, "GIT_AUTHOR_NAME": "patchkit", "GIT_AUTHOR_EMAIL": "patchkit@localhost",
+                  "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000"}
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,6 @@ from patchkit.errors import BadInput, PinNotFound, UpstreamUnreachable
 from patchkit.manifest import Upstream
 
 TRACK_REF = "patchkit-track"
-_IDENTITY = {"GIT_AUTHOR_NAME": "patchkit", "GIT_AUTHOR_EMAIL": "patchkit@localhost",
-             "GIT_COMMITTER_NAME": "patchkit", "GIT_COMMITTER_EMAIL": "patchkit@localhost",
-             "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000"}
 
 
 def index_url() -> str:
@@ -117,7 +114,7 @@ def _commit(mirror: Path, archive: Path, spec: str, sha256: str, tag: str) -> st
         git.run(["init", "--quiet", "-b", "release"], work)
         git.run(["add", "-A", "-f", "."], work, config=[("core.autocrlf", "false")])
         git.run(["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
-                 f"{spec} from PyPI\n\n{archive.name}\nsha256: {sha256}\n"], work, env=_IDENTITY)
+                 f"{spec} from PyPI\n\n{archive.name}\nsha256: {sha256}\n"], work, env=git.FIXED_IDENTITY)
         commit = git.out(["rev-parse", "HEAD"], work)
         if not (mirror / "HEAD").exists():
             mirror.parent.mkdir(parents=True, exist_ok=True)

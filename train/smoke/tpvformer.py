@@ -149,7 +149,7 @@ def main():
         fixed_volume_space=params["fixed_volume_space"], max_volume_space=params["max_volume_space"],
         min_volume_space=params["min_volume_space"], fill_label=params["fill_label"], phase="train",
         scale_rate=cfg.get("scale_rate", 1))
-    batch_size = cfg.train_data_loader["batch_size"]
+    batch_size = ctx.batch  # the recipe's smoke batch (what the launcher reports); the config's is 1 too
 
     def batch(step):
         imgs, img_metas, vox_label, grid, pt_labs = custom_collate_fn(
