@@ -15,6 +15,12 @@ REAL_CACHE = os.environ.get("PATCHKIT_REAL_CACHE")  # reuse mirrors and wheels a
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that start real processes first: spread over the workers early, they do not leave
+    one core finishing a 10 s launch while the other idles (same order on every xdist worker)."""
+    items.sort(key=lambda item: item.get_closest_marker("processes") is None)
+
+
 def _hermetic(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No user config, no real cache, fixed dates under ROOT: every test sees the same git."""
     home = root / "home"

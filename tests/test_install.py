@@ -72,6 +72,7 @@ def stack(tmp_path: Path, marker: Path, *, broken: bool = False) -> Path:
     return port
 
 
+@pytest.mark.processes
 def test_order_and_cache(tmp_path: Path, venv: Path) -> None:
     marker = tmp_path / "builds.txt"
     port = stack(tmp_path, marker)
@@ -102,6 +103,7 @@ def test_order_and_cache(tmp_path: Path, venv: Path) -> None:
     assert [s["action"] for s in steps] == ["built", "cached"]
 
 
+@pytest.mark.processes
 def test_failing_step_is_named(tmp_path: Path, venv: Path) -> None:
     port = stack(tmp_path, tmp_path / "builds.txt", broken=True)
     run = patchkit(port, "install", "m", "--venv", str(venv))
@@ -119,6 +121,7 @@ def test_cycle(tmp_path: Path) -> None:
     assert run.code == 2 and "has a cycle" in run.err
 
 
+@pytest.mark.processes
 def test_requires_brings_runtime_dependencies(tmp_path: Path, venv: Path) -> None:
     """A repo run from the workspace (`build: none`) gets only its run-time requirements; a wheel's
     requirements come after the wheel, which goes in --no-deps."""

@@ -236,6 +236,7 @@ def test_the_loop_in_process_trains_and_catches_non_finite_gradients(monkeypatch
 
 # --- the launcher --------------------------------------------------------------------------------------
 
+@pytest.mark.processes
 def test_smoke_trains_in_two_gloo_processes_from_a_venv(toy: Path, tmp_path: Path) -> None:
     """Two real gloo workers train the toy model. With --venv they run that environment's Python (and
     its device probes), with this patchkit first on their path whatever the venv holds. (One launch for
@@ -268,6 +269,7 @@ def test_smoke_trains_in_two_gloo_processes_from_a_venv(toy: Path, tmp_path: Pat
     assert missing.code == 2 and "no bin/python there" in missing.err
 
 
+@pytest.mark.processes
 def test_a_non_finite_loss_fails_the_smoke_run(toy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert patchkit(toy, "apply", "toy").code == 0
     monkeypatch.setenv("TOY_NAN", "1")

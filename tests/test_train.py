@@ -102,6 +102,7 @@ def test_needs_an_applied_workspace(toy: Path) -> None:
     assert run.code == 2 and "run `patchkit apply toy`" in run.err
 
 
+@pytest.mark.processes
 def test_two_gloo_processes_really_train(toy: Path) -> None:
     pytest.importorskip("torch", reason="torch is needed to train (pip install torch==2.13.0)")
     assert patchkit(toy, "apply", "toy").code == 0
@@ -128,6 +129,7 @@ def test_two_gloo_processes_really_train(toy: Path) -> None:
     assert "cards | global batch | step time (ms) | FPS" in run.out and "| 8 " in run.out
 
 
+@pytest.mark.processes
 def test_a_crashing_worker_is_named(toy: Path) -> None:
     pytest.importorskip("torch", reason="torch is needed to train")
     assert patchkit(toy, "apply", "toy").code == 0
@@ -151,6 +153,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.processes
 def test_the_bootstrap_waits_only_when_gloo_threads_exist(tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="torch is needed for a process group")
     if not Path("/proc/self/task").is_dir():
@@ -215,6 +218,7 @@ def test_recipe_errors(toy: Path) -> None:
     assert patchkit(toy, "train", "nope").code == 2
 
 
+@pytest.mark.processes
 def test_ctrl_c_stops_every_worker(toy: Path) -> None:
     import os
     import re
@@ -253,6 +257,7 @@ def test_ctrl_c_stops_every_worker(toy: Path) -> None:
             pytest.fail(f"worker {pid} still runs after Ctrl-C")
 
 
+@pytest.mark.processes
 def test_performance_bound_from_the_log(toy: Path) -> None:
     """An entry script that cannot bound itself: patchkit stops the run when the log reaches the bound."""
     pytest.importorskip("torch", reason="torch is needed to train")
