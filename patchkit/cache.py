@@ -52,13 +52,10 @@ def _clone(upstream: Upstream, path: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted clone
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
     try:
-        source = settings.mirror_template_url(upstream.url)
-        result = git.run(["clone", "--mirror", "--quiet", source, str(tmp / "m.git")],
-                         check=False, config=settings.git_config())
+        result = git.run(["clone", "--mirror", "--quiet", upstream.url, str(tmp / "m.git")],
+                         check=False, config=settings.git_config(upstream.url))
         if not result.ok:
             raise _unreachable(upstream, result)
-        if source != upstream.url:  # fetched from a local mirror; it still names the real upstream
-            git.run(["remote", "set-url", "origin", upstream.url], tmp / "m.git")
         git.run(["config", "--add", "remote.origin.fetch", f"+{PIN_REFS}/*:{PIN_REFS}/*"], tmp / "m.git")
         (tmp / "m.git").rename(path)
     finally:
@@ -66,9 +63,8 @@ def _clone(upstream: Upstream, path: Path) -> None:
 
 
 def _fetch(upstream: Upstream, path: Path) -> None:
-    source = settings.mirror_template_url(upstream.url)
-    remote = ["origin"] if source == upstream.url else [source, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
-    result = git.run(["fetch", "--prune", "--quiet", *remote], path, check=False, config=settings.git_config())
+    result = git.run(["fetch", "--prune", "--quiet", "origin"], path, check=False,
+                     config=settings.git_config(upstream.url))
     if not result.ok:
         raise _unreachable(upstream, result)
 
@@ -147,7 +143,7 @@ def _fetch_by_sha(upstream: Upstream, path: Path) -> None:
     """Ask the server for the pin itself: it may be reachable but on no advertised ref."""
     with FileLock(path.parent / f"{path.name}.lock"):
         git.run(["fetch", "--quiet", "origin", f"+{upstream.pin}:{PIN_REFS}/{upstream.pin}"],
-                path, check=False, config=settings.git_config())
+                path, check=False, config=settings.git_config(upstream.url))
 
 
 _MODE_RE = re.compile(r"^(\d{6}) (\w+) ([0-9a-f]+)\t(.*)$")

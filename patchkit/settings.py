@@ -32,8 +32,15 @@ def url_rewrites() -> list[tuple[str, str]]:
     return pairs
 
 
-def git_config() -> list[tuple[str, str]]:
-    return [(f"url.{target}.insteadOf", source) for source, target in url_rewrites()]
+def git_config(url: str | None = None) -> list[tuple[str, str]]:
+    """git settings for talking to an upstream: the URL rewrites, and for URL the local mirror
+    PATCHKIT_MIRROR_TEMPLATE names, as one more rewrite (so clone, fetch and fetch-by-SHA all use it
+    while the mirror's remote keeps the real URL)."""
+    config = [(f"url.{target}.insteadOf", source) for source, target in url_rewrites()]
+    local = mirror_template_url(url) if url else None
+    if url and local != url:
+        config.append((f"url.{local}.insteadOf", url))
+    return config
 
 
 def mirror_template_url(url: str) -> str:
