@@ -38,6 +38,7 @@ import sys
 import torch
 
 from patchkit.overlay import original, replace, replace_value
+from patchkit.train import dispatch
 
 _STRATEGY_NAMES = ("ddp", "ddp_spawn", "ddp2", "dp", "ddp_sharded", "ddp_sharded_spawn", "ddp_fully_sharded",
                    "ddp_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_false", "deepspeed",
@@ -95,7 +96,7 @@ def device_flags(flags: dict) -> dict:
     if world > 1 and (strategy is None or strategy in _DDP_NAMES):
         from pytorch_lightning.strategies import DDPStrategy
 
-        backend = os.environ.get("PATCHKIT_TRAIN_BACKEND") or {"npu": "hccl", "cuda": "nccl"}.get(kind, "gloo")
+        backend = os.environ.get("PATCHKIT_TRAIN_BACKEND") or dispatch.backend(kind)
         extra = {"find_unused_parameters": False} if strategy and "find_unused_parameters_false" in strategy else {}
         strategy = DDPStrategy(process_group_backend=backend, **extra)
     elif world == 1 and strategy in _DDP_NAMES:

@@ -75,6 +75,8 @@ def autocast(x: Any, enabled: bool = True, dtype: Any = None) -> contextlib.Abst
 
 
 def backend(k: str) -> str:
-    """The torch.distributed backend for a device type."""
-    return {"npu": "hccl", "cuda": "nccl"}.get(k, "gloo")
+    """The torch.distributed backend for a device type (the launcher's table; gloo for any other)."""
+    from patchkit.train.device import BACKENDS
+
+    return BACKENDS.get(k, "gloo")
 
