@@ -175,6 +175,23 @@ def test_device_detection(monkeypatch: pytest.MonkeyPatch, npu: int, cuda: int, 
     assert (found.kind, found.count, found.backend) == expected
 
 
+def test_a_venv_is_probed_once_for_both_kinds(tmp_path: Path) -> None:
+    """With --venv the probe runs in that interpreter: one run of patchkit/train/probe.py's text gives
+    both counts (each run imports torch: seconds), none at all for --device cpu, zeros from a bad Python."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$2" >> {calls}\necho \'{{"npu": 2, "cuda": 0}}\'\n')
+    fake.chmod(0o755)
+    found = device_mod.detect("auto", python=str(fake))
+    assert (found.kind, found.count, found.backend) == ("npu", 2, "hccl")
+    assert calls.read_text().count('print(json.dumps({"npu": npu(), "cuda": cuda()}))') == 1
+    calls.unlink()
+    assert device_mod.detect("cpu", python=str(fake)).kind == "cpu" and not calls.exists()
+    assert device_mod.probe_in(str(tmp_path / "missing")) == {"npu": 0, "cuda": 0}
+    with pytest.raises(Exception, match="torch sees no CUDA device"):
+        device_mod.detect("cuda", python=str(fake))
+
+
 def test_asked_device_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device_mod, "probe_npu", lambda: 0)
     with pytest.raises(Exception, match="torch_npu is not importable or sees no NPU"):

@@ -1,15 +1,19 @@
 """Which accelerator a run uses: NPU when torch_npu sees devices (HCCL), CUDA (NCCL), else CPU (gloo).
 
-The probes are the only functions that import torch; tests replace them at this boundary.
+The probes (patchkit.train.probe) are the only code that imports torch; tests replace them here.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from patchkit.errors import BadInput
+from patchkit.train import probe
 
 BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 
@@ -22,44 +26,28 @@ class Device:
 
 
 def probe_npu() -> int:
-    """NPUs visible to torch_npu, 0 when torch_npu is not importable or sees none."""
-    try:
-        import torch
-        import torch_npu  # noqa: F401  (registers torch.npu)
-
-        return int(torch.npu.device_count())  # type: ignore[attr-defined]
-    except Exception:  # an absent or broken torch_npu means: no NPU here
-        return 0
+    """NPUs visible to torch_npu here (tests replace the probes at this boundary)."""
+    return probe.npu()
 
 
 def probe_cuda() -> int:
-    try:
-        import torch
-
-        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-    except Exception:
-        return 0
+    return probe.cuda()
 
 
 def probe_cpu() -> int:
     return os.cpu_count() or 1
 
 
-_PROBE_CODE = {
-    "npu": "import torch, torch_npu\nprint(int(torch.npu.device_count()))",
-    "cuda": "import torch\nprint(int(torch.cuda.device_count()) if torch.cuda.is_available() else 0)",
-}
-
-
-def probe_in(python: str, kind: str) -> int:
-    """The probe of KIND run by another interpreter (a training venv's: its torch, its torch_npu)."""
-    if kind == "cpu":
-        return probe_cpu()
+def probe_in(python: str) -> dict[str, int]:
+    """NPU and CUDA counts as another interpreter sees them (a training venv's: its torch, its
+    torch_npu), from one run of the probe; zeros when that Python cannot tell."""
+    code = Path(probe.__file__).read_text(encoding="utf-8")
     try:
-        out = subprocess.run([python, "-c", _PROBE_CODE[kind]], capture_output=True, text=True, timeout=120)
-        return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+        counts = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else {}
+        return {kind: int(counts.get(kind, 0)) for kind in ("npu", "cuda")}
     except (OSError, ValueError, subprocess.TimeoutExpired):
-        return 0
+        return {"npu": 0, "cuda": 0}
 
 
 def detect(requested: str = "auto", python: str | None = None) -> Device:
@@ -69,7 +57,8 @@ def detect(requested: str = "auto", python: str | None = None) -> Device:
         raise BadInput(f"unknown device {requested!r} (auto, npu, cuda or cpu)")
     probes = {"npu": probe_npu, "cuda": probe_cuda, "cpu": probe_cpu}
     if python is not None:
-        probes = {kind: (lambda k=kind: probe_in(python, k)) for kind in probes}
+        counts = functools.cache(lambda: probe_in(python))  # one subprocess for both kinds, and only if asked
+        probes = {"npu": lambda: counts()["npu"], "cuda": lambda: counts()["cuda"], "cpu": probe_cpu}
     if requested != "auto":
         count = probes[requested]()
         if count == 0:
