@@ -259,7 +259,7 @@ class _Replayer:
         with Scratch(self.mirror) as new, Scratch(self.mirror, new.objects) as old:
             self.new, self.old = new, old
             new.reset(self.target)
-            self._walk(root, _State())
+            self._walk(root)
             overlay_checks = [self._overlays(model, dict(sequences)[model], ends[model], *declared)
                               for model, declared in (overlays or {}).items()]
         results = {}
@@ -283,20 +283,29 @@ class _Replayer:
         return OverlayCheck(model, self.up.name, [drift.classify(t, new, old) for t in targets],
                             [drift.check_file(f, new, bases) for f in files])
 
-    def _walk(self, node: _Node, state: _State) -> None:
-        children = list(node.children.values())
-        saved = self.new.tree() if len(children) > 1 else None
-        for i, child in enumerate(children):
-            if i:
-                assert saved is not None
-                self.new.reset(saved)
-            branch = state.copy() if len(children) > 1 else state
-            assert child.patch is not None
-            child.result = self._step(child.patch, branch)
-            branch.history.append(child.patch)
-            if child.ends:
-                child.tree = self.new.tree()
-            self._walk(child, branch)
+    def _walk(self, root: _Node) -> None:
+        """Every patch of the trie, depth first, with an explicit stack: a series is as long as time
+        allows, not as deep as the interpreter's stack. Siblings restart from their parent's tree
+        and get their own copy of its state; an only child goes on in place."""
+        pending: list[tuple[_Node, _State, str | None]] = []
+
+        def push_children(node: _Node, state: _State) -> None:
+            children = list(node.children.values())
+            saved = self.new.tree() if len(children) > 1 else None
+            for i, child in reversed(list(enumerate(children))):
+                pending.append((child, state.copy() if saved else state, saved if i else None))
+
+        push_children(root, _State())
+        while pending:
+            node, state, restore = pending.pop()
+            if restore is not None:
+                self.new.reset(restore)
+            assert node.patch is not None
+            node.result = self._step(node.patch, state)
+            state.history.append(node.patch)
+            if node.ends:
+                node.tree = self.new.tree()
+            push_children(node, state)
 
     # one patch ------------------------------------------------------------------------------
 

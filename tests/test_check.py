@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,3 +213,34 @@ def test_second_patch_on_a_file_merges(tmp_path: Path) -> None:
     run = patchkit(port, "rebase", "--check", "--json")
     assert run.code == 0, run.text
     assert [p["outcome"] for p in json.loads(run.out)["series"][0]["patches"]] == ["clean", "merged"]
+
+
+def _new_file_patch(i: int) -> bytes:
+    """A format-patch that adds `long/NNNN.txt`: a long series that applies, without a git commit per patch."""
+    return (f"From {i:040x} Mon Sep 17 00:00:00 2001\nFrom: Port Er <porter@example.org>\n"
+            f"Date: Tue, 14 Nov 2023 22:13:20 +0000\nSubject: [PATCH] add {i}\n\n"
+            f"Upstream-Status: Inappropriate [NPU port]\n---\n"
+            f"diff --git a/long/{i:04d}.txt b/long/{i:04d}.txt\nnew file mode 100644\n"
+            f"--- /dev/null\n+++ b/long/{i:04d}.txt\n@@ -0,0 +1 @@\n+patch {i}\n").encode()
+
+
+def test_long_series_does_not_recurse(tmp_path: Path) -> None:
+    """The replay walks its trie with a loop: a series longer than the interpreter's recursion limit
+    (lowered here to keep the test short; the default, 1000, failed at about 980 patches) checks."""
+    up = tmp_path / "up"
+    pin = make_upstream(up, {"a.py": numbered("a")})
+    port = tmp_path / "port"
+    count = 240
+    write_layer(port, "npu", "up", {f"{i:04d}-add.patch": _new_file_patch(i) for i in range(count)})
+    write_layer(port, "x", "up", {"0001-x.patch": _new_file_patch(count)})
+    write_layer(port, "y", "up", {"0001-y.patch": _new_file_patch(count + 1)})
+    (port / "upstreams.yaml").write_text(
+        f"upstreams:\n  up:\n    url: {up}\n    pin: {pin}\n    track: main\nmodels:\n"
+        "  one:\n    upstreams:\n      up: [npu, x]\n  two:\n    upstreams:\n      up: [npu, y]\n")
+    commit(up, {"a.py": "# moved\n" + numbered("a")}, "a moves")
+    code = "import sys; sys.setrecursionlimit(150); from patchkit.cli import main; main(sys.argv[1:])"
+    run = subprocess.run([sys.executable, "-c", code, "rebase", "--check", "--json", "--jobs", "1"],
+                         cwd=port, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    series = {s["model"]: [p["outcome"] for p in s["patches"]] for s in json.loads(run.stdout)["series"]}
+    assert series == {"one": ["clean"] * (count + 1), "two": ["clean"] * (count + 1)}
