@@ -457,6 +457,9 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
 @click.option("--performance", is_flag=True, help="The recipe's bounded performance run.")
 @click.option("--smoke", is_flag=True,
               help="The real model on a synthetic nuScenes-shaped batch for a few steps (the recipe's smoke: script).")
+@click.option("--overfit", is_flag=True,
+              help="With --smoke: train one fixed batch until the loss halves (at most 60 steps; the recipe's "
+                   "smoke: overfit:); exit 1 when it does not.")
 @click.option("--steps", type=click.IntRange(min=1), help="Smoke steps (default: the recipe's).")
 @click.option("--venv", type=click.Path(file_okay=False, exists=True),
               help="Run the workers with this virtual environment's Python (where `patchkit install` put the stack).")
@@ -470,17 +473,18 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
 @json_option
 @click.pass_obj
 def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, device: str, performance: bool,
-          smoke: bool, steps: int | None, venv: str | None, work_dir: str | None, nnodes: int, node_rank: int,
+          smoke: bool, overfit: bool, steps: int | None, venv: str | None, work_dir: str | None, nnodes: int, node_rank: int,
           master_addr: str, master_port: int | None, dry_run: bool, workspace: str | None, as_json: bool) -> None:
     """Train MODEL with its recipe (train/MODEL.yaml) through torchrun; `-- ARGS` go to the entry script."""
     from patchkit.train import device as device_mod, launch, recipe as recipe_mod
-    from patchkit.train.results import table
+    from patchkit.train.results import overfit_line, table
 
     m = obj.manifest()
     m.model(model)
     recipe = recipe_mod.load(m.root, model)
     options = launch.Options(cards, performance, Path(work_dir) if work_dir else None, nnodes, node_rank,
-                             master_addr, master_port, extra, smoke, steps, _venv_python(venv))
+                             master_addr, master_port, extra, smoke, steps, overfit=overfit,
+                             python=_venv_python(venv))
     plan = launch.plan(m, recipe, device_mod.detect(device, options.python), obj.workspace(workspace), options)
     if dry_run:
         if as_json:
@@ -491,8 +495,9 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
                 click.echo(line)
         return
     result = launch.run(plan, progress=obj.progress)
+    ok = result.overfit.passed if overfit and result.overfit else not overfit
     if as_json:
-        _emit_json({"ok": True, **result.__dict__})
+        _emit_json({"ok": ok, **dataclasses.asdict(result)})
     else:
         click.echo(f"{model}: {result.steps_seen} steps in {result.seconds:.1f} s "
                    f"({result.warmup_steps} warm-up steps excluded); results in {plan.work_dir / 'results.json'}")
@@ -500,6 +505,9 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
             click.echo(line)
         for note in result.notes:
             click.echo(f"note: {note}")
+    if overfit and not as_json:
+        click.echo(overfit_line(result), err=not ok)
+    sys.exit(0 if ok else 1)
 
 
 def _venv_python(venv: str | None) -> str | None:

@@ -298,7 +298,7 @@ def test_smoke_dry_run_on_npu_and_bad_requests(toy: Path, monkeypatch: pytest.Mo
     both = patchkit(toy, "train", "toy", "--smoke", "--performance", "--dry-run")
     assert both.code == 2 and "two different runs" in both.err
     steps = patchkit(toy, "train", "toy", "--steps", "3", "--dry-run")
-    assert steps.code == 2 and "--steps counts the steps of a --smoke run" in steps.err
+    assert steps.code == 2 and "--steps belongs to a --smoke run" in steps.err
     (toy / "train/smoke/toy.py").unlink()
     gone = patchkit(toy, "train", "toy", "--smoke", "--dry-run")
     assert gone.code == 2 and "train/toy.yaml:6: smoke script train/smoke/toy.py not found" in gone.err

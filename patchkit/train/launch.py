@@ -25,11 +25,11 @@ from pathlib import Path
 from patchkit import state
 from patchkit.errors import BadInput, PatchkitError
 from patchkit.manifest import Manifest, Model
-from patchkit.paths import atomic_write, display
+from patchkit.paths import display
 from patchkit.status import model_status
-from patchkit.train import results as results_mod
+from patchkit.train import overfit as overfit_mod, results as results_mod
 from patchkit.train.device import Device
-from patchkit.train.recipe import Recipe
+from patchkit.train.recipe import Recipe, Smoke
 
 Progress = Callable[[str], None]
 PATH_LINK = ".patchkit-path"  # under the work dir: a folder holding a link to this patchkit package
@@ -53,6 +53,7 @@ class Options:
     extra: tuple[str, ...] = ()
     smoke: bool = False
     steps: int | None = None  # smoke steps (default: the recipe's)
+    overfit: bool = False  # a smoke run on one fixed batch that must learn it (patchkit/train/overfit.py)
     python: str | None = None  # the workers' interpreter (a venv's); default: the one running patchkit
 
 
@@ -125,8 +126,11 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
         if options.performance:
             raise BadInput("--smoke and --performance are two different runs: give one")
         recipe = smoke_recipe(manifest, recipe)
-    elif options.steps:
-        raise BadInput("--steps counts the steps of a --smoke run; a performance run's bound is in the recipe")
+    elif options.steps or options.overfit:
+        raise BadInput(f"{'--steps' if options.steps else '--overfit'} belongs to a --smoke run; "
+                       "a performance run's bound is in the recipe")
+    if options.overfit and (options.steps or 0) > overfit_mod.MAX_STEPS:
+        raise BadInput(f"--steps {options.steps}: an overfit run takes at most {overfit_mod.MAX_STEPS} steps")
     if recipe.workdir not in model.layers:
         raise BadInput(f"{display(recipe.path)}: workdir {recipe.workdir!r} is not an upstream of {model.name}")
     status = model_status(manifest, model, workspace_root)
@@ -147,7 +151,8 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
         raise BadInput(f"--node-rank {options.node_rank} is not in 0..{options.nnodes - 1}")
     options.master_port = options.master_port or (29500 if options.nnodes > 1 else _free_port())
     repo = workspace_root / model.name / recipe.workdir
-    work_dir = (options.work_dir or Path("train-runs") / f"{model.name}{'-smoke' if options.smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    kind = results_mod.kind_of(options.smoke, options.performance, options.overfit)
+    work_dir = (options.work_dir or Path("train-runs") / f"{model.name}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     subst = {"config": recipe.config or "", "work_dir": str(work_dir), "cards": str(cards),
              "nnodes": str(options.nnodes), "world_size": str(cards * options.nnodes), "device": device.kind}
     args = [a.format(**subst) for a in recipe.args]
@@ -168,9 +173,7 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
         "PATCHKIT_TRAIN_FINGERPRINT": json.dumps(fingerprint, sort_keys=True),
     })
     if options.smoke and recipe.smoke:
-        steps = options.steps or recipe.smoke.steps
-        env.update({"PATCHKIT_SMOKE_STEPS": str(steps), "PATCHKIT_SMOKE_BATCH": str(recipe.smoke.batch)})
-        notes.append(f"smoke run: the real model on a synthetic batch for {steps} steps ({recipe.smoke.script})")
+        env.update(_smoke_env(recipe.smoke, options, notes))
     if options.python:
         # the workers import this patchkit (the bootstrap, the smoke loop, the overlay runtime: standard library
         # and torch only), whatever the venv holds: a link to this package, first on their path (run() makes it)
@@ -185,6 +188,20 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
     else:
         notes.append("tcmalloc not found: LD_PRELOAD left alone (apt install libgoogle-perftools4 for it)")
     return Plan(model.name, recipe, device, cards, options, repo, work_dir, args, env, notes, fingerprint)
+
+
+def _smoke_env(smoke: Smoke, options: Options, notes: list[str]) -> dict[str, str]:
+    """The smoke loop's settings (patchkit/train/smoke.py reads them), and the note saying what the run is."""
+    env = {"PATCHKIT_SMOKE_BATCH": str(smoke.batch)}
+    if not options.overfit:
+        steps = options.steps or smoke.steps
+        notes.append(f"smoke run: the real model on a synthetic batch for {steps} steps ({smoke.script})")
+        return {**env, "PATCHKIT_SMOKE_STEPS": str(steps)}
+    steps = options.steps or smoke.overfit.steps
+    notes.append(f"overfit run: the real model on one fixed synthetic batch, up to {steps} steps at lr "
+                 f"{smoke.overfit.lr:g}, until {overfit_mod.BAR} ({smoke.script})")
+    return {**env, "PATCHKIT_SMOKE_STEPS": str(steps), "PATCHKIT_SMOKE_OVERFIT": "1",
+            "PATCHKIT_SMOKE_LR": repr(smoke.overfit.lr)}
 
 
 def dry_run(plan: Plan) -> list[str]:
@@ -237,8 +254,9 @@ def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results
         except KeyboardInterrupt:
             _stop(proc)
             raise
-    res = results_mod.Results(plan.model, plan.device.kind, plan.device.backend, plan.cards, plan.options.nnodes,
-                              plan.options.performance, plan.options.smoke,
+    o = plan.options
+    res = results_mod.Results(plan.model, plan.device.kind, plan.device.backend, plan.cards, o.nnodes,
+                              o.performance, o.smoke, kind=results_mod.kind_of(o.smoke, o.performance, o.overfit),
                               published_global_batch=plan.recipe.global_batch,
                               fingerprint=plan.fingerprint, command=argv, seconds=round(time.monotonic() - start, 3),
                               exit_code=proc.returncode)
@@ -249,7 +267,7 @@ def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results
     elif proc.returncode != 0:
         raise _failure(plan, proc.returncode, launcher_log)
     results_mod.fill(res, plan.recipe, log)
-    atomic_write(plan.work_dir / "results.json", (json.dumps(res.__dict__, indent=2) + "\n").encode())
+    results_mod.write(res, plan.work_dir / "results.json")
     return res
 
 

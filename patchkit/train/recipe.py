@@ -24,10 +24,14 @@ r"""`train/<model>.yaml`: how a model trains. Checked like the manifest: file, l
       steps: 4                      # default steps (--steps overrides)
       batch: 1                      # per-card batch of the synthetic input (default 1)
       env: {all: {...}, cpu: {...}} # optional, over the recipe's env
+      overfit:                      # `--smoke --overfit`: one fixed batch, the loss must fall (patchkit/train/overfit.py)
+        steps: 40                   # at most this many steps (60 at most; the run stops once the bar is reached)
+        lr: 1.0e-3                  # every parameter group's lr scaled so the base lr is this
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +40,7 @@ import yaml
 
 from patchkit.errors import BadInput, Diagnostic, InvalidInput
 from patchkit.paths import display
+from patchkit.train import overfit as overfit_mod
 from patchkit.yamlcheck import Checker
 
 DEVICES = ("npu", "cuda", "cpu")
@@ -67,6 +72,12 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class OverfitRun:
+    steps: int = 60
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
 class Smoke:
     script: str  # relative to the port root
     args: tuple[str, ...] = ()
@@ -74,6 +85,7 @@ class Smoke:
     batch: int = 1
     env: dict[str, dict[str, str]] = field(default_factory=dict)
     line: int = 0  # where the section is, for messages
+    overfit: OverfitRun = field(default_factory=OverfitRun)
 
 
 def recipe_path(root: Path, model: str) -> Path:
@@ -137,7 +149,7 @@ class _RecipeChecker(Checker):
         return Recipe(model, self.path, **values)  # type: ignore[arg-type]
 
     def smoke(self, node: yaml.Node) -> Smoke | None:
-        fields = self.mapping(node, "smoke", ("script", "args", "steps", "batch", "env"))
+        fields = self.mapping(node, "smoke", ("script", "args", "steps", "batch", "env", "overfit"))
         if not isinstance(node, yaml.MappingNode):
             return None
         script = self.required(fields, "script", node, "smoke")
@@ -156,7 +168,34 @@ class _RecipeChecker(Checker):
                     values[key] = number
         if "env" in fields:
             values["env"] = self.env(fields["env"][1])
+        if "overfit" in fields:
+            values["overfit"] = self.overfit(fields["overfit"][1])
         return Smoke(text, **values) if text is not None else None  # type: ignore[arg-type]
+
+    def overfit(self, node: yaml.Node) -> OverfitRun:
+        fields = self.mapping(node, "smoke: overfit", ("steps", "lr"))
+        values: dict[str, object] = {}
+        if "steps" in fields:
+            steps = self.positive(fields["steps"][1], "smoke: overfit: steps")
+            if steps is not None and steps > overfit_mod.MAX_STEPS:
+                self.error(fields["steps"][1], f"smoke: overfit: steps must be at most {overfit_mod.MAX_STEPS}")
+            elif steps is not None:
+                values["steps"] = steps
+        if "lr" in fields:
+            lr = self.real(fields["lr"][1], "smoke: overfit: lr")
+            if lr is not None:
+                values["lr"] = lr
+        return OverfitRun(**values)  # type: ignore[arg-type]
+
+    def real(self, node: yaml.Node, what: str) -> float | None:
+        try:
+            value = float(node.value) if isinstance(node, yaml.ScalarNode) else math.nan
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value > 0:
+            return value
+        self.error(node, f"{what} must be a positive number (such as 1.0e-3)")
+        return None
 
     def strings(self, node: yaml.Node, what: str) -> tuple[str, ...]:
         if not isinstance(node, yaml.SequenceNode):

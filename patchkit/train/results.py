@@ -1,13 +1,40 @@
-"""Reading a training log: step times, the batch the run really used, accuracy metrics."""
+"""results.json of a training run: reading the log (step times, the batch the run really used, accuracy
+metrics, the loss curve), writing the file, and `load` of any version.
+
+Schema 2 (version 1 had no "schema" key) adds: "kind" (full | performance | smoke | overfit), "series"
+(every logged step: step number, total loss, step time in seconds, each loss term; lists of one length),
+"overfit" (the verdict of an overfit run, patchkit/train/overfit.py) and "published" (the recipe's published
+figures). A version-1 file loads with an empty series and its kind from its smoke/performance flags.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from patchkit.errors import BadInput
+from patchkit.paths import atomic_write, display
+from patchkit.train.overfit import Overfit, verdict
 from patchkit.train.recipe import Recipe
+
+SCHEMA = 2
+KINDS = ("full", "performance", "smoke", "overfit")
+NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
+# a loss term on a log line: mmcv's `loss_cls_0: 0.91`, the smoke loop's and Lightning's `depth_loss=0.3`
+TERM = re.compile(rf"(?<![\w/])(?P<name>[A-Za-z_][\w.]*loss[\w.]*|loss[\w.]*)\s*[:=]\s*(?P<value>{NUMBER})")
+
+
+@dataclass
+class Series:
+    """Every logged step, in order; each list as long as `step` (None where the line had no such value)."""
+    step: list[int] = field(default_factory=list)
+    loss: list[float | None] = field(default_factory=list)
+    step_s: list[float | None] = field(default_factory=list)
+    terms: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -33,18 +60,51 @@ class Results:
     seconds: float = 0.0
     exit_code: int = 0
     notes: list[str] = field(default_factory=list)
+    schema: int = SCHEMA
+    kind: str = "full"
+    series: Series = field(default_factory=Series)
+    overfit: Overfit | None = None
+    published: dict[str, Any] | None = None
+
+
+def kind_of(smoke: bool, performance: bool, overfit: bool = False) -> str:
+    return "overfit" if overfit else "smoke" if smoke else "performance" if performance else "full"
+
+
+def dump(results: Results) -> bytes:
+    return (json.dumps(dataclasses.asdict(results), indent=2) + "\n").encode()
+
+
+def write(results: Results, path: Path) -> None:
+    atomic_write(path, dump(results))
+
+
+def load(path: Path) -> Results:
+    """A results.json of any version as schema 2 (version 1: empty series, kind from its flags)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{display(path)}: not a readable results.json ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema", 1) not in (1, SCHEMA):
+        raise BadInput(f"{display(path)}: results.json schema {data.get('schema') if isinstance(data, dict) else '?'} "
+                       f"is not one this patchkit reads (1 or {SCHEMA}); upgrade patchkit")
+    if data.get("schema", 1) == 1:
+        data = {**data, "schema": SCHEMA, "kind": kind_of(bool(data.get("smoke")), bool(data.get("performance"))),
+                "series": {}, "overfit": None, "published": None}
+    known = {f.name for f in dataclasses.fields(Results)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["series"] = Series(**{k: v for k, v in (data.get("series") or {}).items()
+                                 if k in ("step", "loss", "step_s", "terms")})
+    values["overfit"] = Overfit(**data["overfit"]) if data.get("overfit") else None
+    return Results(**values)
 
 
 def step_seconds(recipe: Recipe, text: str) -> list[float]:
     """Every step time the log reports, in seconds."""
     if not recipe.step_time:
         return []
-    values = [float(m.group("value")) for m in re.finditer(recipe.step_time, text)]
-    if recipe.step_time_unit == "ms":
-        return [v / 1000 for v in values]
-    if recipe.step_time_unit == "it/s":
-        return [1 / v for v in values if v > 0]
-    return values
+    values = (_seconds(recipe, float(m.group("value"))) for m in re.finditer(recipe.step_time, text))
+    return [v for v in values if v is not None]
 
 
 def steps(recipe: Recipe, text: str) -> list[int]:
@@ -60,6 +120,43 @@ def metrics(recipe: Recipe, text: str) -> dict[str, float]:
         if matches:
             found[name] = float(matches[-1].group("value"))
     return found
+
+
+def _seconds(recipe: Recipe, value: float) -> float | None:
+    if recipe.step_time_unit == "ms":
+        return value / 1000
+    if recipe.step_time_unit == "it/s":
+        return 1 / value if value > 0 else None
+    return value
+
+
+def series(recipe: Recipe, text: str) -> Series:
+    """Every logged step of the log: a line the step-time (or step) pattern matches is one step; its total
+    loss is the recipe's `loss` metric (else a term called `loss`), its terms every other `*loss*: value`."""
+    out = Series()
+    marker = recipe.step_time or recipe.step
+    for line in re.split(r"[\r\n]+", text) if marker else ():
+        if re.search(marker, line):
+            _append(out, recipe, line)
+    return out
+
+
+def _value(pattern: str | None, line: str) -> str | None:
+    found = re.search(pattern, line) if pattern else None
+    return found.group("value") if found else None
+
+
+def _append(out: Series, recipe: Recipe, line: str) -> None:
+    terms = {m.group("name"): float(m.group("value")) for m in TERM.finditer(line)}
+    step, seconds, total = (_value(p, line) for p in (recipe.step, recipe.step_time, recipe.metrics.get("loss")))
+    out.step.append(int(step) if step else len(out.step) + 1)
+    out.step_s.append(_seconds(recipe, float(seconds)) if seconds else None)
+    out.loss.append(float(total) if total else terms.get("loss"))
+    terms.pop("loss", None)
+    for name in [n for n in terms if n not in out.terms]:
+        out.terms[name] = [None] * (len(out.step) - 1)
+    for name, values in out.terms.items():
+        values.append(terms.get(name))
 
 
 def bootstrap_value(text: str, key: str) -> dict[str, object] | None:
@@ -87,7 +184,19 @@ def fill(results: Results, recipe: Recipe, log: Path) -> Results:
     else:
         results.notes.append(f"per-card batch unknown ({results.batch_source}): no FPS")
     results.metrics = metrics(recipe, text)
+    results.series = series(recipe, text)
+    if results.kind == "overfit":
+        results.overfit = verdict(results.series.loss, results.series.terms)
     return results
+
+
+def overfit_line(results: Results) -> str:
+    o = results.overfit
+    if o is None:
+        return f"{results.model}: overfit FAILED: the log has fewer than two steps with a loss"
+    rising = f"; rising: {', '.join(o.terms_rising)}" if o.terms_rising else ""
+    return (f"{results.model}: overfit {'passed' if o.passed else 'FAILED'}: loss {o.start:.4g} -> {o.end:.4g} "
+            f"(x{o.ratio:.3f}) in {o.steps} steps (bar: {o.bar}){rising}")
 
 
 def table(results: Results) -> list[str]:

@@ -10,17 +10,18 @@ launcher reads. It runs inside the training worker, after the bootstrap.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from patchkit.train import dispatch
+from patchkit.train import dispatch, overfit as overfit_mod
 
 DEFAULT_STEPS = 4
 PREFIX = "patchkit-smoke:"  # the launcher parses these lines: launch.SMOKE_STEP_TIME, SMOKE_STEP, SMOKE_LOSS
@@ -42,6 +43,8 @@ class Context:
     amp: bool
     generator: torch.Generator
     batch: int = 1  # per-card samples of the synthetic input (the recipe's smoke: batch)
+    overfit: bool = False  # one fixed batch, every step; stop once the overfit bar is reached
+    lr: float | None = None  # an overfit run's base learning rate (the recipe's smoke: overfit: lr)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -68,7 +71,32 @@ def init(seed: int = 0) -> Context:
     batch = _env_int("PATCHKIT_SMOKE_BATCH", 1)
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
-    return Context(device, kind, backend, rank, local_rank, world_size, steps, amp, generator, max(1, batch))
+    overfit = os.environ.get("PATCHKIT_SMOKE_OVERFIT", "0") not in ("", "0")
+    return Context(device, kind, backend, rank, local_rank, world_size, steps, amp, generator, max(1, batch),
+                   overfit, _env_float("PATCHKIT_SMOKE_LR") if overfit else None)
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name, "")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        raise SmokeFailed(f"{name}={value!r} is not a number") from None
+
+
+def fixed(batch: Callable[[int], Any]) -> Callable[[int], Any]:
+    """An overfit run's inputs: the first batch, made once; every step gets a fresh copy (a model that
+    edits its inputs in place cannot change the next step's)."""
+    first = batch(1)
+    return lambda _step: copy.deepcopy(first)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Scale every parameter group's learning rate so that the optimizer's base rate becomes LR (groups the
+    config gives another rate, such as a backbone at 0.1x, keep their ratio)."""
+    base = optimizer.defaults.get("lr") or lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr"] / base
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -119,11 +147,20 @@ def _say(ctx: Context, message: str) -> None:
         print(f"{PREFIX} {message}", flush=True)
 
 
+@dataclass
+class Curve:
+    """What the steps gave: the total loss and each term (means over the ranks) and the step times."""
+    totals: list[float] = field(default_factory=list)
+    terms: dict[str, list[float]] = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)
+
+
 def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
         losses: Callable[[torch.nn.Module, Any], Any], optimizer: torch.optim.Optimizer | None = None,
         lr: float = 1e-4, find_unused_parameters: bool = True, grad_clip: float | None = 35.0) -> dict[str, Any]:
     """`ctx.steps` optimizer steps; `batch(step)` makes the inputs, `losses(model, inputs)` runs the
-    forward pass and returns the losses. Returns the per-step totals and times."""
+    forward pass and returns the losses. An overfit run (ctx.overfit) trains on the first batch only, at
+    ctx.lr, and stops once patchkit/train/overfit.py's bar is reached. Returns the per-step totals and times."""
     model.to(ctx.device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -135,60 +172,106 @@ def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
                                                             find_unused_parameters=find_unused_parameters)
     optimizer = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    scaler = torch.amp.GradScaler(ctx.kind) if ctx.amp and ctx.kind in ("cuda", "npu") else None
+    if ctx.overfit:
+        batch = fixed(batch)
+        set_lr(optimizer, ctx.lr or lr)
+    step_once = _Step(ctx, wrapped, params, optimizer, losses, grad_clip)
     _say(ctx, f"start model={type(model).__name__} parameters={sum(p.numel() for p in params)} device={ctx.device} "
               f"backend={ctx.backend if ctx.world_size > 1 else 'none'} world_size={ctx.world_size} "
-              f"steps={ctx.steps} amp={ctx.amp}")
-    totals: list[float] = []
-    times: list[float] = []
+              f"steps={ctx.steps} amp={ctx.amp}" + (f" overfit lr={ctx.lr or lr:g}" if ctx.overfit else ""))
+    curve = Curve()
     for step in range(1, ctx.steps + 1):
-        inputs = to_device(batch(step), ctx.device)
-        _synchronize(ctx)
-        start = time.perf_counter()
-        with dispatch.autocast(ctx.device, enabled=ctx.amp):
-            total, terms = parse_losses(losses(wrapped, inputs))
-        if not torch.stack([torch.isfinite(v.detach()).all() for v in (total, *terms.values())]).all():  # one sync
-            bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
-            raise SmokeFailed(f"rank {ctx.rank} step {step}: loss is not finite ("
-                              + (", ".join(f"{k}={float(terms[k].detach()):g}" for k in bad)
-                                 or f"total={float(total.detach()):g}") + ")")
-        optimizer.zero_grad(set_to_none=True)
-        (scaler.scale(total) if scaler else total).backward()
-        if scaler:
-            scaler.unscale_(optimizer)
-        with_grad = [p for p in params if p.grad is not None]
-        if not with_grad:
-            raise SmokeFailed(f"rank {ctx.rank} step {step}: the backward pass reached no parameter")
-        # the clip's total norm is finite exactly when every gradient is (one sync; max_norm inf: no clip).
-        # Under a GradScaler non-finite gradients are expected now and then: its step skips them.
-        norm = torch.nn.utils.clip_grad_norm_(with_grad, grad_clip or math.inf)
-        if not scaler and not torch.isfinite(norm):
-            nonfinite = sum(1 for p in with_grad if not torch.isfinite(p.grad).all())  # type: ignore[arg-type]
-            raise SmokeFailed(f"rank {ctx.rank} step {step}: {nonfinite} parameter(s) got non-finite gradients")
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        _synchronize(ctx)
-        elapsed = time.perf_counter() - start
-        value = total.detach().float().reshape(1)
-        if ctx.world_size > 1:
-            value = value.to(ctx.device)
-            dist.all_reduce(value)
-            value = value / ctx.world_size
-        totals.append(float(value))
-        times.append(elapsed)
-        detail = " ".join(f"{k}={float(v.detach()):.4f}" for k, v in terms.items())
-        _say(ctx, f"step {step}/{ctx.steps} loss {totals[-1]:.6f} time {elapsed:.3f} s "
-                  f"grads={len(with_grad)}/{len(params)} {detail}")
+        total, terms, elapsed, reached = step_once(to_device(batch(step), ctx.device), step)
+        curve.totals.append(total)
+        curve.times.append(elapsed)
+        for name, value in terms.items():
+            curve.terms.setdefault(name, []).append(value)
+        detail = " ".join(f"{k}={v:.6g}" for k, v in terms.items())
+        _say(ctx, f"step {step}/{ctx.steps} loss {total:.6f} time {elapsed:.3f} s grads={reached}/{len(params)} {detail}")
+        if ctx.overfit and overfit_mod.reached(curve.totals, curve.terms):
+            break
     if ctx.world_size > 1:
         dist.barrier()
-    steady = times[1:] or times
-    _say(ctx, f"done steps={ctx.steps} losses finite, mean step time {sum(steady) / len(steady):.3f} s "
-              f"(after the first), loss {totals[0]:.4f} -> {totals[-1]:.4f}")
+    _finish(ctx, curve)
     if ctx.world_size > 1 and dist.is_initialized():
         # (on torch 2.13 gloo's threads outlive this: DDP keeps the group referenced from C++; the
         # bootstrap's at-exit settle_collective_threads keeps a rank from aborting at exit)
         dist.destroy_process_group()
-    return {"losses": totals, "times": times, "finite": all(math.isfinite(t) for t in totals)}
+    return {"losses": curve.totals, "times": curve.times, "terms": curve.terms,
+            "finite": all(math.isfinite(t) for t in curve.totals)}
+
+
+def _finish(ctx: Context, curve: Curve) -> None:
+    steady = curve.times[1:] or curve.times
+    _say(ctx, f"done steps={len(curve.totals)} losses finite, mean step time {sum(steady) / len(steady):.3f} s "
+              f"(after the first), loss {curve.totals[0]:.4f} -> {curve.totals[-1]:.4f}")
+    if ctx.overfit:
+        found = overfit_mod.verdict(curve.totals, curve.terms)
+        if found:
+            _say(ctx, f"overfit {'passed' if found.passed else 'FAILED'}: loss {found.start:.4f} -> {found.end:.4f} "
+                      f"(x{found.ratio:.3f}) in {found.steps} steps; bar: {found.bar}"
+                      + (f"; rising: {', '.join(found.terms_rising)}" if found.terms_rising else ""))
+
+
+class _Step:
+    """One optimizer step with the checks: finite losses, gradients that reached parameters and are finite."""
+
+    def __init__(self, ctx: Context, wrapped: torch.nn.Module, params: list[torch.nn.Parameter],
+                 optimizer: torch.optim.Optimizer, losses: Callable[[torch.nn.Module, Any], Any],
+                 grad_clip: float | None) -> None:
+        self.ctx, self.wrapped, self.params, self.optimizer, self.losses = ctx, wrapped, params, optimizer, losses
+        self.grad_clip = grad_clip
+        self.scaler = torch.amp.GradScaler(ctx.kind) if ctx.amp and ctx.kind in ("cuda", "npu") else None
+
+    def __call__(self, inputs: Any, step: int) -> tuple[float, dict[str, float], float, int]:
+        ctx = self.ctx
+        _synchronize(ctx)
+        start = time.perf_counter()
+        with dispatch.autocast(ctx.device, enabled=ctx.amp):
+            total, terms = parse_losses(self.losses(self.wrapped, inputs))
+        _check_finite(ctx, step, total, terms)
+        with_grad = self.backward(total, step)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        _synchronize(ctx)
+        elapsed = time.perf_counter() - start
+        values = _mean_over_ranks(ctx, torch.stack([total.detach().float(), *(v.detach().float() for v in terms.values())]))
+        return values[0], dict(zip(terms, values[1:])), elapsed, len(with_grad)
+
+    def backward(self, total: torch.Tensor, step: int) -> list[torch.nn.Parameter]:
+        ctx, scaler = self.ctx, self.scaler
+        self.optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(total) if scaler else total).backward()
+        if scaler:
+            scaler.unscale_(self.optimizer)
+        with_grad = [p for p in self.params if p.grad is not None]
+        if not with_grad:
+            raise SmokeFailed(f"rank {ctx.rank} step {step}: the backward pass reached no parameter")
+        # the clip's total norm is finite exactly when every gradient is (one sync; max_norm inf: no clip).
+        # Under a GradScaler non-finite gradients are expected now and then: its step skips them.
+        norm = torch.nn.utils.clip_grad_norm_(with_grad, self.grad_clip or math.inf)
+        if not scaler and not torch.isfinite(norm):
+            nonfinite = sum(1 for p in with_grad if not torch.isfinite(p.grad).all())  # type: ignore[arg-type]
+            raise SmokeFailed(f"rank {ctx.rank} step {step}: {nonfinite} parameter(s) got non-finite gradients")
+        return with_grad
+
+
+def _check_finite(ctx: Context, step: int, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+    if torch.stack([torch.isfinite(v.detach()).all() for v in (total, *terms.values())]).all():  # one sync
+        return
+    bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
+    raise SmokeFailed(f"rank {ctx.rank} step {step}: loss is not finite ("
+                      + (", ".join(f"{k}={float(terms[k].detach()):g}" for k in bad)
+                         or f"total={float(total.detach()):g}") + ")")
+
+
+def _mean_over_ranks(ctx: Context, values: torch.Tensor) -> list[float]:
+    """The total and the terms averaged over the ranks (one all-reduce), so every rank logs and decides alike."""
+    if ctx.world_size > 1:
+        values = values.to(ctx.device)
+        dist.all_reduce(values)
+        values = values / ctx.world_size
+    return [float(v) for v in values.cpu()]

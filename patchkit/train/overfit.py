@@ -1,0 +1,63 @@
+"""The overfit bar of `patchkit train MODEL --smoke --overfit`: does the model learn one fixed batch?
+
+Standard library only: the smoke loop (in the training worker) uses it to stop as soon as the bar is
+reached, and the launcher uses it again on the logged curve to write the verdict into results.json.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+WINDOW = 5  # steps averaged at the start and at the end of the curve
+BAR = "total <= 0.5 x start; no term's last-5 mean above its first-5 mean"
+RATIO = 0.5
+MAX_STEPS = 60
+
+
+@dataclass
+class Overfit:
+    passed: bool
+    bar: str
+    start: float
+    end: float
+    ratio: float
+    steps: int
+    terms_rising: list[str] = field(default_factory=list)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def rising(terms: Mapping[str, Sequence[float | None]]) -> list[str]:
+    """The terms whose mean over the last WINDOW steps is above their mean over the first WINDOW."""
+    out = []
+    for name, values in terms.items():
+        known = [v for v in values if v is not None]
+        if not known:
+            continue
+        width = min(WINDOW, len(known))
+        first, last = _mean(known[:width]), _mean(known[-width:])
+        if not math.isfinite(last) or last > first:
+            out.append(name)
+    return out
+
+
+def verdict(totals: Sequence[float | None], terms: Mapping[str, Sequence[float | None]]) -> Overfit | None:
+    """The bar applied to a curve (the total loss per step and each term's): None without two steps."""
+    known = [v for v in totals if v is not None]
+    if len(known) < 2:
+        return None
+    start, end = known[0], known[-1]
+    ratio = end / start if start else math.inf
+    up = rising(terms)
+    passed = math.isfinite(end) and start > 0 and end <= RATIO * start and not up
+    return Overfit(passed, BAR, start, end, round(ratio, 6), len(known), up)
+
+
+def reached(totals: Sequence[float], terms: Mapping[str, Sequence[float]]) -> bool:
+    """True once the curve passes the bar with two separate windows behind it (the loop may stop)."""
+    found = verdict(totals, terms) if len(totals) >= 2 * WINDOW else None
+    return bool(found and found.passed)

@@ -1,0 +1,243 @@
+"""`patchkit train MODEL --smoke --overfit`: the bar, the curve in results.json (schema 2, and version-1
+files migrated on load), the recipe's `smoke: overfit:` section, and a real two-process overfit run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from patchkit.train import overfit, results as results_mod
+from patchkit.train.launch import SMOKE_LOSS, SMOKE_STEP, SMOKE_STEP_TIME
+from patchkit.train.recipe import Recipe
+from tests.gitfixtures import patchkit
+from tests.test_smoke import toy  # noqa: F401 - the toy port fixture
+
+
+# --- the bar -------------------------------------------------------------------------------------------
+
+def test_the_bar_needs_the_total_halved_and_no_term_rising() -> None:
+    falling = [10.0 - i for i in range(10)]  # 10 -> 1
+    ok = overfit.verdict(falling, {"loss_a": falling, "loss_b": [2.0] * 10})
+    assert ok is not None and ok.passed and ok.start == 10.0 and ok.end == 1.0 and ok.ratio == 0.1
+    assert ok.steps == 10 and ok.terms_rising == [] and ok.bar == overfit.BAR
+    # a term whose last-5 mean is above its first-5 mean fails the run, even with the total halved
+    up = overfit.verdict(falling, {"loss_a": falling, "loss_b": [1.0] * 5 + [1.1] * 5})
+    assert up is not None and not up.passed and up.terms_rising == ["loss_b"]
+    # a total that only falls to 0.6 of its start fails
+    slow = overfit.verdict([10.0, 8.0, 6.0], {})
+    assert slow is not None and not slow.passed and slow.ratio == 0.6
+    # exactly half passes; a non-finite end never does; one step is no curve
+    assert overfit.verdict([4.0, 2.0], {}).passed  # type: ignore[union-attr]
+    assert not overfit.verdict([4.0, math.nan], {}).passed  # type: ignore[union-attr]
+    assert overfit.verdict([4.0], {}) is None and overfit.verdict([None, 3.0], {}) is None
+    assert overfit.rising({"t": [None, *[1.0] * 5, None, *[2.0] * 5]}) == ["t"]  # unlogged steps are left out
+    assert overfit.rising({"t": [None, None], "u": [2.0, 1.0]}) == []
+
+
+def test_the_loop_may_stop_only_with_two_separate_windows() -> None:
+    curve = [10.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert not overfit.reached(curve, {"t": curve})  # 9 steps: the first and last five overlap
+    assert overfit.reached([*curve, 1.0], {"t": [*curve, 1.0]})
+
+
+# --- results.json schema 2 -------------------------------------------------------------------------------
+
+def _smoke_recipe(tmp_path: Path) -> Recipe:
+    return Recipe("toy", tmp_path / "toy.yaml", "toy", "x.py", (), step_time=SMOKE_STEP_TIME, step=SMOKE_STEP,
+                  warmup_steps=1, metrics={"loss": SMOKE_LOSS})
+
+
+SMOKE_LOG = """\
+patchkit-smoke: start model=Toy parameters=10 device=cpu backend=gloo world_size=2 steps=3 amp=False
+patchkit-smoke: step 1/3 loss 3.000000 time 1.500 s grads=4/6 loss_a=2 loss_b=1
+unrelated line
+patchkit-smoke: step 2/3 loss 2.000000 time 0.500 s grads=4/6 loss_a=1.5 loss_b=0.5
+patchkit-smoke: step 3/3 loss 1.000000 time 0.250 s grads=4/6 loss_a=0.75 loss_b=0.25 loss_c=1e-3
+"""
+
+
+def test_the_series_holds_every_logged_step_with_its_terms(tmp_path: Path) -> None:
+    s = results_mod.series(_smoke_recipe(tmp_path), SMOKE_LOG)
+    assert s.step == [1, 2, 3] and s.loss == [3.0, 2.0, 1.0] and s.step_s == [1.5, 0.5, 0.25]
+    assert s.terms == {"loss_a": [2.0, 1.5, 0.75], "loss_b": [1.0, 0.5, 0.25], "loss_c": [None, None, 0.001]}
+    # an mmcv log line: the total is the `loss:` key, the terms every other *loss* key; the time in ms
+    mm = Recipe("m", tmp_path / "m.yaml", "m", "x.py", (), step_time=r"time: (?P<value>[0-9.]+)",
+                step=r"Iter \[(?P<value>\d+)/", step_time_unit="ms")
+    line = ("Iter [51/600]\tlr: 2.3e-04, eta: 0:07:25, time: 812.5, data_time: 0.031, loss_cls_0: 0.9123, "
+            "d0.loss_box: 1.5, loss: 38.2211, grad_norm: 101.2\nIter [102/600] time: 800, loss: 30.5\n")
+    mms = results_mod.series(mm, line)
+    assert mms.step == [51, 102] and mms.loss == [38.2211, 30.5] and mms.step_s == [0.8125, 0.8]
+    assert mms.terms == {"loss_cls_0": [0.9123, None], "d0.loss_box": [1.5, None]}
+    assert results_mod.series(Recipe("n", tmp_path, "n", "x.py", ()), SMOKE_LOG) == results_mod.Series()
+
+
+def test_results_json_is_schema_2_and_version_1_files_load(tmp_path: Path) -> None:
+    res = results_mod.Results("toy", "cpu", "gloo", 2, 1, False, True, kind="overfit")
+    res = results_mod.fill(res, _smoke_recipe(tmp_path), _write(tmp_path / "rank0.log", SMOKE_LOG))
+    assert res.overfit is not None and res.overfit.passed and res.overfit.ratio == pytest.approx(1 / 3)
+    path = tmp_path / "results.json"
+    results_mod.write(res, path)
+    data = json.loads(path.read_text())
+    assert data["schema"] == 2 and data["kind"] == "overfit" and data["published"] is None
+    assert data["series"]["loss"] == [3.0, 2.0, 1.0] and data["overfit"]["start"] == 3.0
+    assert set(data["series"]) == {"step", "loss", "step_s", "terms"}
+    again = results_mod.load(path)
+    assert again == res
+    # version 1: no "schema"; the kind comes from its flags, the series is empty
+    v1 = {k: v for k, v in data.items() if k not in ("schema", "kind", "series", "overfit", "published")}
+    for flags, kind in (({"smoke": True, "performance": False}, "smoke"),
+                        ({"smoke": False, "performance": True}, "performance"),
+                        ({"smoke": False, "performance": False}, "full")):
+        old = _write(tmp_path / "v1.json", json.dumps({**v1, **flags}))
+        loaded = results_mod.load(old)
+        assert loaded.schema == 2 and loaded.kind == kind and loaded.series == results_mod.Series()
+        assert loaded.overfit is None and loaded.metrics == res.metrics
+    future = _write(tmp_path / "v3.json", json.dumps({**data, "schema": 3}))
+    with pytest.raises(results_mod.BadInput, match="schema 3 is not one this patchkit reads"):
+        results_mod.load(future)
+    with pytest.raises(results_mod.BadInput, match="not a readable results.json"):
+        results_mod.load(_write(tmp_path / "bad.json", "{"))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- the recipe's smoke: overfit: section ------------------------------------------------------------------
+
+OVERFIT_RECIPE = """\
+workdir: toy
+entry: train.py
+smoke:
+  script: train/smoke/toy.py
+  overfit:
+    steps: {steps}
+    lr: {lr}
+"""
+
+
+@pytest.mark.parametrize(("steps", "lr", "message"), [
+    ("61", "1e-3", "train/toy.yaml:6: smoke: overfit: steps must be at most 60"),
+    ("0", "1e-3", "train/toy.yaml:6: smoke: overfit: steps must be a positive whole number"),
+    ("10", "-1", "train/toy.yaml:7: smoke: overfit: lr must be a positive number"),
+    ("10", "fast", "train/toy.yaml:7: smoke: overfit: lr must be a positive number"),
+])
+def test_overfit_section_errors_name_file_and_line(toy: Path, steps: str, lr: str, message: str) -> None:  # noqa: F811
+    assert patchkit(toy, "apply", "toy").code == 0
+    (toy / "train/toy.yaml").write_text(OVERFIT_RECIPE.format(steps=steps, lr=lr))
+    run = patchkit(toy, "train", "toy", "--smoke", "--overfit", "--dry-run")
+    assert run.code == 2 and message in run.err, run.err
+
+
+def test_overfit_dry_run_and_bad_requests(toy: Path) -> None:  # noqa: F811
+    assert patchkit(toy, "apply", "toy").code == 0
+    (toy / "train/toy.yaml").write_text(OVERFIT_RECIPE.format(steps=30, lr="2.5e-2"))
+    data = json.loads(patchkit(toy, "train", "toy", "--smoke", "--overfit", "--dry-run", "--json").out)
+    env = data["env"]
+    assert env["PATCHKIT_SMOKE_OVERFIT"] == "1" and env["PATCHKIT_SMOKE_STEPS"] == "30"
+    assert float(env["PATCHKIT_SMOKE_LR"]) == 0.025
+    assert any("overfit run: the real model on one fixed synthetic batch, up to 30 steps at lr 0.025" in n
+               for n in data["notes"])
+    many = patchkit(toy, "train", "toy", "--smoke", "--overfit", "--steps", "61", "--dry-run")
+    assert many.code == 2 and "an overfit run takes at most 60 steps" in many.err
+    alone = patchkit(toy, "train", "toy", "--overfit", "--dry-run")
+    assert alone.code == 2 and "--overfit belongs to a --smoke run" in alone.err
+    plain = json.loads(patchkit(toy, "train", "toy", "--smoke", "--dry-run", "--json").out)["env"]
+    assert "PATCHKIT_SMOKE_OVERFIT" not in plain and plain["PATCHKIT_SMOKE_STEPS"] == "4"
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="torch is needed (pip install torch==2.13.0)")
+
+
+def _ctx(monkeypatch: pytest.MonkeyPatch, steps: int, lr: float):
+    from patchkit.train import smoke
+
+    monkeypatch.setenv("PATCHKIT_TRAIN_DEVICE", "cpu")
+    for name, value in (("PATCHKIT_SMOKE_STEPS", str(steps)), ("PATCHKIT_SMOKE_OVERFIT", "1"),
+                        ("PATCHKIT_SMOKE_LR", str(lr))):
+        monkeypatch.setenv(name, value)
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    return smoke, smoke.init(seed=0)
+
+
+@needs_torch
+def test_the_loop_overfits_one_fixed_batch_and_stops_at_the_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    smoke, ctx = _ctx(monkeypatch, steps=60, lr=0.2)
+    assert ctx.overfit and ctx.lr == 0.2
+    made: list[int] = []
+    seen: list[float] = []
+
+    def batch(step: int):
+        made.append(step)
+        x = torch.randn(16, 4, generator=ctx.generator)
+        return {"x": x, "y": (x + 1) @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])}
+
+    def losses(model, b):
+        seen.append(float(b["x"].sum()))
+        error = (model(b["x"] + 1) - b["y"]).pow(2)
+        b["x"].mul_(0)  # a model that edits its inputs in place must not change the next step's
+        return {"loss_front": error[:8].mean(), "loss_back": error[8:].mean()}
+
+    net = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-6)
+    out = smoke.run(ctx, net, batch, losses, optimizer=opt)
+    assert made == [1] and len(set(seen)) == 1 and seen[0] != 0  # one batch, made once, a fresh copy each step
+    assert opt.param_groups[0]["lr"] == 0.2  # the overfit lr, not the script's
+    assert 10 <= len(out["losses"]) < 60 and overfit.verdict(out["losses"], out["terms"]).passed  # type: ignore[union-attr]
+
+
+@needs_torch
+def test_a_model_that_cannot_learn_fails_the_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    smoke, ctx = _ctx(monkeypatch, steps=12, lr=1e-9)
+    net = torch.nn.Linear(4, 1)
+    out = smoke.run(ctx, net, lambda s: torch.ones(8, 4), lambda m, x: {"loss": (m(x) - 5).pow(2).mean()})
+    assert len(out["losses"]) == 12
+    found = overfit.verdict(out["losses"], out["terms"])
+    assert found is not None and not found.passed and found.ratio > 0.99
+
+
+# --- a real run -----------------------------------------------------------------------------------------
+
+@needs_torch
+@pytest.mark.processes
+def test_two_gloo_processes_overfit_the_toy_and_a_stuck_run_exits_1(toy: Path) -> None:  # noqa: F811
+    assert patchkit(toy, "apply", "toy").code == 0
+    recipe = toy / "train/toy.yaml"
+    recipe.write_text(recipe.read_text() + "  overfit: {steps: 40, lr: 3.0e-2}\n")
+    work = toy / "fit"
+    run = patchkit(toy, "train", "toy", "--smoke", "--overfit", "--device", "cpu", "--cards", "2",
+                   "--work-dir", str(work))
+    log = (work / "rank0.log").read_text() if (work / "rank0.log").exists() else ""
+    assert run.code == 0, run.text + log
+    assert "toy: overfit passed: loss" in run.out and "overfit lr=0.03" in log
+    data = json.loads((work / "results.json").read_text())
+    assert data["schema"] == 2 and data["kind"] == "overfit" and data["overfit"]["passed"]
+    steps = data["overfit"]["steps"]
+    assert 10 <= steps <= 40 and data["series"]["step"] == list(range(1, steps + 1))
+    assert data["series"]["loss"][-1] <= 0.5 * data["series"]["loss"][0]
+    assert list(data["series"]["terms"]) == ["loss_occ"] and len(data["series"]["step_s"]) == steps
+    assert "patchkit-smoke: overfit passed: loss" in log
+    # the same run at a learning rate that cannot move the weights: exit 1, the verdict in results.json
+    recipe.write_text(recipe.read_text().replace("lr: 3.0e-2", "lr: 1.0e-12"))
+    stuck = patchkit(toy, "train", "toy", "--smoke", "--overfit", "--steps", "10", "--device", "cpu",
+                     "--cards", "1", "--work-dir", str(toy / "stuck"))
+    assert stuck.code == 1 and "toy: overfit FAILED: loss" in stuck.err, stuck.text
+    assert json.loads((toy / "stuck/results.json").read_text())["overfit"]["passed"] is False
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-n", "0"]))
