@@ -266,12 +266,14 @@ def status(obj: Ctx, model: str | None, workspace: str | None, as_json: bool) ->
 @click.option("--no-fetch", is_flag=True, help="Use the mirrors as cached; do not fetch first.")
 @click.option("--jobs", "-j", default=4, show_default=True, help="With --check: upstreams checked at once.")
 @click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", help="With --check: also write JUnit XML.")
+@click.option("--history", type=click.Path(file_okay=False), metavar="DIR",
+              help="With --check: append a summary of this check to DIR/history.jsonl (for `patchkit report`).")
 @workspace_option
 @json_option
 @click.pass_obj
 def rebase(obj: Ctx, models: tuple[str, ...], check_only: bool, onto: tuple[str, ...], cont: bool, abort: bool,
-           allow_fuzz: bool, no_fetch: bool, jobs: int, junit: str | None, workspace: str | None,
-           as_json: bool) -> None:
+           allow_fuzz: bool, no_fetch: bool, jobs: int, junit: str | None, history: str | None,
+           workspace: str | None, as_json: bool) -> None:
     """Move MODEL's series onto its upstreams' newest commits; --check only says what would hold.
 
     \b
@@ -285,8 +287,11 @@ def rebase(obj: Ctx, models: tuple[str, ...], check_only: bool, onto: tuple[str,
     if sum((check_only, cont, abort)) > 1:
         raise click.UsageError("--check, --continue and --abort exclude each other")
     if check_only:
-        _rebase_check(obj, m, models, onto, allow_fuzz, no_fetch, jobs, junit, as_json)
+        _rebase_check(obj, m, models, onto, allow_fuzz, no_fetch, jobs, junit, as_json,
+                      obj.workspace(workspace), Path(history) if history else None)
         return
+    if history:
+        raise click.UsageError("--history goes with --check")
     from patchkit import rebase as rebase_mod
 
     root = obj.workspace(workspace)
@@ -310,9 +315,10 @@ def rebase(obj: Ctx, models: tuple[str, ...], check_only: bool, onto: tuple[str,
 
 
 def _rebase_check(obj: Ctx, m: manifest_mod.Manifest, models: tuple[str, ...], onto: tuple[str, ...],
-                  allow_fuzz: bool, no_fetch: bool, jobs: int, junit: str | None, as_json: bool) -> None:
+                  allow_fuzz: bool, no_fetch: bool, jobs: int, junit: str | None, as_json: bool,
+                  workspace: Path, history: Path | None) -> None:
     from patchkit import check as check_mod
-    from patchkit.report import check_lines, junit_xml
+    from patchkit.report import check_lines, junit_xml, store
 
     report = check_mod.check(m, list(models), onto=check_mod.parse_onto(onto, m), allow_fuzz=allow_fuzz,
                              fetch=not no_fetch, jobs=jobs, progress=obj.progress)
@@ -320,8 +326,12 @@ def _rebase_check(obj: Ctx, m: manifest_mod.Manifest, models: tuple[str, ...], o
         from patchkit.paths import atomic_write
 
         atomic_write(Path(junit), junit_xml(report))
+    document = json.loads(json.dumps(check_json(report), default=_json_default))
+    obj.progress(f"check kept in {store.keep(workspace, document)}")
+    if history:
+        obj.progress(f"check appended to {store.append_history(history, document)}")
     if as_json:
-        _emit_json(check_json(report))
+        _emit_json(document)
     else:
         for line in check_lines(report):
             click.echo(line)
@@ -362,10 +372,11 @@ def export_cmd(obj: Ctx, model: str, upstream: str | None, check_only: bool, wor
     sys.exit(1 if check_only and stale else 0)
 
 
-def check_json(report: Any) -> dict[str, Any]:
+def check_json(report: Any, checked_at: str | None = None) -> dict[str, Any]:
     """The stable `rebase --check --json` document (schema: docs/rebase-check.md)."""
     return {
         "schema": "patchkit/rebase-check/1",
+        "checked_at": checked_at or report_store_now(),
         "ok": report.ok,
         "allow_fuzz": report.allow_fuzz,
         "upstreams": {name: dataclasses.asdict(t) for name, t in report.targets.items()},
@@ -374,6 +385,54 @@ def check_json(report: Any) -> dict[str, Any]:
         "summary": {**report.counts(), "patches": sum(report.counts().values()),
                     "broken": sum(p.broken for s in report.series for p in s.patches)},
     }
+
+
+def report_store_now() -> str:
+    from patchkit.report.store import now
+
+    return now()
+
+
+@cli.command("report")
+@click.argument("models", nargs=-1)
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the port-health page (one self-contained HTML file) to FILE.")
+@click.option("--md", "md_file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
+              help="Write the markdown summary (for a pull-request comment) to FILE ('-': stdout).")
+@click.option("--check", "check_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The rebase --check JSON to show (default: WORKSPACE/.patchkit/checks/latest.json).")
+@click.option("--history", type=click.Path(), metavar="DIR", help="Draw the check history kept in DIR/history.jsonl.")
+@click.option("--runs", multiple=True, type=click.Path(exists=True), metavar="DIR",
+              help="Training runs: results.json files under DIR (repeatable; default: ./train-runs and "
+                   "train-runs beside upstreams.yaml).")
+@workspace_option
+@click.pass_obj
+def report_cmd(obj: Ctx, models: tuple[str, ...], html_file: str | None, md_file: str | None,
+               check_file: str | None, history: str | None, runs: tuple[str, ...], workspace: str | None) -> None:
+    """Write the port-health report: matrix of the newest check, patch metrics, history, training curves."""
+    from patchkit.report import data, html, md, store
+    from patchkit.paths import atomic_write, display
+
+    if not html_file and not md_file:
+        raise click.UsageError("say where the report goes: --html FILE and/or --md FILE")
+    m = obj.manifest()
+    latest = Path(check_file) if check_file else store.latest_path(obj.workspace(workspace))
+    check = store.load_check(latest) if check_file or latest.exists() else None
+    hist = store.load_history(Path(history)) if history else None
+    folders = [Path(r) for r in runs] or [p for p in (Path("train-runs"), m.root / "train-runs") if p.is_dir()]
+    sources = [f"{display(m.path)}", f"check {display(latest)}" if check else "no check result",
+               f"history {display(hist.path)} ({len(hist.entries)} checks)" if hist else "no history"]
+    paths = data.find_runs(folders)
+    sources.append(f"{len(paths)} training run(s) under {', '.join(display(f) for f in folders) or 'nothing'}")
+    page = data.page(m, list(models), check, hist, paths, sources)
+    if html_file:
+        atomic_write(Path(html_file), html.render(page).encode())
+        obj.progress(f"report written to {display(html_file)}")
+    if md_file == "-":
+        click.echo(md.render(page), nl=False)
+    elif md_file:
+        atomic_write(Path(md_file), md.render(page).encode())
+        obj.progress(f"markdown summary written to {display(md_file)}")
 
 
 @cli.group()

@@ -38,6 +38,16 @@ def lint(patch: Patch, parsed: ParsedPatch) -> list[Diagnostic]:
     return found
 
 
+def upstream_status(patch: Patch) -> str | None:
+    """The DEP-3 value of PATCH's first `Upstream-Status:` line ('Pending', ...; free text after it dropped),
+    the line as written when it is no DEP-3 value, None when there is none."""
+    lines = patch.data.decode("utf-8", "surrogateescape").split("\n")
+    value = next((m.group(1) for _, line in _message(lines) if (m := _STATUS.match(line))), None)
+    if value is None:
+        return None
+    return value.split(" [")[0] if _VALID.match(value) else value
+
+
 def _message(lines: list[str]) -> list[tuple[int, str]]:
     """(1-based line, text) of the headers and commit message: up to the `---` before the diff."""
     end = next((i for i, line in enumerate(lines) if line.startswith("diff ")
