@@ -399,8 +399,9 @@ def report_store_now() -> str:
               help="Write the port-health page (one self-contained HTML file) to FILE.")
 @click.option("--md", "md_file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
               help="Write the markdown summary (for a pull-request comment) to FILE ('-': stdout).")
-@click.option("--check", "check_file", type=click.Path(dir_okay=False), metavar="FILE",
-              help="The rebase --check JSON to show (default: WORKSPACE/.patchkit/checks/latest.json).")
+@click.option("--check", "check_files", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The rebase --check JSON to show (default: WORKSPACE/.patchkit/checks/latest.json); "
+                   "repeated: the shards of one check, shown as one.")
 @click.option("--history", type=click.Path(), metavar="DIR", help="Draw the check history kept in DIR/history.jsonl.")
 @click.option("--runs", multiple=True, type=click.Path(exists=True), metavar="DIR",
               help="Training runs: results.json files under DIR (repeatable; default: ./train-runs and "
@@ -408,7 +409,7 @@ def report_store_now() -> str:
 @workspace_option
 @click.pass_obj
 def report_cmd(obj: Ctx, models: tuple[str, ...], html_file: str | None, md_file: str | None,
-               check_file: str | None, history: str | None, runs: tuple[str, ...], workspace: str | None) -> None:
+               check_files: tuple[str, ...], history: str | None, runs: tuple[str, ...], workspace: str | None) -> None:
     """Write the port-health report: matrix of the newest check, patch metrics, history, training curves."""
     from patchkit.report import data, html, md, store
     from patchkit.paths import atomic_write, display
@@ -416,11 +417,11 @@ def report_cmd(obj: Ctx, models: tuple[str, ...], html_file: str | None, md_file
     if not html_file and not md_file:
         raise click.UsageError("say where the report goes: --html FILE and/or --md FILE")
     m = obj.manifest()
-    latest = Path(check_file) if check_file else store.latest_path(obj.workspace(workspace))
-    check = store.load_check(latest) if check_file or latest.exists() else None
+    files = [Path(f) for f in check_files] or [store.latest_path(obj.workspace(workspace))]
+    check = store.merge_checks([store.load_check(f) for f in files]) if check_files or files[0].exists() else None
     hist = store.load_history(Path(history)) if history else None
     folders = [Path(r) for r in runs] or [p for p in (Path("train-runs"), m.root / "train-runs") if p.is_dir()]
-    sources = [f"{display(m.path)}", f"check {display(latest)}" if check else "no check result",
+    sources = [f"{display(m.path)}", f"check {', '.join(display(f) for f in files)}" if check else "no check result",
                f"history {display(hist.path)} ({len(hist.entries)} checks)" if hist else "no history"]
     paths = data.find_runs(folders)
     sources.append(f"{len(paths)} training run(s) under {', '.join(display(f) for f in folders) or 'nothing'}")

@@ -135,7 +135,7 @@ class Fleet:
     def history(self, folder: Path, checks: int = 8) -> None:
         for k in range(checks):
             stamp = (BASE + timedelta(days=k)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            store.append_history(folder, self.check(seed=100 + k, breaking=0.05 * k, checked_at=stamp))
+            store.append_history(folder, self.check(seed=100 + k, breaking=0.05 * k, checked_at=stamp), f"night-{k}")
 
 
 def results_doc(model: str, kind: str, steps: int, *, seed: int = 1, cards: int = 2) -> dict[str, Any]:

@@ -254,10 +254,13 @@ def test_check_keeps_its_json_and_history(history: History, tmp_path: Path) -> N
     doc = json.loads(latest.read_text())
     assert doc["schema"] == "patchkit/rebase-check/1" and re.match(r"\d{4}-\d\d-\d\dT", doc["checked_at"])
     entries = [json.loads(line) for line in (hist / "history.jsonl").read_text().splitlines()]
-    assert len(entries) == 2 and entries[0]["upstreams"]["up"] | {"commit": None} == {
+    assert len(entries) == 2 and entries[0]["run"] != entries[1]["run"]
+    assert entries[0]["upstreams"]["up"] | {"commit": None} == {
         "ref": "main", "commit": None, "pin": history.pin, "commits_since_pin": 6, "patches": 10, "holding": 5,
         "breaking": 5, "broken": ["npu/0004-fuzz.patch", "npu/0005-conflict.patch", "npu/0006-needs-conflict.patch",
-                                  "npu/0008-renamed.patch", "npu/0009-removed.patch"]}
+                                  "npu/0008-renamed.patch", "npu/0009-removed.patch"],
+        "held": ["npu/0001-clean.patch", "npu/0002-offset.patch", "npu/0003-merged.patch", "npu/0007-upstreamed.patch",
+                 "npu/0010-after.patch"], "overlays_holding": 0, "overlays_breaking": 0}
     out = tmp_path / "r.html"
     run = patchkit(history.port, "report", "--html", str(out), "--history", str(hist))  # latest.json by default
     assert run.code == 0, run.text
@@ -272,7 +275,8 @@ def test_check_keeps_its_json_and_history(history: History, tmp_path: Path) -> N
 
 def test_history_append_is_atomic_and_bad_lines_are_named(tmp_path: Path) -> None:
     doc = {"schema": "patchkit/rebase-check/1", "ok": True, "upstreams": {}, "series": [], "overlays": []}
-    threads = [threading.Thread(target=store.append_history, args=(tmp_path, {**doc, "checked_at": f"2026-01-0{i}T00:00:00Z"}))
+    threads = [threading.Thread(target=store.append_history,
+                                args=(tmp_path, {**doc, "checked_at": f"2026-01-0{i}T00:00:00Z"}, f"run{i}"))
                for i in range(1, 9)]
     for t in threads:
         t.start()
@@ -290,6 +294,29 @@ def test_history_append_is_atomic_and_bad_lines_are_named(tmp_path: Path) -> Non
     assert run.code == 2 and "not a rebase --check document" in run.err
     run = patchkit(port.root, "report")
     assert run.code == 2 and "--html FILE" in run.err
+
+
+def test_shards_of_one_run_read_as_one(fleet: tuple[Fleet, Path, dict[str, Any]], tmp_path: Path) -> None:
+    fl, tmp, doc = fleet
+    halves = [{**doc, "series": [s for s in doc["series"] if int(s["model"][5:]) % 2 == k],
+               "overlays": [o for o in doc["overlays"] if int(o["model"][5:]) % 2 == k]} for k in (0, 1)]
+    for k, half in enumerate(halves):
+        store.append_history(tmp_path / "sharded", {**half, "ok": not any(p["broken"] for s in half["series"]
+                                                                           for p in s["patches"])}, "run-1")
+        (tmp / f"shard{k}.json").write_text(json.dumps(half))
+    store.append_history(tmp_path / "whole", doc, "run-1")
+    sharded, whole = store.load_history(tmp_path / "sharded").entries, store.load_history(tmp_path / "whole").entries
+    assert len(sharded) == 1 and sharded[0]["shards"] == 2
+    assert sharded[0]["upstreams"] == whole[0]["upstreams"] and sharded[0]["models"] == whole[0]["models"]
+    assert sharded[0]["ok"] == whole[0]["ok"] == doc["ok"]
+    run = patchkit(fl.root, "report", "--html", str(tmp / "s.html"), "--check", str(tmp / "shard0.json"),
+                   "--check", str(tmp / "shard1.json"))
+    assert run.code == 0, run.text
+    cells = {(td.attrs["data-model"], td.attrs["data-column"]): td.attrs["data-outcome"]
+             for td in Tree((tmp / "s.html").read_text()).root.all("td") if "data-outcome" in td.attrs}
+    whole_html, _ = build(fleet)
+    assert cells == {(td.attrs["data-model"], td.attrs["data-column"]): td.attrs["data-outcome"]
+                     for td in Tree(whole_html).root.all("td") if "data-outcome" in td.attrs}
 
 
 def test_svg_ticks_and_gaps() -> None:
@@ -366,3 +393,23 @@ def test_browser_renders_the_matrix(fleet: tuple[Fleet, Path, dict[str, Any]]) -
     shown = {o for s in doc["series"] for p in s["patches"] for o in [p["outcome"]]}
     for outcome in shown & {"clean", "conflict", "fuzz", "offset", "merged"}:
         assert hex_rgb(d.colour(outcome)) in colours, outcome  # the matrix cells are painted
+
+
+def test_ci_recipe_uses_real_options() -> None:
+    """The workflow in docs/ci calls patchkit with options that exist (the shard option is issue 14's)."""
+    import click
+    import yaml
+
+    from patchkit.cli import cli
+
+    recipe = Path(__file__).parent.parent / "docs" / "ci" / "patchkit-nightly.yml"
+    jobs = yaml.safe_load(recipe.read_text())["jobs"]
+    scripts = "\n".join(step.get("run", "") for job in jobs.values() for step in job["steps"])
+    calls = re.findall(r"^\s*patchkit ((?:rebase|report)\b.*(?:\\\n.*)?)", scripts, re.M)
+    assert len(calls) == 2
+    for call in calls:
+        command = cli.commands[call.split()[0]]
+        known = {o for p in command.params if isinstance(p, click.Option) for o in p.opts}
+        pending = {"--shard"} - known  # issue 14 (perf): named in the recipe before it lands
+        used = set(re.findall(r"(?<![\w-])(--[a-z-]+)", call))
+        assert used - pending <= known, used - known

@@ -4,8 +4,9 @@
   `<workspace>/.patchkit/checks/latest.json`, atomically, whatever it printed; `patchkit report` reads it
   from there (or from `--check FILE`, e.g. shards merged in CI).
 - `rebase --check --history DIR` also appends one line to `DIR/history.jsonl`: a summary of the check
-  (per upstream: the target commit, how many distinct patches hold and break, which break; per model the
-  same counts). The append is atomic: under a lock on `DIR/.history.lock` the file is rewritten with the new
+  (per upstream: the target commit, the distinct patches that hold and that break, by id; per model the
+  counts). Lines of one run (`run`: PATCHKIT_RUN_ID, else GITHUB_RUN_ID) are the shards of one check
+  (`rebase --check --shard K/N`) and are read back as one. The append is atomic: under a lock on `DIR/.history.lock` the file is rewritten with the new
   line through a temporary file and a rename, so a reader sees the history before or after, never a torn
   line, and two checks appending at once both land.
 """
@@ -13,6 +14,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,38 +63,88 @@ def load_check(path: Path) -> dict[str, Any]:
     return data
 
 
-def history_entry(document: dict[str, Any]) -> dict[str, Any]:
-    """One history line: distinct patches holding and breaking per upstream, and per model."""
+def run_id() -> str:
+    """What ties the shards of one check run together: PATCHKIT_RUN_ID, else GITHUB_RUN_ID (the same in every
+    job of one workflow run), else this check alone."""
+    return os.environ.get("PATCHKIT_RUN_ID") or os.environ.get("GITHUB_RUN_ID") or uuid.uuid4().hex[:16]
+
+
+def history_entry(document: dict[str, Any], run: str | None = None) -> dict[str, Any]:
+    """One history line: per upstream the target and the distinct patches that hold and that break (by id,
+    so the lines of shards of one run merge exactly), overlay counts; per model the patches holding/breaking."""
     ups: dict[str, dict[str, Any]] = {}
     for name, target in document.get("upstreams", {}).items():
-        ups[name] = {"ref": target.get("ref"), "commit": target.get("commit"), "pin": target.get("pin"),
-                     "commits_since_pin": target.get("commits_since_pin")}
-    broken: dict[str, dict[str, bool]] = {}
+        ups[name] = _new_upstream(target)
     models: dict[str, dict[str, int]] = {}
     for series in document.get("series", []):
-        seen = broken.setdefault(series["upstream"], {})
+        up = ups.setdefault(series["upstream"], _new_upstream({}))
         counts = models.setdefault(series["model"], {"holding": 0, "breaking": 0})
         for p in series["patches"]:
-            seen[p["patch"]] = seen.get(p["patch"], False) or bool(p["broken"])
+            up["broken" if p["broken"] else "held"].append(p["patch"])
             counts["breaking" if p["broken"] else "holding"] += 1
-    for name, seen in broken.items():
-        up = ups.setdefault(name, {})
-        up.update(patches=len(seen), breaking=sum(seen.values()), holding=len(seen) - sum(seen.values()),
-                  broken=sorted(p for p, b in seen.items() if b))
     for o in document.get("overlays", []):
-        up = ups.setdefault(o["upstream"], {})
+        up = ups.setdefault(o["upstream"], _new_upstream({}))
         states = [t["state"] for t in o.get("targets", [])] + [f["state"] for f in o.get("files", [])]
         bad = sum(s not in ("holds", "merged") for s in states)
-        up["overlays_holding"] = up.get("overlays_holding", 0) + len(states) - bad
-        up["overlays_breaking"] = up.get("overlays_breaking", 0) + bad
-    return {"schema": HISTORY_SCHEMA, "checked_at": document.get("checked_at") or now(),
-            "ok": bool(document.get("ok")), "upstreams": ups, "models": models}
+        up["overlays_holding"] += len(states) - bad
+        up["overlays_breaking"] += bad
+    return {"schema": HISTORY_SCHEMA, "run": run or run_id(), "checked_at": document.get("checked_at") or now(),
+            "ok": bool(document.get("ok")), "upstreams": {n: _finish(u) for n, u in ups.items()}, "models": models}
 
 
-def append_history(folder: Path, document: dict[str, Any]) -> Path:
+def _new_upstream(target: dict[str, Any]) -> dict[str, Any]:
+    return {"ref": target.get("ref"), "commit": target.get("commit"), "pin": target.get("pin"),
+            "commits_since_pin": target.get("commits_since_pin"), "held": [], "broken": [],
+            "overlays_holding": 0, "overlays_breaking": 0}
+
+
+def _finish(up: dict[str, Any]) -> dict[str, Any]:
+    """Distinct patches: one broken for any model breaks; the counts follow from the id lists."""
+    broken = set(up["broken"])
+    held = set(up["held"]) - broken
+    return {**up, "held": sorted(held), "broken": sorted(broken), "patches": len(held) + len(broken),
+            "holding": len(held), "breaking": len(broken)}
+
+
+def merge_entries(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lines of one run's shards as one line."""
+    ups: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, int]] = {}
+    for e in entries:
+        for name, u in e.get("upstreams", {}).items():
+            into = ups.setdefault(name, _new_upstream(u))
+            for key in ("held", "broken"):
+                into[key] += u.get(key, [])
+            for key in ("overlays_holding", "overlays_breaking"):
+                into[key] += u.get(key, 0)
+        for name, counts in e.get("models", {}).items():
+            into_m = models.setdefault(name, {"holding": 0, "breaking": 0})
+            for key in into_m:
+                into_m[key] += counts.get(key, 0)
+    return {**entries[0], "checked_at": max(e["checked_at"] for e in entries), "ok": all(e["ok"] for e in entries),
+            "upstreams": {n: _finish(u) for n, u in ups.items()}, "models": models, "shards": len(entries)}
+
+
+def merge_checks(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several check documents (the shards of one run) shown as one: series and overlays side by side."""
+    if len(documents) == 1:
+        return documents[0]
+    summary: dict[str, int] = {}
+    for doc in documents:
+        for key, value in (doc.get("summary") or {}).items():
+            summary[key] = summary.get(key, 0) + value
+    stamps = [doc["checked_at"] for doc in documents if doc.get("checked_at")]
+    return {**documents[0], "checked_at": max(stamps) if stamps else None, "ok": all(doc["ok"] for doc in documents),
+            "allow_fuzz": any(doc.get("allow_fuzz") for doc in documents),
+            "upstreams": {k: v for doc in documents for k, v in doc.get("upstreams", {}).items()},
+            "series": [s for doc in documents for s in doc["series"]],
+            "overlays": [o for doc in documents for o in doc.get("overlays", [])], "summary": summary}
+
+
+def append_history(folder: Path, document: dict[str, Any], run: str | None = None) -> Path:
     """Append DOCUMENT's history line to FOLDER/history.jsonl (atomically, see the module docstring)."""
     path = folder / HISTORY_FILE
-    line = json.dumps(history_entry(document), sort_keys=True, separators=(",", ":")) + "\n"
+    line = json.dumps(history_entry(document, run), sort_keys=True, separators=(",", ":")) + "\n"
     with FileLock(folder / ".history.lock"):
         try:
             before = path.read_bytes()
@@ -132,8 +185,12 @@ def load_history(folder: Path) -> History:
         entries.append(entry)
     if problems:
         raise InvalidInput(problems)
-    entries.sort(key=lambda e: e["checked_at"])
-    return History(path, entries)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        runs.setdefault(entry.get("run") or entry["checked_at"], []).append(entry)
+    merged = [merge_entries(shards) if len(shards) > 1 else shards[0] for shards in runs.values()]
+    merged.sort(key=lambda e: e["checked_at"])
+    return History(path, merged)
 
 
 def parse_time(stamp: str) -> datetime:

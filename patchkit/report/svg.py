@@ -70,12 +70,11 @@ def domain(lines: list[Line], from_zero: bool = False) -> tuple[float, float, fl
     if not xs:
         return 0.0, 1.0, 0.0, 1.0
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)  # type: ignore[type-var]
-    if from_zero:
-        y0 = min(y0, 0.0)  # type: ignore[type-var]
     if x1 == x0:
         x0, x1 = x0 - 0.5, x1 + 0.5
     pad = (y1 - y0) * 0.05 or abs(y0) * 0.1 or 1.0  # type: ignore[operator]
-    return float(x0), float(x1), float(y0) - pad, float(y1) + pad  # type: ignore[arg-type]
+    low = 0.0 if from_zero and y0 >= 0 else float(y0) - pad  # type: ignore[arg-type,operator]
+    return float(x0), float(x1), low, float(y1) + pad  # type: ignore[arg-type]
 
 
 def _finite(value: float | None) -> bool:
@@ -136,9 +135,11 @@ def line_chart(chart: Chart) -> str:
         dash = ' stroke-dasharray="5 3"' if line.dashed else ""
         for points in segments(line, scale):
             single = "," in points and " " not in points
-            if single:  # one logged value: a dot, still a polyline for readers of the points
-                out.append(f'<polyline data-line="{esc(line.label)}" points="{points}" fill="none" '
-                           f'stroke="{line.color}" stroke-width="5" stroke-linecap="round"/>')
+            if single:  # one logged value: a dot (the polyline alone draws nothing), the polyline for readers
+                cx, cy = points.split(",")
+                out.append(f'<circle cx="{cx}" cy="{cy}" r="3" fill="{line.color}"/>'
+                           f'<polyline data-line="{esc(line.label)}" points="{points}" fill="none" '
+                           f'stroke="{line.color}"/>')
             else:
                 out.append(f'<polyline data-line="{esc(line.label)}" points="{points}" fill="none" '
                            f'stroke="{line.color}" stroke-width="1.6"{dash}/>')
