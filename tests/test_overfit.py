@@ -15,6 +15,7 @@ from patchkit.train import overfit, results as results_mod
 from patchkit.train.launch import SMOKE_LOSS, SMOKE_STEP, SMOKE_STEP_TIME
 from patchkit.train.recipe import Recipe
 from tests.gitfixtures import patchkit
+from tests.htmltree import Tree, assert_curve
 from tests.test_smoke import toy  # noqa: F401 - the toy port fixture
 
 
@@ -231,6 +232,9 @@ def test_two_gloo_processes_overfit_the_toy_and_a_stuck_run_exits_1(toy: Path) -
     assert data["series"]["loss"][-1] <= 0.5 * data["series"]["loss"][0]
     assert list(data["series"]["terms"]) == ["loss_occ"] and len(data["series"]["step_s"]) == steps
     assert "patchkit-smoke: overfit passed: loss" in log
+    # curve.svg beside results.json: its loss polyline is the logged series
+    lines = [p for p in Tree((work / "curve.svg").read_text()).root.all("polyline") if p.attrs["data-line"] == "loss (total)"]
+    assert_curve(lines, [float(x) for x in data["series"]["step"]], data["series"]["loss"])
     # the same run at a learning rate that cannot move the weights: exit 1, the verdict in results.json
     recipe.write_text(recipe.read_text().replace("lr: 3.0e-2", "lr: 1.0e-12"))
     stuck = patchkit(toy, "train", "toy", "--smoke", "--overfit", "--steps", "10", "--device", "cpu",

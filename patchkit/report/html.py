@@ -272,7 +272,8 @@ def training_section(runs: list[d.Run]) -> list[str]:
         return out + ["<p>No training results: pass <code>--runs DIR</code> (a folder searched for results.json; "
                       "<code>patchkit train</code> writes to <code>train-runs/</code>).</p>"]
     out.append('<table class="grid" id="runs"><tr><th>model</th><th>kind</th><th>device</th><th class="num">cards</th>'
-               '<th class="num">steps</th><th class="num">step ms</th><th class="num">published ms</th>'
+               '<th class="num">steps</th><th class="num">global batch (published)</th>'
+               '<th class="num">step ms</th><th class="num">published ms</th>'
                '<th class="num">FPS</th><th class="num">published FPS</th><th>metrics (published)</th>'
                '<th>last loss</th><th>fingerprint</th><th>results</th></tr>')
     out += [_run_tr(r) for r in runs]
@@ -303,6 +304,7 @@ def _run_tr(r: d.Run) -> str:
     return (f'<tr data-path="{esc(r.path)}" data-model="{esc(res.model)}" data-kind="{esc(res.kind)}">'
             f"<td>{esc(res.model)}</td><td>{kind}</td><td>{esc(res.device)} ({esc(res.backend)})</td>"
             f'<td class="num">{res.cards * res.nnodes}</td><td class="num">{len(res.series.step) or res.steps_seen}</td>'
+            f'<td class="num">{_fmt(res.global_batch)} ({_fmt(res.published_global_batch)})</td>'
             f'<td class="num">{_fmt(res.mean_step_ms)}</td><td class="num">{_fmt(pub.get("step_ms"))}{where}</td>'
             f'<td class="num">{_fmt(res.fps)}</td><td class="num">{_fmt(pub.get("fps"))}</td><td>{esc(metrics)}</td>'
             f'<td class="num">{_fmt(last)}</td><td title="{esc(_fingerprint_text(res.fingerprint))}"><code>'

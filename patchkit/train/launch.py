@@ -26,6 +26,7 @@ from patchkit import state
 from patchkit.errors import BadInput, PatchkitError
 from patchkit.manifest import Manifest, Model
 from patchkit.paths import display
+from patchkit.report import curves
 from patchkit.status import model_status
 from patchkit.train import overfit as overfit_mod, results as results_mod
 from patchkit.train.device import Device
@@ -268,6 +269,7 @@ def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results
         raise _failure(plan, proc.returncode, launcher_log)
     results_mod.fill(res, plan.recipe, log)
     results_mod.write(res, plan.work_dir / "results.json")
+    curves.write_curve(res, plan.work_dir / "curve.svg")  # loss and step time, beside results.json
     return res
 
 
