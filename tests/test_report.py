@@ -207,10 +207,11 @@ def test_history_append_is_atomic_and_bad_lines_are_named(tmp_path: Path) -> Non
         t.join()
     assert len(store.load_history(tmp_path).entries) == 8
     with open(tmp_path / "history.jsonl", "a") as fh:
-        fh.write('{"torn": \n')
+        fh.write('{"torn": \n{"schema": "patchkit/check-history/1", "checked_at": "yesterday", "upstreams": {}}\n')
     port = Fleet(tmp_path / "port", 2).write()
     run = patchkit(port.root, "report", "--md", "-", "--history", str(tmp_path))
     assert run.code == 2 and "history.jsonl:9: not a JSON line" in run.err and "Traceback" not in run.err
+    assert "history.jsonl:10: not a patchkit/check-history/1 line" in run.err
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": "something/else"}')
     run = patchkit(port.root, "report", "--md", "-", "--check", str(bad))
@@ -336,3 +337,23 @@ def test_ci_recipe_uses_real_options() -> None:
         pending = {"--shard"} - known  # issue 14 (perf): named in the recipe before it lands
         used = set(re.findall(r"(?<![\w-])(--[a-z-]+)", call))
         assert used - pending <= known, used - known
+
+
+@pytest.mark.skipif(not BROWSER, reason="opt-in: PATCHKIT_BROWSER=/usr/bin/chromium runs the page's script")
+def test_browser_filter_hides_rows(fleet: tuple[Fleet, Path, dict[str, Any]]) -> None:
+    _, tmp, doc = fleet
+    html, _ = build(fleet)
+    typed = ('<script>var b=document.getElementById("filter");b.value="model5";b.dispatchEvent(new Event("input"));'
+             'var o=document.getElementById("only-broken");o.checked=true;o.dispatchEvent(new Event("change"));'
+             "</script></body>")
+    page = tmp / "typed.html"
+    page.write_text(html.replace("</body>", typed))
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run([BROWSER or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                              f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+                             check=True, capture_output=True, text=True, timeout=120).stdout
+    shown = {tr.attrs["data-model"] for tr in Tree(dom).root.all("tr")
+             if tr.has_class("model") and "display: none" not in tr.attrs.get("style", "")}
+    broken = {s["model"] for s in doc["series"] if any(p["broken"] for p in s["patches"])}
+    assert shown == {m for m in broken if m.startswith("model5")} and shown

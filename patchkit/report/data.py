@@ -19,7 +19,7 @@ from typing import Any
 
 from patchkit import lint, patchfile
 from patchkit.manifest import Manifest, PatchRef
-from patchkit.report.store import History
+from patchkit.report.store import History, parse_time
 
 # outcome -> (colour, rank: lower is worse, what it means). Patch outcomes first, then overlay states.
 OUTCOMES: dict[str, tuple[str, int, str]] = {
@@ -337,7 +337,7 @@ def history(hist: History | None) -> list[UpstreamHistory]:
     if hist is None:
         return []
     entries = hist.entries
-    times = [_seconds(e["checked_at"]) for e in entries]
+    times = [parse_time(e["checked_at"]).timestamp() for e in entries]
     names = sorted({up for e in entries for up in e.get("upstreams", {})})
     out = []
     for up in names:
@@ -357,10 +357,6 @@ ALL = "all upstreams"
 def _sum(values: Any) -> int | None:
     known = [v for v in values if v is not None]
     return sum(known) if known else None
-
-
-def _seconds(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 # --- training runs ---------------------------------------------------------------------------------------

@@ -179,8 +179,9 @@ def load_history(folder: Path) -> History:
         except ValueError as exc:
             problems.append(Diagnostic(display(path), n, f"not a JSON line ({exc.msg}): delete the line"))
             continue
-        if not isinstance(entry, dict) or entry.get("schema") != HISTORY_SCHEMA:
-            problems.append(Diagnostic(display(path), n, f"not a {HISTORY_SCHEMA} line: delete the line"))
+        if not _entry_ok(entry):
+            problems.append(Diagnostic(display(path), n, f"not a {HISTORY_SCHEMA} line (schema, checked_at, "
+                                                         "upstreams): delete the line"))
             continue
         entries.append(entry)
     if problems:
@@ -193,5 +194,18 @@ def load_history(folder: Path) -> History:
     return History(path, merged)
 
 
+def _entry_ok(entry: object) -> bool:
+    if not isinstance(entry, dict) or entry.get("schema") != HISTORY_SCHEMA:
+        return False
+    if not isinstance(entry.get("upstreams"), dict) or not all(isinstance(u, dict) for u in entry["upstreams"].values()):
+        return False
+    try:
+        parse_time(entry["checked_at"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
 def parse_time(stamp: str) -> datetime:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
