@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.gitfixtures import patchkit
+from tests.htmltree import Tree
 
 ROOT = Path(__file__).resolve().parent.parent
 MIRRORS = os.environ.get("PATCHKIT_REAL_MIRRORS")  # read at import: the hermetic fixture clears PATCHKIT_*
@@ -47,9 +48,20 @@ def test_model_applies_at_its_pins_and_compiles(real: Path, model: str) -> None:
 
 
 def test_rebase_check_of_everything_holds(real: Path) -> None:
-    run = patchkit(ROOT, "rebase", "--check", "--no-fetch")
+    run = patchkit(ROOT, "rebase", "--check", "--no-fetch", "--workspace", str(real))
     assert run.code in (0, 1), run.text  # 1 is a real finding about upstream, not a failure of the tool
     assert "Traceback" not in run.text
+    # the report of that check: a row per shipped model, each cell the check's outcomes for that pair
+    page = real.parent / "port.html"
+    assert patchkit(ROOT, "report", "--workspace", str(real), "--html", str(page), "--runs", str(real)).code == 0
+    doc = json.loads((real / ".patchkit/checks/latest.json").read_text())
+    cells = {(td.attrs["data-model"], td.attrs["data-column"]): td for td in Tree(page.read_text()).root.all("td")
+             if "data-outcome" in td.attrs}
+    assert {m for m, _ in cells} == set(MODELS)
+    for series in doc["series"]:
+        td = cells[(series["model"], series["upstream"])]
+        assert sorted((tr.attrs["data-patch"], tr.attrs["data-outcome"]) for tr in td.all("tr") if tr.has_class("patch")) \
+            == sorted((p["patch"], p["outcome"]) for p in series["patches"])
 
 
 @pytest.mark.skipif(not VENV, reason="set PATCHKIT_STACK_VENV to a venv with torch 2.13.0 and the build tools")
