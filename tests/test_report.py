@@ -194,6 +194,9 @@ def test_check_keeps_its_json_and_history(history: History, tmp_path: Path) -> N
     assert got == {p["patch"]: p["outcome"] for p in doc["series"][0]["patches"]}
     text = cell.texts()
     assert "renamed.py" in text and "conflict: upstream rewrites line 10" in text and "drop it from" in text
+    md = patchkit(history.port, "report", "--md", "-").out
+    broken = [line for line in md.splitlines() if line.startswith("- up `npu/")]
+    assert len(broken) == 5 and "- up `npu/0005-conflict.patch`: **conflict** for `m`. `patchkit rebase m --onto up=main`" in md
 
 
 def test_history_append_is_atomic_and_bad_lines_are_named(tmp_path: Path) -> None:

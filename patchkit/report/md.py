@@ -50,14 +50,29 @@ def _matrix(m: d.Matrix) -> list[str]:
             out.append(f"\n_{len(broken) - len(shown)} more breaking model(s) in the HTML report._")
         out += ["", f"{len(rows) - len(broken)} model(s) hold.", "", "<details><summary>what breaks, and what to do"
                 "</summary>", ""]
-        for r in shown:
-            for c in r.cells.values():
-                out += [f"- `{r.model}` {p.upstream} `{p.patch}`: **{p.outcome}**. {_esc(p.hint)}"
-                        for p in c.patches if p.broken]
-                out += [f"- `{r.model}` {o.upstream} overlay `{o.name}`: **{o.state}**. {_esc(o.hint)}"
-                        for o in c.overlays if o.state not in ("holds", "merged")]
+        out += [f"- {what}: **{outcome}** for {_models(models)}. {_esc(hint)}"
+                for (what, outcome), (models, hint) in _breaks(broken).items()]
         out += ["", "</details>", ""]
     return out
+
+
+def _breaks(rows: list[d.Row]) -> dict[tuple[str, str], tuple[list[str], str]]:
+    """Each broken patch or overlay once (a shared layer breaks for every model carrying it), with its models
+    and the first model's fix hint."""
+    found: dict[tuple[str, str], tuple[list[str], str]] = {}
+    for r in rows:
+        for c in r.cells.values():
+            items = [(f"{p.upstream} `{p.patch}`", p.outcome, p.hint) for p in c.patches if p.broken]
+            items += [(f"{o.upstream} overlay `{o.name}`", o.state, o.hint) for o in c.overlays
+                      if o.state not in ("holds", "merged")]
+            for what, outcome, hint in items:
+                found.setdefault((what, outcome), ([], hint))[0].append(r.model)
+    return found
+
+
+def _models(models: list[str], most: int = 6) -> str:
+    names = ", ".join(f"`{m}`" for m in models[:most])
+    return names + (f" and {len(models) - most} more" if len(models) > most else "")
 
 
 def _layers(mt: d.Metrics) -> list[str]:
