@@ -570,6 +570,49 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
     sys.exit(0 if ok else 1)
 
 
+@cli.command("import")
+@click.argument("port_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--name", help="The model's name in the port repository (default: the folder's name, lower-case).")
+@json_option
+@click.pass_obj
+def import_cmd(obj: Ctx, port_dir: str, name: str | None, as_json: bool) -> None:
+    """Bring the DrivingSDK-style port folder PORT_DIR into this port repository as one model."""
+    from patchkit.importer import import_port
+
+    root = Path(obj.manifest_path).parent if obj.manifest_path else _port_root()
+    report = import_port(Path(port_dir), root, name, progress=obj.progress)
+    if as_json:
+        _emit_json({"ok": True, **dataclasses.asdict(report)})
+        return
+    for line in import_lines(report):
+        click.echo(line)
+
+
+def _port_root() -> Path:
+    """The folder holding upstreams.yaml here or above; else the current folder (a new port repository)."""
+    try:
+        return manifest_mod.find().parent
+    except BadInput:
+        return Path.cwd()
+
+
+def import_lines(report: Any) -> list[str]:
+    lines = [f"{report.model}: imported from {report.port}"]
+    for name, d in report.upstreams.items():
+        lines.append(f"  upstream {name}: {d.pin[:12]} ({d.how}, track {d.track})")
+    sections = (("contradiction", report.contradictions), ("repaired", report.repairs),
+                ("external hook", report.external_hooks), ("NOT CONVERTED", report.not_converted),
+                ("note", report.notes))
+    for label, items in sections:
+        for f in items:
+            lines.append(f"  {label}: {f.where}: {f.what}: {f.reason}")
+    lines += [f"  TODO in train/{report.model}.yaml: {t}" for t in report.todos]
+    lines.append(f"{report.model}: {len(report.patches)} patches, {len(report.overlays)} file overlays, "
+                 f"{len(report.not_converted)} not converted; "
+                 + (f"{len(report.changed)} files changed" if report.changed else "nothing changed"))
+    return lines
+
+
 def _venv_python(venv: str | None) -> str | None:
     if venv is None:
         return None

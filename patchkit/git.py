@@ -103,10 +103,11 @@ def failure(result: Result, cwd: str | Path | None = None) -> GitError:
     return GitError(f"git {' '.join(result.args[1:])} failed{where}", details=details)
 
 
-def output_bytes(args: Sequence[str], cwd: str | Path | None = None) -> bytes:
+def output_bytes(args: Sequence[str], cwd: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+                 input_bytes: bytes | None = None) -> bytes:
     """Stdout of a git command that must succeed, as bytes (patch text: CR bytes and all)."""
     cmd = ["git", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=base_env(), stdin=subprocess.DEVNULL, capture_output=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=base_env(env), input=input_bytes or b"", capture_output=True)
     if proc.returncode:
         raise failure(Result(tuple(cmd), proc.returncode, "", proc.stderr.decode("utf-8", "replace")), cwd)
     return proc.stdout

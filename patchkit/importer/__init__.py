@@ -1,0 +1,38 @@
+"""`patchkit import PORT_DIR`: an existing DrivingSDK-style port folder brought in as data.
+
+Small readers, each over one kind of evidence, feed one writer:
+
+- readme.py     README reference blocks, prose pins, version tables and shell steps (and the install
+                script it runs), with the working folder followed through `cd` and `git clone`
+- upstreams.py  which upstreams the steps name, and every statement about their pins (five forms)
+- pins.py       pins resolved in the mirrors (branch/tag -> SHA + track; the running step wins;
+                an absent pin inferred from where the patches apply strictly)
+- patches.py    a port `.patch` cut into one diff a file, malformed parts repaired or refused
+- regen.py      those diffs re-derived at the pin as git's own diffs (strict, CRLF kept)
+- copyover.py   `cp` steps into a checkout: patches, or whole-file overlays with their base blob
+- patcher.py    `mx_driving.patcher` modules: fingerprinted overlays, or external hooks with a reason
+- install.py    README build steps: the `install:` recipe of each upstream
+- scripts.py    test/train_*.sh and test/env_npu.sh: the training recipe, TODOs where underivable
+- run.py        the readers in order; writer.py writes the result inside the port repository
+
+Nothing in the port folder is executed, nothing is written outside the port repository (the mirrors
+live in patchkit's cache), and a second import of the same folder changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from patchkit.importer.model import ImportReport
+
+
+def import_port(port: Path, root: Path, name: str | None = None,
+                progress: Callable[[str], None] = lambda _m: None) -> ImportReport:
+    """Import the port folder PORT into the port repository ROOT (created if absent) as model NAME."""
+    from patchkit.importer import run, writer
+
+    report, outputs = run.run(port, root, name, progress)
+    root.mkdir(parents=True, exist_ok=True)
+    report.changed = writer.write(root, outputs, report)
+    return report

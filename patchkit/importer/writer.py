@@ -1,0 +1,197 @@
+"""The one writer of an import: everything it writes lies inside the port repository, each file is
+written atomically and only when its bytes change, so importing the same folder again against the
+same mirrors changes nothing.
+
+A model's files: `patches/<model>/`, `overlays/<model>/`, `train/<model>.yaml`, `imports/<model>.json`
+(the report), and two marked blocks of `upstreams.yaml` (the upstreams it added, the model). A
+re-import replaces exactly those; a file of `patches/<model>/` or `overlays/<model>/` the new import
+does not make is removed. `upstreams.yaml` is written last, so it never names a series not yet there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from patchkit import manifest as manifest_mod
+from patchkit.errors import PatchkitError
+from patchkit.importer.model import ImportReport
+from patchkit.importer.run import NewUpstream, Outputs
+from patchkit.paths import atomic_write
+
+HEADER = ("# upstreams.yaml -- every upstream pinned, and what each model's workspace is made of.\n"
+          "# Made by `patchkit import`; the blocks between `>>> patchkit import` and `<<<` lines are remade by a\n"
+          "# re-import of that model (edit them by hand and import no more, or move them out of the markers).\n"
+          "version: 1\n\nupstreams:\nmodels:\n")
+GITATTRIBUTES = "*.patch -text -whitespace\n"
+
+
+def begin(model: str, what: str) -> str:
+    return f"# >>> patchkit import {model}: {what}"
+
+
+def end(model: str, what: str) -> str:
+    return f"# <<< patchkit import {model}: {what}"
+
+
+def strip_blocks(text: str, model: str) -> str:
+    """TEXT without MODEL's marked blocks."""
+    for what in ("upstreams", "model"):
+        text = _replace_block(text, model, what, None)[0]
+    return text
+
+
+def _replace_block(text: str, model: str, what: str, block: str | None) -> tuple[str, bool]:
+    pattern = re.compile(rf"^[ \t]*{re.escape(begin(model, what))}\n.*?^[ \t]*{re.escape(end(model, what))}\n", re.M | re.S)
+    if not pattern.search(text):
+        return text, False
+    return pattern.sub(lambda _m: block or "", text, count=1), True
+
+
+def write(root: Path, outputs: Outputs, report: ImportReport) -> list[str]:
+    """Write OUTPUTS and REPORT into the port repository ROOT; the paths changed (relative to ROOT)."""
+    files = _files(outputs, report)
+    changed = []
+    for folder in (root / "patches" / outputs.model, root / "overlays" / outputs.model):
+        for stale in sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []:
+            rel = stale.relative_to(root).as_posix()
+            if rel not in files:
+                stale.unlink()
+                changed.append(rel)
+    for rel, data in sorted(files.items()):
+        if _put(root / rel, data):
+            changed.append(rel)
+    if not (root / ".gitattributes").exists() and _put(root / ".gitattributes", GITATTRIBUTES.encode()):
+        changed.append(".gitattributes")
+    if _manifest(root, outputs):
+        changed.append(manifest_mod.MANIFEST_NAME)
+    return changed
+
+
+def _put(path: Path, data: bytes) -> bool:
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    atomic_write(path, data)
+    return True
+
+
+def _files(outputs: Outputs, report: ImportReport) -> dict[str, bytes]:
+    m = outputs.model
+    files: dict[str, bytes] = {}
+    for upstream, series in outputs.patches.items():
+        if not series:
+            continue
+        lines = [f"# {m} on {upstream}: imported by `patchkit import` from {report.port.rsplit('/', 1)[-1]} "
+                 "(imports/" + m + ".json says from what), one patch a file", *[name for name, _ in series]]
+        files[f"patches/{m}/{upstream}/series"] = ("\n".join(lines) + "\n").encode()
+        for name, data in series:
+            files[f"patches/{m}/{upstream}/{name}"] = data
+    for module in outputs.overlay_modules:
+        files[f"overlays/{m}/{module.name}.py"] = module.text.encode()
+    if outputs.file_overlays:
+        entries = []
+        for fo in outputs.file_overlays:
+            files[f"overlays/{m}/files/{fo.upstream}/{fo.path}"] = fo.data
+            entries.append({"upstream": fo.upstream, "path": fo.path, "base": fo.base})
+        files[f"overlays/{m}/files.yaml"] = ("# whole-file overlays made by `patchkit import` from copy-over steps\n" +
+                                             yaml.safe_dump({"files": entries}, sort_keys=False)).encode()
+    if outputs.recipe is not None:
+        files[f"train/{m}.yaml"] = outputs.recipe.encode()
+    data = dataclasses.asdict(report)
+    data.pop("changed", None)
+    files[f"imports/{m}.json"] = (json.dumps(data, indent=2, sort_keys=False) + "\n").encode()
+    return files
+
+
+def _manifest(root: Path, outputs: Outputs) -> bool:
+    path = root / manifest_mod.MANIFEST_NAME
+    old = path.read_bytes() if path.is_file() else None
+    text = old.decode("utf-8") if old is not None else HEADER
+    text = _place(text, outputs.model, "upstreams", _upstream_block(outputs), before_models=True)
+    text = _place(text, outputs.model, "model", _model_block(outputs), before_models=False)
+    if old is not None and text.encode() == old:
+        return False
+    atomic_write(path, text.encode())
+    try:
+        manifest_mod.load(path)
+    except PatchkitError as exc:
+        if old is None:
+            path.unlink()
+        else:
+            atomic_write(path, old)
+        raise PatchkitError(f"internal: the manifest made for {outputs.model} does not load; left as it was",
+                            details=exc.lines()) from None
+    return True
+
+
+def _place(text: str, model: str, what: str, block: str, *, before_models: bool) -> str:
+    text, done = _replace_block(text, model, what, block)
+    if done:
+        return text
+    if not before_models:
+        return text + ("" if text.endswith("\n") else "\n") + block
+    m = re.search(r"^models:[ \t]*(#.*)?$", text, re.M)
+    if m is None:
+        return text + ("" if text.endswith("\n") else "\n") + "models:\n" + block
+    return text[:m.start()] + block + text[m.start():]
+
+
+def _upstream_block(outputs: Outputs) -> str:
+    lines = [f"  {begin(outputs.model, 'upstreams')}"]
+    for new in outputs.upstreams:
+        lines += _one_upstream(new)
+    lines.append(f"  {end(outputs.model, 'upstreams')}")
+    return "\n".join(lines) + "\n"
+
+
+def _one_upstream(new: NewUpstream) -> list[str]:
+    up = new.upstream
+    out = [f"  # {c}" for c in new.comment]
+    out.append(f"  {up.name}:")
+    if up.pypi:
+        out += [f"    pypi: {up.pypi}", f"    sha256: {up.sha256}"]
+    else:
+        out.append(f"    url: {up.url}")
+    out += [f"    pin: {up.pin}", f"    track: {_scalar(up.track)}"]
+    if new.exclude:
+        out.append(f"    exclude: {_flow(new.exclude)}")
+    if new.install:
+        out.append("    install:")
+        for key, value in new.install.items():
+            out.append(f"      {key}: {_flow(value)}")
+    return out
+
+
+def _model_block(outputs: Outputs) -> str:
+    lines = [f"  {begin(outputs.model, 'model')}", f"  {outputs.model}:",
+             f"    description: {_scalar(outputs.description)}", "    upstreams:"]
+    for upstream, layers in outputs.layers.items():
+        lines.append(f"      {upstream}: {_flow(layers)}")
+    if outputs.overlay_modules or outputs.file_overlays:
+        lines.append(f"    overlays: [{outputs.model}]")
+    lines.append(f"  {end(outputs.model, 'model')}")
+    return "\n".join(lines) + "\n"
+
+
+def _scalar(value: object) -> str:
+    """VALUE as a YAML scalar that reads back as the same string (quoted when YAML would read it otherwise)."""
+    if isinstance(value, str) and value == value.strip() and value and ": " not in value and " #" not in value \
+            and value[0] not in "[]{}*&!%@`\"'>|-?:,#" and "," not in value:
+        try:
+            if yaml.safe_load(value) == value:
+                return value
+        except yaml.YAMLError:
+            pass
+    return json.dumps(value)
+
+
+def _flow(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_scalar(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_scalar(v)}" for k, v in value.items()) + "}"
+    return _scalar(value)
