@@ -16,6 +16,7 @@ import os
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -64,7 +65,8 @@ def _files(upstream: Upstream, name: str, version: str) -> list[dict[str, object
     releases = dict(_json(upstream, f"{name}/json").get("releases", {}))  # type: ignore[call-overload]
     if version not in releases:
         raise BadInput(f"upstream {upstream.name!r}: {name} has no release {version} on {index_url()}")
-    return list(releases[version])
+    base = f"{index_url()}/{name}/json"  # a mirror's index may give file URLs relative to the JSON's
+    return [{**f, "url": urllib.parse.urljoin(base, str(f.get("url", "")))} for f in releases[version]]
 
 
 def _download(upstream: Upstream, url: str, filename: str, sha256: str) -> Path:

@@ -84,18 +84,20 @@ def _registered(package: str, item: ast.expr, defs: dict[str, ast.FunctionDef], 
         return
     func = defs[fname]
     params = [a.arg for a in func.args.args]
-    assigned, rest = _split(func.body, params[0] if params else "")
+    roots = {params[0]: package} if params else {}
+    roots.update(_local_imports(func.body))
+    reads, body = _module_reads(func.body, params[0] if params else "", package)
+    assigned, rest = _split(body, roots)
     if not assigned:
         result.hooks.append(Finding(f"{rel}:{func.lineno}", f"{fname} on {package}", "assigns no `module.X.y = f` target"))
         return
     if any(_uses(stmt, params) for stmt in rest):
         result.hooks.append(Finding(f"{rel}:{func.lineno}", f"{fname} on {package}", "uses its module or options "
-                                    "argument beyond `module.X.y = f` assignments: not static"))
+                                    "argument beyond reading names and `module.X.y = f` assignments: not static"))
         return
     local = {n.name for n in rest if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     declared = []
-    for chain, value, line in assigned:
-        dotted = ".".join([package, *chain])
+    for dotted, value, line in assigned:
         if value not in local:
             result.hooks.append(Finding(f"{rel}:{line}", dotted, f"assigned {value!r}, not a function the patch defines"))
             continue
@@ -105,14 +107,54 @@ def _registered(package: str, item: ast.expr, defs: dict[str, ast.FunctionDef], 
             continue
         declared.append((found, value))
     if declared:
-        result.modules.append(_module(rel, func, rest, source, imports, declared))
+        result.modules.append(_module(rel, func, rest, source, imports + reads, declared))
 
 
-def _split(body: list[ast.stmt], param: str) -> tuple[list[tuple[list[str], str, int]], list[ast.stmt]]:
-    """(target chain, assigned name, line) of `param.a.b = name` (also inside `if hasattr(...)` blocks), and the rest."""
+def _local_imports(body: list[ast.stmt]) -> dict[str, str]:
+    """name -> dotted path of `from M import C [as D]` statements in a patch function."""
+    out = {}
+    for stmt in body:
+        if isinstance(stmt, ast.ImportFrom) and stmt.module and not stmt.level:
+            for alias in stmt.names:
+                out[alias.asname or alias.name] = f"{stmt.module}.{alias.name}"
+    return out
+
+
+def _module_reads(body: list[ast.stmt], param: str, package: str) -> tuple[list[str], list[ast.stmt]]:
+    """`X = module.X` (and `A, B = module.A, module.B`) made imports; the other statements."""
+    reads, rest = [], []
+    for stmt in body:
+        pairs = _reads(stmt, param)
+        if pairs is None:
+            rest.append(stmt)
+        else:
+            reads += [f"from {package} import {attr}" + (f" as {name}" if name != attr else "") for name, attr in pairs]
+    return reads, rest
+
+
+def _reads(stmt: ast.stmt, param: str) -> list[tuple[str, str]] | None:
+    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
+        return None
+    target, value = stmt.targets[0], stmt.value
+    names = target.elts if isinstance(target, ast.Tuple) else [target]
+    values = value.elts if isinstance(value, ast.Tuple) else [value]
+    if len(names) != len(values):
+        return None
+    pairs = []
+    for n, v in zip(names, values):
+        if not (isinstance(n, ast.Name) and isinstance(v, ast.Attribute) and isinstance(v.value, ast.Name)
+                and v.value.id == param):
+            return None
+        pairs.append((n.id, v.attr))
+    return pairs
+
+
+def _split(body: list[ast.stmt], roots: dict[str, str]) -> tuple[list[tuple[str, str, int]], list[ast.stmt]]:
+    """(dotted target, assigned name, line) of `root.a.b = name` (also inside `if hasattr(...)` blocks whose
+    else only raises), and the other statements."""
     assigned, rest = [], []
     for stmt in body:
-        found = _assignments(stmt, param)
+        found = _assignments(stmt, roots)
         if found is None:
             rest.append(stmt)
         else:
@@ -120,14 +162,14 @@ def _split(body: list[ast.stmt], param: str) -> tuple[list[tuple[list[str], str,
     return assigned, rest
 
 
-def _assignments(stmt: ast.stmt, param: str) -> list[tuple[list[str], str, int]] | None:
-    if isinstance(stmt, ast.If) and not stmt.orelse:
-        inner = [_assignments(s, param) for s in stmt.body]
+def _assignments(stmt: ast.stmt, roots: dict[str, str]) -> list[tuple[str, str, int]] | None:
+    if isinstance(stmt, ast.If) and all(isinstance(s, ast.Raise) for s in stmt.orelse):
+        inner = [_assignments(s, roots) for s in stmt.body]
         return None if any(i is None for i in inner) else [a for i in inner for a in i or []]
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.value, ast.Name):
         chain = _chain(stmt.targets[0])
-        if chain and chain[0] == param and len(chain) > 1:
-            return [(chain[1:], stmt.value.id, stmt.lineno)]
+        if chain and chain[0] in roots and len(chain) > 1:
+            return [(".".join([roots[chain[0]], *chain[1:]]), stmt.value.id, stmt.lineno)]
     return None
 
 

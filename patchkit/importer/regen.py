@@ -28,6 +28,11 @@ class Applied:
     crlf: bool = False  # added lines were made CRLF like the file
 
 
+# how the port's own `git apply` may have applied it: whitespace ignored in context lines, then the
+# README's `--whitespace=fix` (which also matches removed lines that lost trailing blanks or CRs)
+_TOLERANT = (("whitespace", ("--ignore-whitespace",)), ("whitespace-fix", ("--whitespace=fix",)))
+
+
 class Tree:
     """An upstream at its pin in a scratch index, changed step by step."""
 
@@ -46,11 +51,12 @@ class Tree:
     def entry(self, path: str, treeish: str | None = None) -> tuple[str, str] | None:
         """(mode, blob) of PATH in the index, or in TREEISH."""
         args = ["ls-tree", treeish, "--", path] if treeish else ["ls-files", "-s", "--", path]
-        out = self.scratch.run(args).stdout.strip()
-        if not out:
-            return None
-        fields = out.split()
-        return (fields[0], fields[2]) if treeish else (fields[0], fields[1])
+        for line in self.scratch.run(args).stdout.splitlines():
+            meta, _, name = line.partition("\t")
+            fields = meta.split()
+            if name == path and (not treeish or fields[1] == "blob"):
+                return (fields[0], fields[2]) if treeish else (fields[0], fields[1])
+        return None
 
     def blob(self, sha: str) -> bytes:
         return git.output_bytes(["cat-file", "blob", sha], self.mirror, env=self.scratch.env)
@@ -74,12 +80,10 @@ class Tree:
         how = "strict"
         rejected: list[Hunk] = []
         if not self.scratch.apply(data).ok:
-            how = "whitespace"
-            if not self.scratch.apply(data, "--ignore-whitespace").ok:
-                how = "partial"
-                rejected = [h for h in fd.hunks if not self.scratch.apply(fd.data([h]), "--ignore-whitespace").ok]
-                if not fd.hunks:
-                    rejected = []
+            how = next((h for h, opts in _TOLERANT if self.scratch.apply(data, *opts).ok), "partial")
+            if how == "partial":
+                rejected = [h for h in fd.hunks if not any(self.scratch.apply(fd.data([h]), *opts).ok
+                                                           for _, opts in _TOLERANT)]
         crlf = how != "strict" and self._keep_crlf(fd)
         after = self.tree()
         out = self.diff(before, after) if after != before else b""

@@ -223,9 +223,11 @@ def _regenerate(port: Path, diffs: list[FileDiff], upstream: str, tree: Tree, ou
         body = [f"The part of the port's {fd.source} for {fd.path}, re-derived at the pin {tree.pin[:12]} by "
                 "`patchkit import` (one patch a file: a conflict names the file)."]
         if applied.how != "strict":
-            body.append("The stored patch applies there only ignoring whitespace (it lost CRs or trailing blanks); "
+            how = "with --whitespace=fix, as the README does" if applied.how == "whitespace-fix" else \
+                "only ignoring whitespace"
+            body.append(f"The stored patch applies there {how} (it lost CRs or trailing blanks); "
                         "this one is git's own diff of the result and applies strictly.")
-            report.repairs.append(Finding(f"{fd.source}:{fd.line}", fd.path, "applied ignoring whitespace, regenerated "
+            report.repairs.append(Finding(f"{fd.source}:{fd.line}", fd.path, f"applied {how}, regenerated "
                                           "to apply strictly" + ("; added lines made CRLF like the file" if applied.crlf else "")))
         if applied.rejected:
             body.append(f"Hunks at lines {', '.join(str(h.line) for h in applied.rejected)} of the port patch do not "
