@@ -82,6 +82,10 @@ class FileDiff:
         return b"".join(out)
 
 
+def _shown(line: bytes) -> str:
+    return repr(line.rstrip(b"\r\n")[:60])
+
+
 def _path(raw: bytes) -> str | None:
     text = raw.decode("utf-8", "surrogateescape").rstrip("\r")
     if text == "/dev/null":
@@ -105,7 +109,7 @@ def parse(data: bytes, source: str) -> tuple[list[FileDiff], list[Finding]]:
             if lines[i].strip() and not files:
                 pass  # text before the first diff: git ignores it too
             elif lines[i].strip():
-                raise BadInput(f"{source}:{i + 1}: unexpected line outside a hunk: {lines[i][:60]!r}",
+                raise BadInput(f"{source}:{i + 1}: unexpected line outside a hunk: {_shown(lines[i])}",
                                details=["fix the patch by hand (it does not say which file or hunk it belongs to)"])
             i += 1
             continue
@@ -207,7 +211,7 @@ def _hunk(lines: list[bytes], i: int, f: FileDiff, repairs: list[Finding]) -> in
         elif not line.strip(b"\r\n"):
             fixed.append(b" " + line)  # a blank context line that lost its space
         else:
-            raise BadInput(f"{f.source}:{i + n + 1}: line {line[:60]!r} in the hunk at line {start + 1} is neither "
+            raise BadInput(f"{f.source}:{i + n + 1}: line {_shown(line)} in the hunk at line {start + 1} is neither "
                            "context, removal nor addition", details=["fix the patch by hand: its intent is ambiguous"])
     body = body[:taken]
     hunk.body = fixed

@@ -23,6 +23,7 @@ from patchkit.importer.model import (FileOverlayOut, Finding, ImportReport, Over
 from patchkit.importer.patches import FileDiff
 from patchkit.importer.regen import Tree
 from patchkit.manifest import Upstream
+from patchkit.paths import display
 from patchkit.scratch import Scratch, replay
 
 Progress = Callable[[str], None]
@@ -127,7 +128,10 @@ def _patch_steps(steps: list[Step], plans: upstreams_mod.Plans, port: Path, repo
         if (plan.url, rel) in seen:
             continue
         seen.add((plan.url, rel))
-        diffs, repairs = patches_mod.parse(source.read_bytes(), rel)
+        try:
+            diffs, repairs = patches_mod.parse(source.read_bytes(), rel)
+        except BadInput as exc:  # named as the user can open it
+            raise BadInput(f"{display(port)}/{exc.message}", details=exc.details) from None
         report.repairs += repairs
         prefix = plan.site_prefix + (sub + "/" if sub else "")
         out.setdefault(plan.url, []).extend(patches_mod.prefixed(d, prefix) if prefix else d for d in diffs)
