@@ -21,6 +21,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
 from patchkit import git, settings
 from patchkit.errors import BadInput, PinNotFound, UpstreamUnreachable
 from patchkit.manifest import Upstream
@@ -151,11 +154,6 @@ def fetch(upstream: Upstream, mirror: Path) -> str | None:
     """Import the pinned release and the newest release matching `track`; return the latter's commit."""
     name, version = split(upstream.pypi or "")
     import_version(upstream, mirror, version, upstream.sha256)
-    try:
-        from packaging.specifiers import SpecifierSet
-        from packaging.version import InvalidVersion, Version
-    except ImportError:  # pragma: no cover - packaging comes with pip and setuptools
-        return None
     releases = dict(_json(upstream, f"{name}/json").get("releases", {}))  # type: ignore[call-overload]
     spec = SpecifierSet(upstream.track)
     candidates = []

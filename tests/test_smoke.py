@@ -243,8 +243,13 @@ def test_smoke_trains_in_two_gloo_processes_from_a_venv(toy: Path, tmp_path: Pat
     both: each costs seconds of torch imports; the plain-Python launch is the non-finite test's.)"""
     import subprocess
 
-    venv = tmp_path / "stackenv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    import sysconfig
+
+    venv = tmp_path / "stackenv"  # a venv that sees this process's packages (torch) through a .pth file
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     assert patchkit(toy, "apply", "toy").code == 0
     work = toy / "smoke1"
     run = patchkit(toy, "train", "toy", "--smoke", "--venv", str(venv), "--device", "cpu", "--cards", "2",
