@@ -161,24 +161,30 @@ def fetch(obj: Ctx, upstreams: tuple[str, ...], jobs: int, as_json: bool) -> Non
 
 @cli.command("install")
 @click.argument("model")
-@click.option("--venv", type=click.Path(file_okay=False), help="Install into this virtual environment (created).")
-@click.option("--device", type=click.Choice(["cpu", "npu", "cuda"]), default="cpu", show_default=True,
-              help="Which build the recipes make (npu adds their npu_env, e.g. FORCE_NPU=1).")
+@click.option("--venv", type=click.Path(file_okay=False),
+              help="Install into this virtual environment; a new one is created with the device's toolchain.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "npu", "cuda"]), default="auto", show_default=True,
+              help="Whose toolchain and build (npu adds the recipes' npu_env); auto: the machine's driver.")
+@click.option("--force", is_flag=True, help="Use a venv whose torch differs from the toolchain's (kept as it is).")
 @workspace_option
 @json_option
 @click.pass_obj
-def install_cmd(obj: Ctx, model: str, venv: str | None, device: str, workspace: str | None, as_json: bool) -> None:
+def install_cmd(obj: Ctx, model: str, venv: str | None, device: str, force: bool, workspace: str | None,
+                as_json: bool) -> None:
     """Install MODEL's stack from its workspace in dependency order, reusing cached wheels."""
     from patchkit.install import install
 
     report = install(obj.manifest(), model, obj.workspace(workspace), venv=Path(venv) if venv else None,
-                     device=device, progress=obj.progress)
+                     device=device, force=force, progress=obj.progress)
     if as_json:
         _emit_json({"ok": True, **dataclasses.asdict(report)})
         return
     for step in report.steps:
         click.echo(f"  {step.upstream:<20} {step.action:<9} {step.seconds:7.1f} s  {step.wheel or ''}")
-    click.echo(f"{model}: {len(report.steps)} step(s) installed into {report.python}")
+    torch = ", ".join(f"{k} {v}" for k, v in report.versions.items() if v and k != "python")
+    click.echo(f"{model}: {len(report.steps)} step(s) installed into {report.python} ({report.device}: {torch})")
+    if venv:
+        click.echo(f"{model}: recorded; `patchkit train {model}` runs with this venv")
     for warning in report.warnings:
         click.echo(f"warning: pip check: {warning}", err=True)
 
@@ -522,13 +528,16 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
                    "smoke: overfit:); exit 1 when it does not.")
 @click.option("--steps", type=click.IntRange(min=1), help="Smoke steps (default: the recipe's).")
 @click.option("--venv", type=click.Path(file_okay=False, exists=True),
-              help="Run the workers with this virtual environment's Python (where `patchkit install` put the stack).")
-@click.option("--work-dir", type=click.Path(file_okay=False), help="Logs and results.json (default: train-runs/MODEL-TIME).")
+              help="Run the workers with this virtual environment's Python (default: the one `patchkit install "
+                   "MODEL --venv` recorded).")
+@click.option("--work-dir", type=click.Path(file_okay=False),
+              help="Logs and results.json (default: <workspace>/MODEL/runs/TIME).")
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--master-addr", default="127.0.0.1", show_default=True)
 @click.option("--master-port", type=click.IntRange(1, 65535), help="Default: a free port (one node) or 29500.")
-@click.option("--dry-run", is_flag=True, help="Print the command line and environment of every node; run nothing.")
+@click.option("--dry-run", is_flag=True, help="Print the command line and environment of every node; run nothing. "
+              "Plans for any device and card count; says what this machine could not verify.")
 @workspace_option
 @json_option
 @click.pass_obj
@@ -536,16 +545,26 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
           smoke: bool, overfit: bool, steps: int | None, venv: str | None, work_dir: str | None, nnodes: int, node_rank: int,
           master_addr: str, master_port: int | None, dry_run: bool, workspace: str | None, as_json: bool) -> None:
     """Train MODEL with its recipe (train/MODEL.yaml) through torchrun; `-- ARGS` go to the entry script."""
-    from patchkit.train import device as device_mod, launch, recipe as recipe_mod
+    from patchkit.train import device as device_mod, launch, recipe as recipe_mod, workers
     from patchkit.train.results import overfit_line, table
 
     m = obj.manifest()
     m.model(model)
     recipe = recipe_mod.load(m.root, model)
+    root = obj.workspace(workspace)
+    python, notes = workers.resolve(model, root / model, venv, plan_only=dry_run)
     options = launch.Options(cards, performance, Path(work_dir) if work_dir else None, nnodes, node_rank,
                              master_addr, master_port, extra, smoke, steps, overfit=overfit,
-                             python=_venv_python(venv))
-    plan = launch.plan(m, recipe, device_mod.detect(device, options.python), obj.workspace(workspace), options)
+                             python=python, dry_run=dry_run)
+    try:
+        found = device_mod.detect(device, options.python)
+    except BadInput as exc:
+        if not dry_run or device == "auto":
+            raise
+        found = device_mod.Device(device, 0, device_mod.BACKENDS[device])
+        notes.append(f"no {device.upper()} seen here ({exc.message}): this {device} plan is not verified on this machine")
+    plan = launch.plan(m, recipe, found, root, options)
+    plan.notes[:0] = notes
     if dry_run:
         if as_json:
             _emit_json({"model": model, "repo": str(plan.repo), "env": plan.env, "notes": plan.notes,
@@ -611,15 +630,6 @@ def import_lines(report: Any) -> list[str]:
                  f"{len(report.not_converted)} not converted; "
                  + (f"{len(report.changed)} files changed" if report.changed else "nothing changed"))
     return lines
-
-
-def _venv_python(venv: str | None) -> str | None:
-    if venv is None:
-        return None
-    python = Path(venv) / "bin" / "python"
-    if not python.exists():
-        raise BadInput(f"--venv {venv}: no bin/python there (is it a virtual environment?)")
-    return str(python.absolute())
 
 
 def _json_error(args: list[str], exc: PatchkitError) -> None:

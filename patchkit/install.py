@@ -14,6 +14,9 @@ Each upstream may say how it installs (`install:` in upstreams.yaml):
 A wheel is cached under `<cache>/wheels/<upstream>/<key>`, the key hashing the workspace commit
 (pin plus series), the recipe, the Python and torch versions and the device, so a second install
 of the same stack skips the build.
+
+The venv itself is prepared by patchkit.toolchain: a new one gets the device's `toolchain:` first,
+every pip call here is constrained to the torch it holds, and a step that changes torch fails.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patchkit import git, settings
+from patchkit import git, settings, state, toolchain
 from patchkit.errors import BadInput, PatchkitError
 from patchkit.manifest import Manifest, Model
 from patchkit.paths import display
@@ -55,6 +59,11 @@ class Step:
 class InstallReport:
     model: str
     python: str
+    device: str = "cpu"
+    device_reason: str = ""  # how --device auto chose
+    venv_created: bool = False
+    toolchain_installed: bool = False
+    versions: dict[str, str | None] = field(default_factory=dict)  # python, torch, torchvision, torch_npu
     steps: list[Step] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what `pip check` says is missing (wheels go in --no-deps)
 
@@ -85,23 +94,13 @@ def order(model: Model, manifest: Manifest) -> list[str]:
     return done
 
 
-def _python(venv: Path | None, progress: Progress) -> str:
-    if venv is None:
-        return sys.executable
-    python = venv / "bin" / "python"
-    if not python.exists():
-        progress(f"creating the virtual environment {display(venv)}")
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
-    return str(python)
+def resolve_device(device: str) -> tuple[str, str]:
+    """(kind, why): auto looks at the machine's drivers (a new venv has no torch to ask)."""
+    if device != "auto":
+        return device, "asked for"
+    from patchkit.train.device import machine_kind
 
-
-def _versions(python: str) -> dict[str, str]:
-    # torch's version from its installed metadata: importing torch costs seconds on every install
-    code = ("import json, sys\nfrom importlib import metadata\ntry:\n    t = metadata.version('torch')\n"
-            "except metadata.PackageNotFoundError:\n    t = None\n"
-            "print(json.dumps({'python': sys.version.split()[0], 'torch': t}))")
-    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return machine_kind()
 
 
 def cache_key(upstream: str, head: str, recipe: dict[str, object], versions: dict[str, str], device: str) -> str:
@@ -114,7 +113,7 @@ def cache_key(upstream: str, head: str, recipe: dict[str, object], versions: dic
 
 
 def install(manifest: Manifest, model_name: str, workspace_root: Path, *, venv: Path | None = None,
-            device: str = "cpu", progress: Progress = lambda _m: None) -> InstallReport:
+            device: str = "auto", force: bool = False, progress: Progress = lambda _m: None) -> InstallReport:
     model = manifest.model(model_name)
     status = {r.upstream: r for r in model_status(manifest, model, workspace_root).repos}
     steps = order(model, manifest)
@@ -122,14 +121,14 @@ def install(manifest: Manifest, model_name: str, workspace_root: Path, *, venv: 
     if bad:
         raise BadInput(f"{model.name}: the workspace is not applied and current", details=bad +
                        [f"run `patchkit apply {model.name}`"])
-    python = _python(venv, progress)
-    versions = _versions(python)
-    if versions.get("torch") is None:
-        progress(f"note: {python} has no torch; builds that need it (mmcv ops) will fail: "
-                 "pip install torch==2.13.0 there first")
-    report = InstallReport(model.name, python)
+    device, why = resolve_device(device)
+    progress(f"device {device} ({why})")
     logs = workspace_root / model.name / ".patchkit" / "install"
     logs.mkdir(parents=True, exist_ok=True)
+    env = toolchain.prepare(manifest, venv, device, force=force, log=logs / "00-toolchain.log", progress=progress)
+    python = env.python
+    versions = {"python": env.versions["python"], "torch": env.versions["torch"]}  # the wheel key's (unchanged)
+    report = InstallReport(model.name, python, device, why, env.created, env.toolchain_installed, dict(env.versions))
     for i, up in enumerate(steps, 1):
         recipe: dict[str, Any] = manifest.upstreams[up].install or {}
         repo = workspace_root / model.name / up
@@ -141,14 +140,19 @@ def install(manifest: Manifest, model_name: str, workspace_root: Path, *, venv: 
                  ("" if clean or recipe.get("build") != "wheel" else " (local edits: built from the work tree, not cached)"))
         start = time.monotonic()
         source = _Source(repo, head if clean else None, manifest.upstreams[up].exclude)
-        step = _step(up, recipe, source, python, device, logs / f"{i:02d}-{up}.log",
+        log = logs / f"{i:02d}-{up}.log"
+        step = _step(up, recipe, source, env, device, log,
                      settings.cache_root() / "wheels" / up / key if clean else None, _prefixed(progress, label))
+        toolchain.check_unchanged(env, up, log)
         step.seconds = round(time.monotonic() - start, 2)
         progress(f"{label}: {step.action} in {step.seconds:.1f} s")
         report.steps.append(step)
     check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
     if check.returncode:
         report.warnings = [line for line in check.stdout.splitlines() if line.strip()]
+    state.save_env(workspace_root / model.name, model.name, state.EnvState(
+        str(venv.absolute()) if venv is not None else sys.prefix, device, str(env.versions["python"]), env.versions["torch"], env.versions["torchvision"],
+        env.versions["torch_npu"]))
     return report
 
 
@@ -197,17 +201,31 @@ class _Source:
             return git.out(["write-tree", "--missing-ok"], self.repo, env=env)
 
 
-def _step(up: str, recipe: dict[str, Any], source: _Source, python: str, device: str, log: Path,
+def _step(up: str, recipe: dict[str, Any], source: _Source, venv: toolchain.Venv, device: str, log: Path,
           cached: Path | None, progress: Progress) -> Step:
     env = {**os.environ, **recipe.get("env", {}), **(recipe.get("npu_env", {}) if device == "npu" else {})}
-    constraints = log.with_suffix(".constraints.txt")
-    constraints.write_text("".join(f"{c}\n" for c in recipe.get("constraints", [])))
-    pip = [python, "-m", "pip", "--disable-pip-version-check"]
+    bin_dir = str(Path(venv.python).parent)  # a `command` step's python and pip are the venv's, as if activated
+    env.update(PATH=os.pathsep.join([bin_dir, env.get("PATH", "")]), VIRTUAL_ENV=str(Path(bin_dir).parent))
+    constraints = log.with_suffix(".constraints.txt")  # the recipe's, and the venv's torch exactly as installed
+    constraints.write_text("".join(f"{c}\n" for c in [*recipe.get("constraints", []), *venv.constraints()]))
+    pip = [venv.python, "-m", "pip", "--disable-pip-version-check"]
     pip_args = list(recipe.get("pip_args", []))
     with open(log, "wb") as out:
-        step = _build(up, recipe, source, pip, pip_args, constraints, env, out, log, cached, progress)
-        if recipe.get("requires"):  # what the repo needs at run time: wheels go in --no-deps
-            _run(up, [*pip, "install", "-c", str(constraints), *recipe["requires"]], source.repo, env, out, log, progress)
+        try:
+            step = _build(up, recipe, source, pip, pip_args, constraints, env, out, log, cached, progress)
+            if recipe.get("requires"):  # what the repo needs at run time: wheels go in --no-deps
+                _run(up, [*pip, "install", "-c", str(constraints), *recipe["requires"]], source.repo, env, out, log,
+                     progress)
+        except PatchkitError as exc:
+            out.flush()
+            asked = toolchain.asked_for(log)
+            if asked:  # pip refused: a requirement wants another torch than the venv's
+                raise toolchain.TorchChanged(
+                    f"install step {up!r} needs another torch than this venv's "
+                    f"({', '.join(venv.constraints())}): {asked[0]}",
+                    details=[*asked[1:], "the venv's torch is kept; relax that requirement (upstreams.yaml "
+                             "install: requires/constraints) or change the toolchain", *exc.details]) from None
+            raise
     return step
 
 
@@ -260,6 +278,14 @@ def _run(up: str, cmd: list[str], cwd: Path, env: dict[str, str], out: Any, log:
             progress(f"still running after {time.monotonic() - start:.0f} s ({lines} log lines in {display(log)})")
     if proc.returncode:
         out.flush()
-        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
         raise PatchkitError(f"install step {up!r} failed (exit {proc.returncode}): {' '.join(cmd)}",
-                            details=[f"the end of {display(log)}:", *[f"  {line}" for line in tail]])
+                            details=log_excerpt(log))
+
+
+def log_excerpt(log: Path, tail: int = 40) -> list[str]:
+    """The end of LOG, after the earlier lines that say error (pip -v puts a build's own error
+    message before pages of its command line)."""
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    early = [line for line in lines[:-tail] if re.search(r"error|cannot|failed|not found", line, re.I)][-10:]
+    return ([f"what {display(log)} says earlier:", *[f"  {line}" for line in early]] if early else []) + \
+        [f"the end of {display(log)}:", *[f"  {line}" for line in lines[-tail:]]]

@@ -16,6 +16,12 @@ problems are collected before anything is raised: a user fixes them in one pass.
           mmcv: [mmcv-npu, fbocc]
           fb-bev: [fbocc]
         overlays: [npu-common, fbocc]   # optional; default: overlays/<model>/ when it exists
+    toolchain:                     # optional; what `patchkit install` puts first into a new venv, per device
+      cpu:
+        torch: "2.13.0"            # exact versions (== each); torchvision and torch_npu optional
+        torchvision: "0.28.0"
+        tools: ["setuptools>=77.0.3,<81", wheel, ninja, "numpy<2"]   # build tools, same pip call
+        pip_args: []               # index options of that call (--index-url ..., --extra-index-url ...)
 
 A layer's patches for an upstream live in `patches/<layer>/<upstream>/` with a `series` file.
 """
@@ -39,6 +45,9 @@ _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 INSTALL_BUILDS = ("wheel", "editable", "command", "none")
 INSTALL_KEYS = ("after", "build", "env", "npu_env", "constraints", "pip_args", "command", "requires")
+DEVICES = ("cpu", "cuda", "npu")
+TOOLCHAIN_KEYS = ("torch", "torchvision", "torch_npu", "tools", "pip_args")
+_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+!_-]*$")
 
 
 @dataclass(frozen=True)
@@ -86,10 +95,33 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Toolchain:
+    """The torch stack of one device kind: installed first, in one pip call, into a new venv."""
+
+    device: str
+    line: int
+    torch: str
+    torchvision: str | None = None
+    torch_npu: str | None = None
+    tools: tuple[str, ...] = ()
+    pip_args: tuple[str, ...] = ()
+
+    @property
+    def pins(self) -> dict[str, str]:
+        """Package -> the exact version declared."""
+        pins = {"torch": self.torch, "torchvision": self.torchvision, "torch_npu": self.torch_npu}
+        return {name: version for name, version in pins.items() if version}
+
+    def requirements(self) -> list[str]:
+        return [f"{name}=={version}" for name, version in self.pins.items()] + list(self.tools)
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     upstreams: dict[str, Upstream]
     models: dict[str, Model]
+    toolchain: dict[str, Toolchain] = field(default_factory=dict)  # device -> its toolchain
 
     @property
     def root(self) -> Path:
@@ -153,7 +185,7 @@ class _Checker(Checker):
         if root is None:
             self.problems.append(Diagnostic(self.where, 1, "the manifest is empty (expected 'upstreams:' and 'models:')"))
             return None
-        top = self.mapping(root, "top level", ("version", "upstreams", "models"))
+        top = self.mapping(root, "top level", ("version", "upstreams", "models", "toolchain"))
         if not isinstance(root, yaml.MappingNode):
             return None
         if "version" in top:
@@ -169,7 +201,27 @@ class _Checker(Checker):
         node = self.required(top, "models", root, "top level")
         if node is not None:
             models = self.models(node, upstreams)
-        return Manifest(self.path, upstreams, models)
+        toolchain = self.toolchain(top["toolchain"][1]) if "toolchain" in top else {}
+        return Manifest(self.path, upstreams, models, toolchain)
+
+    def toolchain(self, node: yaml.Node) -> dict[str, Toolchain]:
+        result: dict[str, Toolchain] = {}
+        for device, (knode, value) in self.mapping(node, "toolchain", DEVICES).items():
+            what = f"toolchain: {device}"
+            fields = self.mapping(value, what, TOOLCHAIN_KEYS)
+            versions = {key: self.exact(fields[key][1], f"{what}: {key}") if key in fields else None
+                        for key in ("torch", "torchvision", "torch_npu")}
+            if isinstance(value, yaml.MappingNode):
+                self.required(fields, "torch", knode, what)
+            tools = tuple(v for v, _ in self.strings(fields["tools"][1], f"{what}: tools", unique=True)) \
+                if "tools" in fields else ()
+            pip_args = tuple(v for v, _ in self.strings(fields["pip_args"][1], f"{what}: pip_args")) \
+                if "pip_args" in fields else ()
+            torch = versions["torch"]
+            if torch:
+                result[device] = Toolchain(device, knode.start_mark.line + 1, torch, versions["torchvision"],
+                                           versions["torch_npu"], tools, pip_args)
+        return result
 
     def upstreams(self, node: yaml.Node) -> dict[str, Upstream]:
         result: dict[str, Upstream] = {}
@@ -212,6 +264,13 @@ class _Checker(Checker):
                 result[name] = Upstream(name, url, pin, got["track"], knode.start_mark.line + 1,
                                         pin_line, exclude, pypi, sha, install)
         return result
+
+    def exact(self, node: yaml.Node, what: str) -> str | None:
+        text = self.string(node, what)
+        if text is not None and not _VERSION_RE.match(text):
+            self.error(node, f"{what}: {text!r} is not an exact version (say \"2.13.0\", not a range)")
+            return None
+        return text
 
     def patterns(self, node: yaml.Node, what: str) -> tuple[str, ...]:
         out = []

@@ -4,6 +4,10 @@
 content hash and the commit it became, and the repo's status. A repo is marked `building`
 before patchkit changes it and `applied` (or `failed`) after, so a run killed midway is seen
 by the next one. The file is replaced atomically.
+
+Version 2 adds `env`, the virtual environment `patchkit install` last filled for the model (so
+`patchkit train MODEL` uses it without --venv), and `variant` (reserved, null). A version-1 file
+reads as env=None, variant=None; the next save writes version 2. Saving the repos keeps the env.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 from patchkit.errors import BadInput
 from patchkit.paths import atomic_write, display
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no env and no variant (read as null)
 APPLIED, BUILDING, FAILED = "applied", "building", "failed"
 
 
@@ -51,6 +56,30 @@ class RepoState:
         return cls(patches=patches, **fields)
 
 
+@dataclass(frozen=True)
+class EnvState:
+    """The venv `patchkit install` filled: what train runs with."""
+
+    venv: str  # absolute path
+    device: str  # cpu | cuda | npu
+    python: str
+    torch: str | None
+    torchvision: str | None = None
+    torch_npu: str | None = None
+    installed: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EnvState:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class State:
+    repos: dict[str, RepoState]
+    env: EnvState | None = None
+    variant: str | None = None
+
+
 def meta_dir(model_dir: Path) -> Path:
     return model_dir / ".patchkit"
 
@@ -60,20 +89,41 @@ def state_path(model_dir: Path) -> Path:
 
 
 def load(model_dir: Path) -> dict[str, RepoState]:
+    """The repos of the state (empty when nothing was applied)."""
+    return load_all(model_dir).repos
+
+
+def load_all(model_dir: Path) -> State:
+    """The whole state, a version-1 file migrated in memory (env and variant null)."""
     path = state_path(model_dir)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw.get("version") != STATE_VERSION:
+        if raw.get("version") not in READABLE_VERSIONS:
             raise ValueError(f"unknown state version {raw.get('version')!r}")
-        return {name: RepoState.from_json(entry) for name, entry in raw["repos"].items()}
+        repos = {name: RepoState.from_json(entry) for name, entry in raw["repos"].items()}
+        env = EnvState.from_json(raw["env"]) if raw.get("env") else None
+        return State(repos, env, raw.get("variant"))
     except FileNotFoundError:
-        return {}
+        return State({})
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BadInput(f"{display(path)}: unreadable workspace state ({exc}); "
                        "move it away and run apply --force to rebuild") from None
 
 
 def save(model_dir: Path, model: str, repos: dict[str, RepoState]) -> None:
+    """Write REPOS, keeping the env and variant on disk."""
+    old = load_all(model_dir)
+    _write(model_dir, model, State(repos, old.env, old.variant))
+
+
+def save_env(model_dir: Path, model: str, env: EnvState) -> None:
+    """Record ENV as the model's environment, keeping the repos on disk."""
+    old = load_all(model_dir)
+    _write(model_dir, model, State(old.repos, env, old.variant))
+
+
+def _write(model_dir: Path, model: str, st: State) -> None:
     data = {"version": STATE_VERSION, "model": model,
-            "repos": {name: repos[name].to_json() for name in sorted(repos)}}
+            "repos": {name: st.repos[name].to_json() for name in sorted(st.repos)},
+            "env": asdict(st.env) if st.env else None, "variant": st.variant}
     atomic_write(state_path(model_dir), (json.dumps(data, indent=2) + "\n").encode())

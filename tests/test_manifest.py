@@ -83,7 +83,7 @@ def test_every_schema_error_with_its_line(tmp_path: Path) -> None:
         "upstreams.yaml:28: model 'bevdepth': upstreams must be a mapping",
         "upstreams.yaml:31: layer 'missing-layer' has no series for upstream 'mmcv'"
         " (patches/missing-layer/mmcv/series not found)",
-        "upstreams.yaml:32: top level: unknown key 'colour' (expected one of: version, upstreams, models)",
+        "upstreams.yaml:32: top level: unknown key 'colour' (expected one of: version, upstreams, models, toolchain)",
     ]
     assert sorted(got) == sorted(expected)
 

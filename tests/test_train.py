@@ -98,8 +98,45 @@ def toy(tmp_path: Path) -> Path:
 
 
 def test_needs_an_applied_workspace(toy: Path) -> None:
-    run = patchkit(toy, "train", "toy", "--device", "cpu", "--cards", "2", "--dry-run")
+    run = patchkit(toy, "train", "toy", "--device", "cpu", "--cards", "2")
     assert run.code == 2 and "run `patchkit apply toy`" in run.err
+
+
+def test_a_dry_run_plans_what_this_machine_cannot_check(toy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No workspace, no NPU, 2 cores: an 8-card NPU plan all the same, each gap said."""
+    monkeypatch.setattr(device_mod, "probe_npu", lambda: 0)
+    monkeypatch.setattr(device_mod, "probe_cpu", lambda: 2)
+    run = patchkit(toy, "train", "toy", "--device", "npu", "--cards", "8", "--dry-run")
+    assert run.code == 0, run.text
+    assert "# toy: 8 npu card(s) x 1 node(s), backend hccl" in run.out
+    assert "# note: no NPU seen here (--device npu: torch_npu is not importable or sees no NPU): " \
+           "this npu plan is not verified on this machine" in run.out
+    assert "# note: 8 npu card(s) per node: unchecked, this machine shows 0" in run.out
+    assert "# note: workspace not applied and current (toy: not-applied): run `patchkit apply toy`" in run.out
+    command = next(line for line in run.out.splitlines() if line.startswith("cd "))
+    assert "--nproc_per_node=8" in command and "PATCHKIT_TRAIN_BACKEND=hccl" in command
+    assert patchkit(toy, "train", "toy", "--device", "npu", "--cards", "8").code == 2  # a real run is refused
+
+
+def test_train_uses_the_venv_install_recorded(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After `patchkit install MODEL --venv DIR` (its state entry), train runs the workers with DIR's
+    Python; without torch anywhere it says what to run."""
+    from patchkit import state
+    from patchkit.train import workers
+
+    assert patchkit(toy, "apply", "toy").code == 0
+    monkeypatch.setattr(workers.importlib.util, "find_spec", lambda name: None)  # no torch in this Python
+    bare = patchkit(toy, "train", "toy", "--device", "cpu", "--cards", "1")
+    assert bare.code == 2 and "no torch in this Python" in bare.err and "patchkit install toy --venv DIR" in bare.err
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/python").write_text("#!/bin/sh\n")
+    state.save_env(toy / "work/toy", "toy", state.EnvState(str(venv), "cpu", "3.11.7", "2.13.0+cpu"))
+    run = patchkit(toy, "train", "toy", "--device", "cpu", "--cards", "1", "--dry-run")
+    assert run.code == 0, run.text
+    assert f" {venv}/bin/python -m torch.distributed.run" in run.out
+    assert "recorded by `patchkit install toy`: torch 2.13.0+cpu, cpu" in run.out
+    assert f"PATCHKIT_TRAIN_LOG_DIR={toy / 'work/toy/runs'}" in run.out  # runs live in the workspace, untracked
 
 
 @pytest.mark.processes
@@ -214,7 +251,7 @@ def test_multi_node_dry_run(toy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert "TOY_ENV=1" in line and "GLOO_SOCKET_IFNAME" not in line  # the cpu env is not the npu env
     assert "does not say toy supports several nodes" in run.out
     too_many = patchkit(toy, "train", "toy", "--cards", "9", "--dry-run")
-    assert too_many.code == 2 and "asked for 9 cards but this machine has 8 (npu)" in too_many.err
+    assert too_many.code == 0 and "9 npu card(s) per node: unchecked, this machine shows 8" in too_many.out
     alone = patchkit(toy, "train", "toy", "--nnodes", "2", "--dry-run")
     assert alone.code == 2 and "--master-addr" in alone.err
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,3 +71,22 @@ def detect(requested: str = "auto", python: str | None = None) -> Device:
         if count:
             return Device(kind, count, BACKENDS[kind])
     return Device("cpu", probe_cpu(), "gloo")
+
+
+# -- the machine's accelerator without torch (what `patchkit install --device auto` builds for: a new venv
+#    has no torch to probe with). Driver files only; separate from the torch probes above.
+NPU_SIGNS = ("/dev/davinci0", "/dev/davinci_manager", "/usr/local/Ascend/driver")
+CUDA_SIGNS = ("/proc/driver/nvidia/version", "/dev/nvidiactl")
+
+
+def machine_kind(root: str = "/") -> tuple[str, str]:
+    """(npu|cuda|cpu, why): the Ascend driver's device files or install folder, else NVIDIA's driver
+    files or an `nvidia-smi` on PATH, else cpu. ROOT: where the file system starts (tests)."""
+    for kind, signs in (("npu", NPU_SIGNS), ("cuda", CUDA_SIGNS)):
+        seen = next((s for s in signs if os.path.exists(os.path.join(root, s.lstrip("/")))), None)
+        if seen:
+            return kind, f"{seen} exists"
+    smi = shutil.which("nvidia-smi")
+    if smi and root == "/":
+        return "cuda", f"{smi} is on PATH"
+    return "cpu", "no Ascend (/dev/davinci*, /usr/local/Ascend/driver) or NVIDIA driver (/proc/driver/nvidia) seen"

@@ -56,6 +56,7 @@ class Options:
     steps: int | None = None  # smoke steps (default: the recipe's)
     overfit: bool = False  # a smoke run on one fixed batch that must learn it (patchkit/train/overfit.py)
     python: str | None = None  # the workers' interpreter (a venv's); default: the one running patchkit
+    dry_run: bool = False  # plan only: what this machine cannot check becomes a note, not an error
 
 
 @dataclass
@@ -136,14 +137,21 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
         raise BadInput(f"{display(recipe.path)}: workdir {recipe.workdir!r} is not an upstream of {model.name}")
     status = model_status(manifest, model, workspace_root)
     bad = [r for r in status.repos if r.state not in ("clean", "edited")]
-    if bad:
+    notes = []
+    if bad and options.dry_run:
+        notes.append(f"workspace not applied and current ({', '.join(f'{r.upstream}: {r.state}' for r in bad)}): "
+                     f"run `patchkit apply {model.name}` before the real run; not verified here")
+    elif bad:
         raise BadInput(f"{model.name}: the workspace is not applied and current",
                        details=[f"{r.upstream}: {r.state}" for r in bad] + [f"run `patchkit apply {model.name}`"])
-    notes = [f"{r.upstream} has local edits: the fingerprint names its head, not the edits"
-             for r in status.repos if r.state == "edited"]
+    notes += [f"{r.upstream} has local edits: the fingerprint names its head, not the edits"
+              for r in status.repos if r.state == "edited"]
     cards = options.cards or (1 if options.smoke else recipe.cards)
-    if cards > device.count:
-        raise BadInput(f"asked for {cards} cards but this machine has {device.count} ({device.kind})")
+    if cards > device.count and options.dry_run:
+        notes.append(f"{cards} {device.kind} card(s) per node: unchecked, this machine shows {device.count}")
+    elif cards > device.count:
+        raise BadInput(f"asked for {cards} cards but this machine has {device.count} ({device.kind})",
+                       details=["--dry-run plans it anyway (for another machine)"])
     if options.nnodes > 1 and not recipe.multinode:
         notes.append(f"the recipe does not say {model.name} supports several nodes (multinode: true)")
     if options.nnodes > 1 and options.master_addr in ("127.0.0.1", "localhost"):
@@ -153,7 +161,8 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
     options.master_port = options.master_port or (29500 if options.nnodes > 1 else _free_port())
     repo = workspace_root / model.name / recipe.workdir
     kind = results_mod.kind_of(options.smoke, options.performance, options.overfit)
-    work_dir = (options.work_dir or Path("train-runs") / f"{model.name}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    stamp = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    work_dir = (options.work_dir or workspace_root / model.name / "runs" / stamp).resolve()  # untracked, beside the repos
     subst = {"config": recipe.config or "", "work_dir": str(work_dir), "cards": str(cards),
              "nnodes": str(options.nnodes), "world_size": str(cards * options.nnodes), "device": device.kind}
     args = [a.format(**subst) for a in recipe.args]
