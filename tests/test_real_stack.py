@@ -2,9 +2,14 @@
 
 PATCHKIT_REAL_MIRRORS names a folder of bare mirrors laid out as `<owner>+<name>/repo` (what the
 search tool's fetch gives). mmdet and mmsegmentation are PyPI releases: they come from PyPI (or
-PATCHKIT_PYPI_URL). PATCHKIT_STACK_VENV, when also set, names a virtual environment holding torch
-2.13.0, setuptools<81, wheel, ninja and numpy<2: then the install test builds and imports the
-stack (the first time about 20 minutes: the mmcv-full ops build; later from the wheel cache).
+PATCHKIT_PYPI_URL). With a venv to install into, the install tests build and import the stack and
+smoke-train every model on CPU (the first time about 20 minutes: the mmcv-full ops build; later from
+the wheel cache, PATCHKIT_REAL_CACHE):
+
+- PATCHKIT_STACK_VENVS=DIR: each model into its own new venv DIR/<model> (removed first), made by
+  `patchkit install` with the cpu toolchain, so a requirement missing from one model's `requires` shows;
+- PATCHKIT_STACK_VENV=DIR: every model into one venv (created with the toolchain when it does not exist):
+  after each install torch is still the toolchain's.
 """
 
 from __future__ import annotations
@@ -12,17 +17,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from patchkit import manifest as manifest_mod
+from patchkit.toolchain import matches, versions
 from tests.gitfixtures import patchkit
 from tests.htmltree import Tree
 
 ROOT = Path(__file__).resolve().parent.parent
 MIRRORS = os.environ.get("PATCHKIT_REAL_MIRRORS")  # read at import: the hermetic fixture clears PATCHKIT_*
 VENV = os.environ.get("PATCHKIT_STACK_VENV")
+VENVS = os.environ.get("PATCHKIT_STACK_VENVS")
 MODELS = ["surroundocc", "fbocc", "bevdepth", "tpvformer", "sparse4d"]
 # files that do not compile even with the model layers applied (fb-bev's occupancy_cbgs.py syntax error is fixed
 # by the fbocc layer, so this is empty: every repo of every model compiles)
@@ -64,40 +74,57 @@ def test_rebase_check_of_everything_holds(real: Path) -> None:
             == sorted((p["patch"], p["outcome"]) for p in series["patches"])
 
 
-@pytest.mark.skipif(not VENV, reason="set PATCHKIT_STACK_VENV to a venv with torch 2.13.0 and the build tools")
-def test_install_and_import_an_mmdet3d_model(real: Path) -> None:
-    assert patchkit(ROOT, "apply", "surroundocc", "--workspace", str(real)).code == 0
-    run = patchkit(ROOT, "install", "surroundocc", "--workspace", str(real), "--venv", str(VENV))
+needs_venv = pytest.mark.skipif(not (VENV or VENVS), reason="set PATCHKIT_STACK_VENVS (a folder for one venv per "
+                                "model) or PATCHKIT_STACK_VENV (one venv for all)")
+
+
+def _venv(model: str) -> Path:
+    if VENVS:
+        return Path(VENVS) / model
+    return Path(VENV or "")
+
+
+def _install(real: Path, model: str) -> Path:
+    """`patchkit install MODEL --venv V` (a new venv per model with PATCHKIT_STACK_VENVS); torch stays the
+    toolchain's."""
+    venv = _venv(model)
+    if VENVS:
+        shutil.rmtree(venv, ignore_errors=True)
+    assert patchkit(ROOT, "apply", model, "--workspace", str(real)).code == 0
+    run = patchkit(ROOT, "install", model, "--workspace", str(real), "--venv", str(venv), "--device", "cpu")
     assert run.code == 0, run.text
+    declared = manifest_mod.load(ROOT / "upstreams.yaml").toolchain["cpu"]
+    have = versions(str(venv / "bin" / "python"))
+    assert all(matches(have[name], version) for name, version in declared.pins.items()), (have, declared.pins)
+    return venv
+
+
+@needs_venv
+def test_install_and_import_an_mmdet3d_model(real: Path) -> None:
+    venv = _install(real, "surroundocc")
     # as a training worker imports it: after the bootstrap's torchvision compatibility step (PyPI's
     # torchvision for torch 2.13 is a CUDA build; on a CPU torch it needs the op schemas first)
     code = ("from patchkit.train.bootstrap import torchvision_compat; torchvision_compat(); "
             "import mmcv.ops, mmdet.models, mmdet3d.models; print('ok')")
-    proc = subprocess.run([_venv_python(), "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([str(venv / "bin/python"), "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
-def _venv_python() -> str:
-    python = str(Path(VENV or "") / "bin" / "python")
-    if subprocess.run([python, "-c", "import patchkit"], capture_output=True).returncode != 0:
-        subprocess.run([python, "-m", "pip", "install", "-q", "-e", str(ROOT)], check=True)
-    return python
-
-
-@pytest.mark.skipif(not VENV, reason="set PATCHKIT_STACK_VENV to a venv with torch 2.13.0 and the build tools")
+@needs_venv
 @pytest.mark.parametrize("model", MODELS)
 def test_smoke_trains_the_real_model_on_cpu(real: Path, tmp_path: Path, model: str) -> None:
-    """The issue's check: `patchkit train MODEL --smoke --device cpu --cards 2` with the installed,
-    patched stack: two gloo processes, finite losses, a parsed step time."""
-    assert patchkit(ROOT, "apply", model, "--workspace", str(real)).code == 0
-    run = patchkit(ROOT, "install", model, "--workspace", str(real), "--venv", str(VENV))
-    assert run.code == 0, run.text
+    """The issue's check: `patchkit install MODEL --venv V`, then `patchkit train MODEL --smoke --device cpu
+    --cards 2` with nothing else (train finds the venv in the workspace state): two gloo processes,
+    finite losses, a parsed step time."""
+    _install(real, model)
     work = tmp_path / "smoke"
-    proc = subprocess.run([_venv_python(), "-m", "patchkit", "train", model, "--smoke", "--device", "cpu",
+    proc = subprocess.run([sys.executable, "-m", "patchkit", "train", model, "--smoke", "--device", "cpu",
                            "--cards", "2", "--workspace", str(real), "--work-dir", str(work)],
                           capture_output=True, text=True, env={**os.environ, "PATCHKIT_MANIFEST": str(ROOT / "upstreams.yaml")})
     logs = "".join(p.read_text(errors="replace")[-3000:] for p in sorted(work.glob("rank*.log")))
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
+    assert f"(recorded by `patchkit install {model}`: torch " in proc.stderr, proc.stderr  # the venv, unasked
     results = json.loads((work / "results.json").read_text())
     assert results["smoke"] and results["cards"] == 2 and results["backend"] == "gloo"
     assert results["steps_seen"] >= 2 and results["mean_step_ms"] > 0
