@@ -90,6 +90,12 @@ def run(port: Path, root: Path, name: str | None = None, progress: Progress = la
         _verify(trees, names, out)
         found = patcher.read(port, {names[u]: t for u, t in trees.items()}, model)
         out.overlay_modules, report.external_hooks = found.modules, found.hooks
+        if found.modules:
+            report.notes.append(Finding(", ".join(sorted({m.source for m in found.modules})), "runtime patcher",
+                                        f"{len(found.modules)} of its patch functions are overlays now (fingerprinted: "
+                                        "`patchkit overlay check` sees upstream drift); where the port copies the patcher "
+                                        "into a checkout and its entry runs it, that copy stays and applies the same "
+                                        "functions on NPU"))
         report.not_converted += found.findings
         recipes, findings = install.recipes(readme.steps, plans, names)
         report.notes += findings
@@ -132,10 +138,21 @@ def _patch_steps(steps: list[Step], plans: upstreams_mod.Plans, port: Path, repo
             diffs, repairs = patches_mod.parse(source.read_bytes(), rel)
         except BadInput as exc:  # named as the user can open it
             raise BadInput(f"{display(port)}/{exc.message}", details=exc.details) from None
-        report.repairs += repairs
+        report.repairs += _grouped(repairs)
         prefix = plan.site_prefix + (sub + "/" if sub else "")
         out.setdefault(plan.url, []).extend(patches_mod.prefixed(d, prefix) if prefix else d for d in diffs)
     return out
+
+
+def _grouped(repairs: list[Finding]) -> list[Finding]:
+    """Blank context lines that lost their space, one finding a patch file (there are hundreds)."""
+    blanks = [r for r in repairs if "blank context line" in r.what]
+    if not blanks:
+        return repairs
+    count = sum(int(r.what.split(": ")[-1].split()[0]) for r in blanks)
+    where = blanks[0].where.split(":")[0]
+    return [r for r in repairs if r not in blanks] + [Finding(where, f"{count} blank context lines in {len(blanks)} hunks "
+                                                              f"(first at {blanks[0].where})", "restored their leading space")]
 
 
 def _patch_file(port: Path, cwd: str, arg: str) -> Path | None:
@@ -203,7 +220,9 @@ def _same_source(data: dict[str, object], up: Upstream) -> bool:
 
 
 def _comment(plan: UpstreamPlan, decision: PinDecision, exclude: list[str]) -> list[str]:
-    said = "; ".join(f"{e.form} {e.ref[:12]} ({e.where})" for e in plan.evidence) or "no pin named: the default branch"
+    said = "; ".join(f"{e.form} {e.ref[:12]} ({e.where})" for e in plan.evidence) or (
+        f"{plan.pypi} from PyPI (patched in {plan.folder})" if plan.site_prefix else
+        f"{plan.pypi} from PyPI (too big to mirror)" if plan.pypi else "no pin named: the default branch")
     lines = [f"imported: {said}; {decision.how} -> {decision.pin[:12]}"]
     if decision.note:
         lines.append(decision.note)

@@ -45,7 +45,9 @@ def read(port: Path, readme: readme_mod.Readme, model: str, names: dict[str, str
     found = scripts(port)
     if not found:
         return RecipeOut(None, findings=[Finding("test/", "training scripts", "none: no recipe made")])
-    full = next((s for s in found if "perf" not in s.name and "eval" not in s.name and "1p" not in s.name), found[0])
+    trains = [s for s in found if s.name.startswith("train")] or found
+    full = next((s for s in trains if "full" in s.name), None) or \
+        next((s for s in trains if not any(w in s.name for w in ("perf", "eval", "1p", "multi"))), trains[0])
     perf = next((s for s in found if "perf" in s.name), None)
     workdir = _workdir(readme, names, plans)
     out = RecipeOut(None)
@@ -210,7 +212,7 @@ def _performance(port: Path, perf: Path | None, full: Path, out: RecipeOut) -> l
     steps = None
     for path in sorted(port.rglob("*.py")):
         m = re.search(r"brake_at\((\d+)\)", path.read_text(errors="replace"))
-        if m:
+        if m and "_a5" not in path.stem and steps is None:  # the A5 variant's file is not what the README runs
             steps = (m.group(1), path.relative_to(port).as_posix())
     lines = [f"# {perf.relative_to(port)}: differs from {full.name} in " +
              (", ".join(f"{k}={v}" for k, v in extra) or "nothing this reader sees")]
