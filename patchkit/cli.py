@@ -626,6 +626,9 @@ def import_lines(report: Any) -> list[str]:
         for f in items:
             lines.append(f"  {label}: {f.where}: {f.what}: {f.reason}")
     lines += [f"  TODO in train/{report.model}.yaml: {t}" for t in report.todos]
+    if not report.added:
+        lines.append(f"{report.model}: NOT added to upstreams.yaml: no upstream of it could be obtained here "
+                     f"(imports/{report.model}.json lists why)")
     lines.append(f"{report.model}: {len(report.patches)} patches, {len(report.overlays)} file overlays, "
                  f"{len(report.not_converted)} not converted; "
                  + (f"{len(report.changed)} files changed" if report.changed else "nothing changed"))

@@ -336,3 +336,32 @@ def test_not_a_port_folder_is_bad_input(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     run = patchkit(tmp_path, "import", str(tmp_path / "empty"))
     assert run.code == 2 and "no README.md" in run.err
+
+
+def test_a_package_replaced_by_another_checkouts_folder_becomes_one_patch(tmp_path: Path, mirrors: Path) -> None:
+    _, model_pin = upstream(mirrors, "Model", {"pkg/__init__.py": "VENDORED = True\n", "pkg/ops.py": "OPS = 2\n",
+                                               "train.py": "import pkg\n"})
+    lib, lib_pin = upstream(mirrors, "lib", {"pkg/__init__.py": "VENDORED = False\n", "pkg/old.py": "OLD = 1\n",
+                                             "setup.py": "setup()\n"})
+    steps = (f"git clone https://github.com/up/Model.git\ncd Model\ngit checkout {model_pin}\n"
+             "git clone -b main https://github.com/up/lib.git\ncd lib\nrm -rf pkg\nmv ../pkg pkg\npip install -e .")
+    port = port_folder(tmp_path, "M", readme("https://github.com/up/Model.git", model_pin, steps), {})
+    report = import_into(tmp_path / "ports", port)
+    assert not [f for f in report["not_converted"] if "rm " in f["what"] or "mv " in f["what"]]
+    (patch,) = (tmp_path / "ports/patches/m/lib").glob("*.patch")
+    assert patch.name == "0001-replace-pkg.patch"
+    assert patchkit(tmp_path / "ports", "apply", "m").code == 0
+    work = tmp_path / "ports/work/m/lib/pkg"
+    assert sorted(p.name for p in work.iterdir()) == ["__init__.py", "ops.py"]
+    assert (work / "__init__.py").read_text() == "VENDORED = True\n"
+
+
+def test_a_port_none_of_whose_upstreams_can_be_obtained_is_reported_not_added(tmp_path: Path, mirrors: Path) -> None:
+    steps = "git clone https://github.com/nomirror/Gone.git\ncd Gone\nsed -i '2d;9d' requirements.txt"
+    port = port_folder(tmp_path, "Gone", "# Gone\n\n```shell\n" + steps + "\n```\n", {})
+    report = import_into(tmp_path / "ports", port)
+    assert report["added"] is False and report["changed"] == ["imports/gone.json"]
+    reasons = [f["reason"] for f in report["not_converted"]]
+    assert any("upstream not available" in r for r in reasons)
+    assert [f["what"] for f in report["not_converted"] if "sed" in f["reason"]] == ["sed -i '2d;9d' requirements.txt"]
+    assert not (tmp_path / "ports/upstreams.yaml").exists()

@@ -26,6 +26,7 @@ class Copied:
     data: bytes
     source: str  # what was copied, for the patch's message
     step: Step
+    replaces: str | None = None  # a folder of the upstream the copy replaces as a whole (rm -rf X; mv Y X)
 
 
 @dataclass
@@ -37,7 +38,15 @@ class CopyResult:
 
 def read(steps: list[Step], plans: Plans, trees: dict[str, Tree], port: Path) -> CopyResult:
     result = CopyResult()
+    removed: dict[str, Step] = {}
     for step in steps:
+        if step.kind == "remove":
+            for arg in (w for w in step.words[1:] if not w.startswith("-")):
+                removed[readme_mod.join(step.cwd, arg)] = step
+            continue
+        if step.kind == "move":
+            _move(step, removed, plans, trees, port, result)
+            continue
         if step.kind != "copy":
             continue
         args = [w for w in step.words[1:] if not w.startswith("-")]
@@ -95,6 +104,42 @@ def _one(step: Step, src: str, dest: str, dest_is_dir: bool, plans: Plans, trees
             path = rel
         result.copies.append(Copied(plan.url, plan.site_prefix + path, data,
                                     f"{src}/{sub}".rstrip("/"), step))
+
+
+def _move(step: Step, removed: dict[str, Step], plans: Plans, trees: dict[str, Tree], port: Path,
+          result: CopyResult) -> None:
+    """`rm -rf X` then `mv Y X` with X in one checkout and Y a folder of another: X is replaced whole."""
+    args = [w for w in step.words[1:] if not w.startswith("-")]
+    dest = readme_mod.join(step.cwd, args[-1]) if len(args) == 2 else ""
+    src = readme_mod.join(step.cwd, args[0]) if len(args) == 2 else ""
+    target, source = plans.at(dest), plans.at(src)
+    if dest not in removed or target is None or source is None or source[0].url == target[0].url \
+            or target[0].url not in trees or source[0].url not in trees:
+        result.findings.append(Finding(str(step.where), step.text, "a `mv` step this reader cannot follow (it converts "
+                                       "`rm -rf X` + `mv Y X` replacing a folder of one checkout by another's)"))
+        return
+    files = _sources(src, plans, trees, port)
+    if not files or files[0][0] == "":
+        result.findings.append(Finding(str(step.where), step.text, f"{src} is not a folder of a checkout"))
+        return
+    plan, rel = target
+    result.notes.append(Finding(f"{removed[dest].where}, {step.where}", f"{removed[dest].text}; {step.text}",
+                                f"{rel}/ of {plan.url} replaced by {src}: one patch (the swap is one change; "
+                                f"{src} stays in its own checkout too)"))
+    removed.pop(dest)
+    for sub, data in files:
+        result.copies.append(Copied(plan.url, f"{rel}/{sub}", data, f"{src}/{sub}", step, replaces=rel))
+
+
+def consumed_removals(steps: list[Step], plans: Plans) -> set[Step]:
+    """The `rm` steps a package swap (`mv`) converts."""
+    out = set()
+    for i, step in enumerate(steps):
+        if step.kind == "move":
+            dest = readme_mod.join(step.cwd, [w for w in step.words[1:] if not w.startswith("-")][-1])
+            out |= {s for s in steps[:i] if s.kind == "remove" and
+                    dest in (readme_mod.join(s.cwd, w) for w in s.words[1:] if not w.startswith("-"))}
+    return out
 
 
 def _is_dir(tree: Tree, rel: str) -> bool:

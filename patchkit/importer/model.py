@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 
 
@@ -33,7 +34,7 @@ class Step:
 
     @property
     def text(self) -> str:
-        return " ".join((*(f"{k}={v}" for k, v in self.env), *self.words))
+        return " ".join((*(f"{k}={shlex.quote(v)}" for k, v in self.env), shlex.join(self.words)))
 
 
 @dataclass(frozen=True)
@@ -121,4 +122,5 @@ class ImportReport:
     external_hooks: list[Finding] = field(default_factory=list)
     recipe: str | None = None
     todos: list[str] = field(default_factory=list)
+    added: bool = True  # False: no upstream could be obtained; only the report is written
     changed: list[str] = field(default_factory=list)  # files the writer changed (empty: nothing to do)

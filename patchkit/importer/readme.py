@@ -69,11 +69,29 @@ def commands(lines: list[Line]) -> list[Line]:
             pending += text[:-1] + " "
             continue
         whole, pending = pending + text, ""
-        for part in re.split(r"\s*(?:&&|;|\|\|)\s*", _strip_comment(whole)):
+        for part in _split_commands(_strip_comment(whole)):
             if part.strip():
                 out.append(Line(part.strip(), start))
         start = None
     return out
+
+
+def _split_commands(text: str) -> list[str]:
+    """TEXT cut at `&&`, `||` and `;` outside quotes."""
+    parts, start, quote, i = [], 0, None, 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == ";" or text[i:i + 2] in ("&&", "||"):
+            parts.append(text[start:i])
+            i += 1 if ch == ";" else 2
+            start = i
+            continue
+        i += 1
+    return [*parts, text[start:]]
 
 
 def _strip_comment(text: str) -> str:

@@ -70,6 +70,14 @@ class Tree:
                                input_bytes=data).decode().strip()
         self.scratch.run(["update-index", "--add", "--cacheinfo", f"{mode},{sha},{path}"])
 
+    def remove_folder(self, folder: str) -> None:
+        listed = self.scratch.run(["ls-files", "-z", "--", f"{folder}/"]).stdout.split("\0")
+        paths = [p for p in listed if p]
+        if paths:
+            zero = "0 " + "0" * 40 + "\t"  # --index-info: mode 0 removes the entry (no work tree needed)
+            self.scratch.run(["update-index", "-z", "--index-info"],
+                             input_bytes=b"".join((zero + p).encode() + b"\0" for p in paths))
+
     def diff(self, before: str, after: str) -> bytes:
         return git.output_bytes(["diff-tree", "-p", "--full-index", "--binary", "--no-renames", before, after],
                                 self.mirror, env=self.scratch.env)

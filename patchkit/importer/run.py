@@ -7,6 +7,7 @@ files are read as text.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,7 +111,7 @@ def run(port: Path, root: Path, name: str | None = None, progress: Progress = la
             tree.close()
     for url, up in names.items():
         out.layers[up] = [model] if out.patches.get(up) else []
-    _steps_not_converted(readme.steps, report)
+    _steps_not_converted(readme.steps, report, plans)
     return report, out
 
 
@@ -272,7 +273,11 @@ def _copies(steps: list[Step], plans: upstreams_mod.Plans, trees: dict[str, Tree
     found = copyover.read(steps, plans, trees, port)
     report.not_converted += found.findings
     report.notes += found.notes
+    swaps: dict[tuple[str, str], list[copyover.Copied]] = {}
     for copy in found.copies:
+        if copy.replaces:
+            swaps.setdefault((copy.url, copy.replaces), []).append(copy)
+            continue
         upstream, tree = names[copy.url], trees[copy.url]
         base = tree.read(copy.path)
         if base is not None and copyover.line_ends_like(base, copy.data) != copy.data:
@@ -301,6 +306,20 @@ def _copies(steps: list[Step], plans: upstreams_mod.Plans, trees: dict[str, Tree
              tree.diff(before, after), origin, out, report)
 
 
+    for (url, folder), group in swaps.items():
+        upstream, tree = names[url], trees[url]
+        before = tree.tree()
+        tree.remove_folder(folder)
+        for copy in group:
+            tree.put(copy.path, copy.data)
+        step = group[0].step
+        src = group[0].source.rsplit("/", 1)[0] if len(group) == 1 else os.path.commonpath([c.source for c in group])
+        body = (f"The README replaces {folder}/ by {src}/ ({step.where}: {step.text}, after removing it); "
+                "`patchkit import` made the swap one patch: it is one change, and a conflict in it names its files.")
+        _add(out.patches.setdefault(upstream, []), upstream, f"{folder}/: replaced by {src}/", "replace-" + folder,
+             body, tree.diff(before, tree.tree()), provenance.origin(port, "README.md"), out, report)
+
+
 def _verify(trees: dict[str, Tree], names: dict[str, str], out: Outputs) -> None:
     """Every series applies strictly at its pin (a bug of this module otherwise)."""
     for url, tree in trees.items():
@@ -314,8 +333,11 @@ _NOT_CONVERTED = {"sed": "an in-place `sed` edit: say the change as a patch", "m
                   "remove": "an `rm` step"}
 
 
-def _steps_not_converted(steps: list[Step], report: ImportReport) -> None:
+def _steps_not_converted(steps: list[Step], report: ImportReport, plans: upstreams_mod.Plans) -> None:
+    consumed = copyover.consumed_removals(steps, plans)
     for step in steps:
+        if step in consumed or step.kind == "move":
+            continue  # a package swap (read by copyover), or a `mv` it reported
         reason = _NOT_CONVERTED.get(step.kind)
         if reason:
             report.not_converted.append(Finding(str(step.where), step.text, reason))

@@ -54,6 +54,10 @@ def _replace_block(text: str, model: str, what: str, block: str | None) -> tuple
 
 def write(root: Path, outputs: Outputs, report: ImportReport) -> list[str]:
     """Write OUTPUTS and REPORT into the port repository ROOT; the paths changed (relative to ROOT)."""
+    if not outputs.layers:  # no upstream could be obtained: the report says why, the manifest stays as it is
+        report.added = False
+        files = {k: v for k, v in _files(outputs, report).items() if k.startswith("imports/")}
+        return [rel for rel, data in sorted(files.items()) if _put(root / rel, data)]
     files = _files(outputs, report)
     changed = []
     for folder in (root / "patches" / outputs.model, root / "overlays" / outputs.model):
