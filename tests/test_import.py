@@ -365,3 +365,16 @@ def test_a_port_none_of_whose_upstreams_can_be_obtained_is_reported_not_added(tm
     assert any("upstream not available" in r for r in reasons)
     assert [f["what"] for f in report["not_converted"] if "sed" in f["reason"]] == ["sed -i '2d;9d' requirements.txt"]
     assert not (tmp_path / "ports/upstreams.yaml").exists()
+
+
+def test_a_file_whose_change_is_only_style_is_left_out_and_said(tmp_path: Path, mirrors: Path) -> None:
+    repo, pin = upstream(mirrors, "Model", {"a.py": CORE, "b.py": CORE})
+    patch = diff_of(repo, pin, {"a.py": "# Copyright (c) Someone\n" + CORE.replace("return 1", "return  1"),
+                                "b.py": CORE.replace("return 1", "return 'npu'")})
+    steps = f"git clone https://github.com/up/Model.git\ncd Model\ngit checkout {pin}\ngit apply m.patch"
+    port = port_folder(tmp_path, "M", readme("https://github.com/up/Model.git", pin, steps), {"m.patch": patch})
+    report = import_into(tmp_path / "ports", port)
+    (left,) = [f for f in report["not_converted"] if "whitespace or comments" in f["reason"]]
+    assert left["what"] == "a.py" and left["where"] == "m.patch:1"
+    assert [p.rsplit("/", 1)[1] for p in report["patches"]] == ["0001-b.py.patch"]
+    assert patchkit(tmp_path / "ports", "validate").code == 0

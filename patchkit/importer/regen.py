@@ -26,6 +26,7 @@ class Applied:
     how: str  # "strict", "whitespace" or "partial"
     rejected: list[Hunk] = field(default_factory=list)
     crlf: bool = False  # added lines were made CRLF like the file
+    before: str = ""  # the index tree before it (Tree.undo goes back there)
 
 
 # how the port's own `git apply` may have applied it: whitespace ignored in context lines, then the
@@ -95,7 +96,11 @@ class Tree:
         crlf = how != "strict" and self._keep_crlf(fd)
         after = self.tree()
         out = self.diff(before, after) if after != before else b""
-        return Applied(fd, out, how, rejected if out or fd.hunks else [], crlf)
+        return Applied(fd, out, how, rejected if out or fd.hunks else [], crlf, before)
+
+    def undo(self, tree: str) -> None:
+        """The index back at TREE (a change left out)."""
+        self.scratch.reset(tree)
 
     def _keep_crlf(self, fd: FileDiff) -> bool:
         """Added lines of a CRLF file made CRLF (a stored patch that lost its CRs adds LF lines)."""
