@@ -13,6 +13,8 @@ only because an earlier broken patch is missing under it).
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import difflib
 import re
 from collections.abc import Callable
@@ -139,15 +141,16 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
 
     def one(name: str) -> tuple[Target, dict[str, list[PatchCheck]], list[OverlayCheck]]:
         up = manifest.upstreams[name]
-        mirror, target = _resolve(up, onto.get(name), fetch, progress)
         overlays = {model: ([t for t in ts if t.upstream == name], [f for f in fs if f.upstream == name])
                     for model, (ts, fs) in declared.items()}
         overlays = {model: o for model, o in overlays.items() if o[0] or o[1]}
-        n = sum(len(p) for _, p in sequences[name])
-        progress(f"{name}: replaying {n} patches of {len(sequences[name])} series on {target.ref} "
-                 f"({target.commit[:12]}, {target.commits_since_pin} commits ahead of the pin"
-                 + (f", {target.commits_behind} behind)" if target.commits_behind else ")"))
-        results, overlay_checks = _Replayer(mirror, up, target.commit, allow_fuzz).run(sequences[name], overlays)
+        with _Replayer(cache.mirror_path(up), up, allow_fuzz) as replayer:
+            target = _resolve(up, onto.get(name), fetch, progress, replayer.objects)
+            n = sum(len(p) for _, p in sequences[name])
+            progress(f"{name}: replaying {n} patches of {len(sequences[name])} series on {target.ref} "
+                     f"({target.commit[:12]}, {target.commits_since_pin} commits ahead of the pin"
+                     + (f", {target.commits_behind} behind)" if target.commits_behind else ")"))
+            results, overlay_checks = replayer.run(target.commit, sequences[name], overlays)
         broken = sum(p.broken for checks in results.values() for p in checks) + sum(o.broken for o in overlay_checks)
         progress(f"{name}: done, {broken} broken" if broken else f"{name}: done, all hold")
         return target, results, overlay_checks
@@ -182,35 +185,43 @@ def _check_parse(sequences: dict[str, list[tuple[str, list[Patch]]]]) -> None:
         raise InvalidInput(list(dict.fromkeys(problems)))
 
 
-def resolve_ref(mirror: Path, ref: str) -> str | None:
-    for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}", ref):
-        result = git.run(["rev-parse", "--verify", "-q", f"{candidate}^{{commit}}"], mirror, check=False)
-        if result.ok:
-            return result.stdout.strip()
+def resolve_ref(mirror: Path, ref: str, objects: git.Batch | None = None) -> str | None:
+    """The commit REF names in MIRROR (a branch first, then a tag, then any revision), or None."""
+    with contextlib.ExitStack() as stack:
+        reader = objects or stack.enter_context(git.Batch(mirror))
+        for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}", ref):
+            found = reader.info(f"{candidate}^{{commit}}")
+            if found:
+                return found[0]
     return None
 
 
-def _resolve(up: Upstream, onto: str | None, fetch: bool, progress: Progress) -> tuple[Path, Target]:
+def _resolve(up: Upstream, onto: str | None, fetch: bool, progress: Progress, objects: git.Batch) -> Target:
+    """The commit to check UP against; OBJECTS reads UP's mirror (no process per look-up)."""
     if fetch:
         progress(f"{up.name}: fetching {up.url}")
         cache.fetch(up)
-    mirror, _ = cache.ensure_pin(up)
+    mirror = cache.mirror_path(up)
+    if not (mirror / "HEAD").exists() or objects.info(f"{up.pin}^{{commit}}") is None:
+        mirror, _ = cache.ensure_pin(up)  # fetches when the pin is not cached yet
     ref = onto or up.track
     if up.kind == "pypi":  # a release: --onto names a version; the track is the newest matching one
         from patchkit import pypi
 
         if onto:
             pypi.import_version(up, mirror, onto)
-        elif resolve_ref(mirror, pypi.TRACK_REF):
+        elif resolve_ref(mirror, pypi.TRACK_REF, objects):
             ref = pypi.TRACK_REF
         else:  # never fetched: the newest release is not known, so the pinned one is the target
             ref = pypi.split(up.pypi or "")[1]
             progress(f"{up.name}: newest release matching {up.track!r} not fetched yet; checking {ref}")
-    commit = resolve_ref(mirror, ref)
+    commit = resolve_ref(mirror, ref, objects)
     if commit is None:
         raise BadInput(f"upstream {up.name!r}: {ref!r} is not a branch, tag or commit of {up.url}")
+    if commit == up.pin:
+        return Target(up.name, up.url, up.pin, ref, commit, 0, True, 0)
     ahead, behind = git.out(["rev-list", "--count", "--left-right", f"{commit}...{up.pin}"], mirror).split()
-    return mirror, Target(up.name, up.url, up.pin, ref, commit, int(ahead), behind == "0", int(behind))
+    return Target(up.name, up.url, up.pin, ref, commit, int(ahead), behind == "0", int(behind))
 
 
 # -- the replay ------------------------------------------------------------------------------
@@ -240,15 +251,34 @@ class _Replayer:
     """Replays the series of one upstream on its target. One `git apply` per patch that applies;
     the extra work (three-way merge, fuzz, the old world at the pin) only for patches that do not."""
 
-    def __init__(self, mirror: Path, up: Upstream, target: str, allow_fuzz: bool) -> None:
-        self.mirror, self.up, self.target, self.allow_fuzz = mirror, up, target, allow_fuzz
+    def __init__(self, mirror: Path, up: Upstream, allow_fuzz: bool) -> None:
+        self.mirror, self.up, self.allow_fuzz = mirror, up, allow_fuzz
+        self.target = up.pin
         self._renames: dict[str, str] | None = None
         self._moves: dict[str, list[tuple[int, int, int, int]]] = {}
+        self.new = Scratch(mirror)
+        self.old = Scratch(mirror, self.new.objects)
+        self.objects = git.Batch(mirror, self.new.env)  # reads both scratches' objects and the mirror's
+        self._parsed: dict[str, ast.Module | None] = {}  # modules by blob, parsed once
+        self._pin_trees: dict[tuple[tuple[str, str], ...], str | None] = {}
 
-    def run(self, sequences: list[tuple[str, list[Patch]]],
+    def close(self) -> None:
+        self.objects.close()
+        self.old.close()
+        self.new.close()
+
+    def __enter__(self) -> _Replayer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, target: str, sequences: list[tuple[str, list[Patch]]],
             overlays: dict[str, tuple[list[static.Target], list[static.FileOverlay]]] | None = None,
             ) -> tuple[dict[str, list[PatchCheck]], list[OverlayCheck]]:
-        root = _Node(None, tree=self.target)
+        self.target = target
+        overlays = overlays or {}
+        root = _Node(None, tree=target)
         ends: dict[str, _Node] = {}
         for model, patches in sequences:
             node = root
@@ -256,12 +286,11 @@ class _Replayer:
                 node = node.children.setdefault((patch.ref.id, patch.sha256), _Node(patch))
             node.ends.append(model)
             ends[model] = node
-        with Scratch(self.mirror) as new, Scratch(self.mirror, new.objects) as old:
-            self.new, self.old = new, old
-            new.reset(self.target)
-            self._walk(root)
-            overlay_checks = [self._overlays(model, dict(sequences)[model], ends[model], *declared)
-                              for model, declared in (overlays or {}).items()]
+        if root.children:
+            self.new.reset(target)
+            self._walk(root, set(overlays))
+        overlay_checks = [self._overlays(model, dict(sequences)[model], ends[model], *declared)
+                          for model, declared in overlays.items()]
         results = {}
         for model, patches in sequences:
             node, checks = root, []
@@ -274,19 +303,27 @@ class _Replayer:
 
     def _overlays(self, model: str, patches: list[Patch], end: _Node, targets: list[static.Target],
                   files: list[static.FileOverlay]) -> OverlayCheck:
-        """The model's overlays against its series replayed on the target (broken patches left out)."""
+        """The model's overlays against its series replayed on the target (broken patches left out).
+        The pin side (what a drifted target is diffed against, where a file overlay's base blob may
+        only exist) is replayed only when a reader asks for it, once per distinct series."""
         assert end.tree is not None
-        new = TreeReader(self.mirror, end.tree, self.new.env)
-        old_tree = replay(self.old, self.up.pin, [p.data for p in patches])
-        old = TreeReader(self.mirror, old_tree, self.old.env) if old_tree else None
-        bases = [r for r in (old, new) if r is not None]
+        new = TreeReader(self.mirror, end.tree, self.new.env, objects=self.objects, parsed=self._parsed)
+        old = TreeReader(self.mirror, lambda: self._pin_tree(patches), self.old.env, objects=self.objects,
+                         parsed=self._parsed)
         return OverlayCheck(model, self.up.name, [drift.classify(t, new, old) for t in targets],
-                            [drift.check_file(f, new, bases) for f in files])
+                            [drift.check_file(f, new, [new, old]) for f in files])
 
-    def _walk(self, root: _Node) -> None:
+    def _pin_tree(self, patches: list[Patch]) -> str | None:
+        key = tuple((p.ref.id, p.sha256) for p in patches)
+        if key not in self._pin_trees:
+            self._pin_trees[key] = replay(self.old, self.up.pin, [p.data for p in patches])
+        return self._pin_trees[key]
+
+    def _walk(self, root: _Node, read: set[str]) -> None:
         """Every patch of the trie, depth first, with an explicit stack: a series is as long as time
         allows, not as deep as the interpreter's stack. Siblings restart from their parent's tree
-        and get their own copy of its state; an only child goes on in place."""
+        and get their own copy of its state; an only child goes on in place. Where the series of a
+        model in READ ends (its overlays read the result), the index's tree is kept."""
         pending: list[tuple[_Node, _State, str | None]] = []
 
         def push_children(node: _Node, state: _State) -> None:
@@ -303,7 +340,7 @@ class _Replayer:
             assert node.patch is not None
             node.result = self._step(node.patch, state)
             state.history.append(node.patch)
-            if node.ends:
+            if read.intersection(node.ends):
                 node.tree = self.new.tree()
             push_children(node, state)
 

@@ -48,7 +48,18 @@ class Result:
         return self.returncode == 0
 
 
+class Env(dict[str, str]):
+    """A complete environment for git, built once (`environment`) and passed to every call as is."""
+
+
+def environment(extra: Mapping[str, str] | None = None) -> Env:
+    """The environment of many git calls with the same EXTRA variables (a scratch index's), built once."""
+    return Env(base_env(extra))
+
+
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    if isinstance(extra, Env):
+        return extra
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
     env["GIT_TERMINAL_PROMPT"] = "0"
     env["LC_ALL"] = "C"
@@ -124,3 +135,61 @@ def has_commit(repo: str | Path, sha: str) -> bool:
 
 def is_ancestor(repo: str | Path, ancestor: str, descendant: str) -> bool:
     return run(["merge-base", "--is-ancestor", ancestor, descendant], repo, check=False).ok
+
+
+class Batch:
+    """One `git cat-file --batch-command` process per repository: object and path look-ups
+    (`info`, `contents` of `REV`, `TREE:PATH`, `REF^{commit}` ...) without a process each.
+    Started on first use; objects written by other git processes later are found too."""
+
+    def __init__(self, repo: str | Path, env: Mapping[str, str] | None = None) -> None:
+        self.repo, self.env = repo, env
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _ask(self, command: str, spec: str) -> tuple[str, str, int] | None:
+        if "\n" in spec or not spec:
+            return None
+        if self._proc is None:
+            self._proc = subprocess.Popen(["git", "cat-file", "--batch-command"], cwd=self.repo, env=base_env(self.env),
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            self._proc.stdin.write(f"{command} {spec}\n".encode())
+            self._proc.stdin.flush()
+            header = self._proc.stdout.readline().decode("utf-8", "replace").split()
+        except (BrokenPipeError, OSError) as exc:
+            raise GitError(f"git cat-file --batch-command stopped (in {self.repo})") from exc
+        if len(header) != 3 or header[2] == "missing" or not header[2].isdigit():
+            if not header:
+                raise GitError(f"git cat-file --batch-command stopped (in {self.repo})")
+            return None
+        return header[0], header[1], int(header[2])
+
+    def info(self, spec: str) -> tuple[str, str] | None:
+        """(object id, type) of SPEC, or None when it names nothing."""
+        found = self._ask("info", spec)
+        return (found[0], found[1]) if found else None
+
+    def contents(self, spec: str) -> tuple[str, bytes] | None:
+        """(type, bytes) of the object SPEC names, or None."""
+        found = self._ask("contents", spec)
+        if found is None:
+            return None
+        assert self._proc is not None and self._proc.stdout is not None
+        data = self._proc.stdout.read(found[2] + 1)[:-1]
+        return found[1], data
+
+    def close(self) -> None:
+        if self._proc is not None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            self._proc.wait()
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
+            self._proc = None
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

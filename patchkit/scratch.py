@@ -28,11 +28,12 @@ class Scratch:
             objects = self.dir / "objects"
             objects.mkdir()
         self.objects = objects
-        self.env = {
+        self.env = git.environment({
             "GIT_INDEX_FILE": str(self.dir / "index"),
             "GIT_OBJECT_DIRECTORY": str(objects),
             "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(mirror / "objects"),
-        }
+        })
+        self._tree: str | None = None  # the index's tree while no patch changed it
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -48,14 +49,20 @@ class Scratch:
 
     def reset(self, treeish: str) -> None:
         self.run(["read-tree", treeish])
+        self._tree = None
 
     def tree(self) -> str:
-        # --missing-ok: a snapshot may lack blobs of files no patch touches (demo media)
-        return self.run(["write-tree", "--missing-ok"]).stdout.strip()
+        if self._tree is None:
+            # --missing-ok: a snapshot may lack blobs of files no patch touches (demo media)
+            self._tree = self.run(["write-tree", "--missing-ok"]).stdout.strip()
+        return self._tree
 
     def apply(self, data: bytes, *options: str) -> git.Result:
         """`git apply --cached -v OPTIONS` of DATA; the index is unchanged when it fails (atomic)."""
-        return self.run(["apply", "--cached", "--verbose", *options, "-"], check=False, input_bytes=data)
+        result = self.run(["apply", "--cached", "--verbose", *options, "-"], check=False, input_bytes=data)
+        if "--check" not in options:  # a failed --3way leaves unmerged entries
+            self._tree = None
+        return result
 
 
 

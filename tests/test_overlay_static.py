@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from dataclasses import dataclass
@@ -206,3 +207,53 @@ def test_fingerprint_of_a_signature_with_defaults_and_annotations() -> None:
     assert a and a == fp.of_source(src.replace('"""doc"""', '"""other doc"""'), "Loss.forward")
     assert a.split("-")[1] != fp.of_source(src.replace("avg: int = 3", "avg: int = 4"), "Loss.forward").split("-")[1]
     assert fp.of_source(src, "init")
+
+
+def _reference_fingerprint(nodes: list[ast.stmt]) -> str:
+    """The fingerprint as first written (a deep copy of each node with its docstrings removed, then
+    serialised): the in-place serialiser must give the very same bits."""
+    import copy
+    import hashlib
+
+    from patchkit.overlay import fingerprint as fp
+
+    def digest(items: list[ast.AST], size: int) -> str:
+        out: list[str] = []
+        for item in items:
+            item = copy.deepcopy(item)
+            for child in ast.walk(item):
+                body = getattr(child, "body", None)
+                if (isinstance(child, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                        and isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                        and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+                    child.body = body[1:] or [ast.Pass()]
+            fp._serialise(item, out)
+        return hashlib.sha256("".join(out).encode()).hexdigest()[:size]
+
+    return f"{digest(list(nodes), 16)}-{digest([s for n in nodes for s in fp._signature(n)], 8)}"
+
+
+def test_fingerprints_bit_identical_without_copies() -> None:
+    """Every definition and method of patchkit's overlay and train code and of the shipped overlays (docstrings,
+    nested classes, decorators, a docstring-only body): the same fingerprint as the copying
+    implementation, and the parsed module is left as it was (it is shared by all targets in it)."""
+    from patchkit.overlay import fingerprint as fp
+
+    root = Path(__file__).resolve().parent.parent
+    sources = [p.read_text(encoding="utf-8") for folder in ("patchkit/overlay", "patchkit/train", "overlays")
+               for p in sorted((root / folder).rglob("*.py"))]
+    sources.append('class Only:\n    """only a docstring"""\n\n    def m(self):\n        """doc"""\n')
+    checked = 0
+    for source in sources:
+        module = ast.parse(source)
+        before = ast.dump(module)
+        for node in module.body:
+            names = [node.name] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else []
+            if isinstance(node, ast.ClassDef):
+                names += [f"{node.name}.{n.name}" for n in node.body
+                          if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+            for name in names:
+                assert fp.of_module(module, name) == _reference_fingerprint(fp.find(module, name)), name
+                checked += 1
+        assert ast.dump(module) == before
+    assert checked > 150, checked

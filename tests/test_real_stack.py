@@ -74,6 +74,17 @@ def test_rebase_check_of_everything_holds(real: Path) -> None:
             == sorted((p["patch"], p["outcome"]) for p in series["patches"])
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_shipped_fingerprints_recomputed_bit_identical(real: Path, model: str) -> None:
+    """Every shipped overlay target's recorded fingerprint is what patchkit computes now from the
+    pinned upstream with the model's series (the fingerprint code changed without changing a bit)."""
+    run = patchkit(ROOT, "overlay", "list", model, "--workspace", str(real), "--json")
+    assert run.code in (0, 1), run.text
+    targets = json.loads(run.out)["targets"]
+    assert targets
+    assert [(t["target"], t["current"]) for t in targets] == [(t["target"], t["declared"]) for t in targets]
+
+
 needs_venv = pytest.mark.skipif(not (VENV or VENVS), reason="set PATCHKIT_STACK_VENVS (a folder for one venv per "
                                 "model) or PATCHKIT_STACK_VENV (one venv for all)")
 

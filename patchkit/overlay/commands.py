@@ -58,7 +58,7 @@ def pinned_sources(manifest: Manifest, model: Model, workspace_root: Path) -> It
                 tip = f"refs/heads/{workspace.branch_name(model.name)}"
                 if applied and applied[-1].id == OVERLAY_ID:  # apply's overlay commit holds our files, not theirs
                     tip = f"{applied[-1].commit}^"
-                readers[up] = (TreeReader(repo, tip), f"the workspace {repo}")
+                readers[up] = (stack.enter_context(TreeReader(repo, tip)), f"the workspace {repo}")
                 continue
             upstream = manifest.upstreams[up]
             mirror, _ = cache.ensure_pin(upstream)
@@ -68,7 +68,7 @@ def pinned_sources(manifest: Manifest, model: Model, workspace_root: Path) -> It
             if tree is None:
                 raise PatchkitError(f"{model.name}/{up}: the series does not apply at the pin; "
                                     f"run `patchkit apply {model.name}` to see why")
-            readers[up] = (TreeReader(mirror, tree, scratch.env), f"the pin {upstream.pin[:12]} with the series")
+            readers[up] = (stack.enter_context(TreeReader(mirror, tree, scratch.env)), f"the pin {upstream.pin[:12]} with the series")
         yield readers
 
 

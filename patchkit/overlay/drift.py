@@ -9,10 +9,11 @@ merges cleanly into the overlay; the merge is shown), `conflict`, `missing` (the
 
 from __future__ import annotations
 
+import ast
 import difflib
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,26 +25,69 @@ HOLDING = {"holds", "merged"}
 
 
 class TreeReader:
-    """Files of a tree (commit, tree id or index tree) in a repository, through git."""
+    """Files of a tree (commit, tree id or index tree) in a repository, through git.
 
-    def __init__(self, repo: Path, tree: str, env: Mapping[str, str] | None = None) -> None:
-        self.repo, self.tree, self.env = repo, tree, dict(env or {})
+    Look-ups go through one `git cat-file --batch-command` (OBJECTS, shared by the readers of one
+    repository; a reader without one starts its own, stopped by `close`), and each module is parsed
+    once per blob (PARSED, shared likewise). TREE may be a function that makes the tree on first use
+    (the pin-side replay, needed only when something drifted); None there means no tree."""
+
+    def __init__(self, repo: Path, tree: str | Callable[[], str | None] | None,
+                 env: Mapping[str, str] | None = None, *, objects: git.Batch | None = None,
+                 parsed: dict[str, ast.Module | None] | None = None) -> None:
+        self.repo, self.env = repo, env
+        self._tree, self._made = tree, not callable(tree)
+        self._own = objects is None
+        self.objects = objects if objects is not None else git.Batch(repo, env)
+        self.parsed = parsed if parsed is not None else {}
+
+    @property
+    def tree(self) -> str | None:
+        if not self._made:
+            assert callable(self._tree)
+            self._tree, self._made = self._tree(), True
+        return self._tree  # type: ignore[return-value]
 
     def read(self, path: str) -> str | None:
         blob = self.blob(path)
         return self.read_blob(blob) if blob else None
 
     def blob(self, path: str) -> str | None:
-        result = git.run(["rev-parse", "--verify", "-q", f"{self.tree}:{path}"], self.repo, check=False, env=self.env)
-        return result.stdout.strip() if result.ok else None
+        found = self.objects.info(f"{self.tree}:{path}") if self.tree else None
+        return found[0] if found and found[1] == "blob" else None
 
     def read_blob(self, blob: str) -> str | None:
-        result = git.run(["cat-file", "blob", blob], self.repo, check=False, env=self.env)
-        return result.stdout if result.ok else None
+        if self.tree is None:  # a tree that could not be made has no blobs of its own
+            return None
+        found = self.objects.contents(blob)
+        return found[1].decode("utf-8", "replace") if found and found[0] == "blob" else None
+
+    def module(self, path: str) -> tuple[str, ast.Module | None]:
+        """The source of PATH and its syntax tree (None when it does not parse), parsed once per blob."""
+        blob = self.blob(path) or ""
+        source = (self.read_blob(blob) or "") if blob else ""
+        if blob not in self.parsed:
+            try:
+                self.parsed[blob] = ast.parse(source)
+            except (SyntaxError, ValueError):
+                self.parsed[blob] = None
+        return source, self.parsed[blob]
 
     def grep(self, pattern: str) -> list[str]:
+        if not self.tree:
+            return []
         result = git.run(["grep", "-n", "-E", pattern, self.tree, "--", "*.py"], self.repo, check=False, env=self.env)
         return [ln.split(":", 1)[1] if ln.startswith(self.tree + ":") else ln for ln in result.stdout.splitlines()]
+
+    def close(self) -> None:
+        if self._own:
+            self.objects.close()
+
+    def __enter__(self) -> TreeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
@@ -80,12 +124,8 @@ def current(target: Target, reader: TreeReader) -> tuple[str | None, str | None,
     path = module_file(reader, target.module)
     if path is None:
         return None, None, None
-    source = reader.read(path) or ""
-    try:
-        value = fp.of_source(source, target.qualname)
-    except SyntaxError:
-        value = None
-    return path, source, value
+    source, module = reader.module(path)
+    return path, source, fp.of_module(module, target.qualname) if module is not None else None
 
 
 def classify(target: Target, reader: TreeReader, old: TreeReader | None = None) -> TargetState:

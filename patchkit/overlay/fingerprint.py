@@ -10,19 +10,25 @@ version's `ast.dump` format.
 from __future__ import annotations
 
 import ast
-import copy
 import hashlib
 
 _SKIP_FIELDS = {"ctx", "type_comment", "kind", "type_params"}
 
 
+_DOC_SCOPES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
 def _serialise(node: object, out: list[str]) -> None:
+    """Append NODE's text to OUT; a docstring opening a scope's body is left out (an emptied body
+    reads as `pass`), read in place: the caller's tree is neither copied nor changed."""
     if isinstance(node, ast.AST):
         out.append(type(node).__name__ + "(")
         for name in node._fields:
             if name in _SKIP_FIELDS:
                 continue
             value = getattr(node, name, None)
+            if name == "body" and isinstance(node, _DOC_SCOPES) and _has_docstring(value):
+                value = value[1:] or [_PASS]
             if value is None or value == []:
                 continue
             out.append(name + "=")
@@ -39,21 +45,18 @@ def _serialise(node: object, out: list[str]) -> None:
         out.append(repr(node))
 
 
-def _strip_docstrings(node: ast.AST) -> ast.AST:
-    node = copy.deepcopy(node)  # a copy: the caller's tree stays as it is (signature parts do not re-parse)
-    for child in ast.walk(node):
-        body = getattr(child, "body", None)
-        if (isinstance(child, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                and isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            child.body = body[1:] or [ast.Pass()]
-    return node
+_PASS = ast.Pass()
+
+
+def _has_docstring(body: object) -> bool:
+    return (isinstance(body, list) and bool(body) and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str))
 
 
 def _digest(nodes: list[ast.AST], size: int) -> str:
     out: list[str] = []
     for node in nodes:
-        _serialise(_strip_docstrings(node), out)
+        _serialise(node, out)
     return hashlib.sha256("".join(out).encode()).hexdigest()[:size]
 
 
@@ -103,7 +106,12 @@ def of_source(source: str, qualname: str) -> str | None:
     >>> a == of_source("def f(x):\\n    return x + 2\\n", "f")
     False
     """
-    nodes = find(ast.parse(source), qualname)
+    return of_module(ast.parse(source), qualname)
+
+
+def of_module(module: ast.Module, qualname: str) -> str | None:
+    """The fingerprint of QUALNAME in a parsed MODULE (parse once, fingerprint many targets)."""
+    nodes = find(module, qualname)
     return fingerprint(nodes) if nodes else None
 
 
