@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import resource
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def log(message: str) -> None:
@@ -41,3 +48,123 @@ def python_lines(rng: random.Random, tag: str, length: int) -> list[str]:
                   f"    total = x * {rng.randint(1, 99)} + y  # step {n}",
                   "    return math.sqrt(abs(total))", ""]
     return lines[:length]
+
+
+# -- paired timing ------------------------------------------------------------------------------
+# The machine is shared and noisy: absolute times and best-of-N minima of each side swing with the
+# load. Every benchmark runs its cases round-robin (A, B, A, B ...) and reports, for each case, the
+# median over rounds of its ratio to the baseline case of the same round, for wall time and CPU time
+# (user + system of the command and all its children), with the load average before and after.
+
+
+@dataclass
+class Timed:
+    """One command timed once per round. ARGS may depend on the round; CHECK(code, stdout) runs untimed."""
+
+    name: str
+    args: Callable[[int], list[str]]
+    cwd: Path
+    env: dict[str, str]
+    check: Callable[[int, str], None] | None = None
+    codes: tuple[int, ...] = (0,)
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+def run_once(case: Timed, round_no: int) -> None:
+    args = case.args(round_no)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(args, check=False, cwd=case.cwd, env=case.env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode not in case.codes:
+        sys.exit(f"bench: FAILED: {case.name}: {' '.join(args)} exited {proc.returncode}\n"
+                 f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    if case.check:
+        case.check(proc.returncode, proc.stdout)
+    case.walls.append(wall)
+    case.cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    case.outputs.append(proc.stdout)
+
+
+def rounds(cases: list[Timed], repeat: int, label: str = "") -> None:
+    """Every case once per round, in order, REPEAT rounds (one untimed warm-up round first)."""
+    for case in cases:
+        run_once(case, -1)
+        case.walls.clear(), case.cpus.clear(), case.outputs.clear()
+    for round_no in range(repeat):
+        for case in cases:
+            run_once(case, round_no)
+        log(f"{label}round {round_no + 1}/{repeat}: "
+            + ", ".join(f"{c.name} {c.walls[-1]:.2f}s/{c.cpus[-1]:.2f}s cpu" for c in cases))
+
+
+def paired(case: Timed, base: Timed) -> dict[str, float]:
+    """Median of the per-round ratios CASE/BASE, wall and CPU, and the medians of each side."""
+    return {"wall_ratio": round(statistics.median(a / b for a, b in zip(case.walls, base.walls)), 3),
+            "cpu_ratio": round(statistics.median(a / b for a, b in zip(case.cpus, base.cpus)), 3),
+            "wall_s": round(statistics.median(case.walls), 4), "cpu_s": round(statistics.median(case.cpus), 4),
+            "base_wall_s": round(statistics.median(base.walls), 4), "base_cpu_s": round(statistics.median(base.cpus), 4)}
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+@dataclass
+class Row:
+    """One line of a benchmark's result: CASE against BASE, and the goal on one of the ratios."""
+
+    bench: str
+    case: str
+    base: str
+    numbers: dict[str, float]
+    goal: float | None = None
+    on: str = "cpu_ratio"  # the ratio the goal is about
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.goal is None else self.numbers[self.on] <= self.goal
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bench": self.bench, "case": self.case, "base": self.base, **self.numbers, "goal": self.goal,
+                "goal_on": self.on, "passed": self.passed, **self.extra}
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """The table the README quotes: one line per row, the goal checked on its ratio."""
+    lines = [f"{'bench':<13} {'case':<34} {'vs':<22} {'cpu x':>6} {'wall x':>7}  goal"]
+    for r in rows:
+        goal = "" if r["goal"] is None else \
+            f"{r['goal_on'].split('_')[0]} <= {r['goal']}x {'PASS' if r['passed'] else 'MISS'}"
+        lines.append(f"{r['bench']:<13} {r['case']:<34} {r['base']:<22} {r['cpu_ratio']:>6.2f} {r['wall_ratio']:>7.2f}  {goal}")
+    return lines
+
+
+def report(name: str, rows: list[Row], loads: tuple[list[float], list[float]], repeat: int, as_json: bool,
+           **facts: Any) -> None:
+    """Print the rows as a table, or as JSON (what bench/all.py reads)."""
+    doc = {"bench": name, "repeat": repeat, "cpus": os.cpu_count(), "load_before": loads[0], "load_after": loads[1],
+           "rows": [r.as_dict() for r in rows], **facts}
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    print(f"{name}: median of {repeat} paired ratios, {os.cpu_count()} CPUs, load average before "
+          f"{' '.join(map(str, loads[0]))}, after {' '.join(map(str, loads[1]))}")
+    for line in table(doc["rows"]):
+        print(line)
+    for note in facts.get("notes", []):
+        print(f"note: {note}")
+
+
+# -P (Python 3.11+): the current folder is not put first on sys.path, so `python -m patchkit` run in
+# the port's root imports the patchkit on PYTHONPATH (a baseline checkout), not the one there.
+PYTHON_FLAGS = ["-P"] if sys.version_info >= (3, 11) else []
+
+
+def baseline_env(env: dict[str, str], checkout: Path | None) -> dict[str, str]:
+    """ENV running patchkit from another checkout (`--baseline DIR`: the code before a change), for A/B."""
+    return env if checkout is None else {**env, "PYTHONPATH": str(checkout.resolve())}

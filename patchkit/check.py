@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchkit import cache, git, patchfile
+from patchkit import cache, git, patchfile, settings
 from patchkit.errors import BadInput, Diagnostic, InvalidInput, PatchkitError
 from patchkit.manifest import Manifest, Upstream
 from patchkit.patchfile import ParsedPatch, Patch
 from patchkit.paths import display
-from patchkit.overlay import drift, static
+from patchkit.overlay import drift, fingerprint, static
 from patchkit.overlay.drift import HOLDING, FileState, TargetState, TreeReader
 from patchkit.scratch import Scratch, offsets, replay
 
@@ -137,14 +137,17 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
             sequences.setdefault(up, []).append((model.name, patchfile.load_series(model.patches[up])))
     _check_parse(sequences)
     names = sorted(sequences)
-    declared = {m.name: static.load_sets(manifest.root, m.overlays) for m in chosen if m.overlays}
+    sets = static.load_each(manifest.root, [name for m in chosen for name in m.overlays])
+    declared = {m.name: ([t for s in m.overlays for t in sets[s][0]], [f for s in m.overlays for f in sets[s][1]])
+                for m in chosen if m.overlays}
+    memo = fingerprint.Memo.in_cache(settings.cache_root())
 
     def one(name: str) -> tuple[Target, dict[str, list[PatchCheck]], list[OverlayCheck]]:
         up = manifest.upstreams[name]
         overlays = {model: ([t for t in ts if t.upstream == name], [f for f in fs if f.upstream == name])
                     for model, (ts, fs) in declared.items()}
         overlays = {model: o for model, o in overlays.items() if o[0] or o[1]}
-        with _Replayer(cache.mirror_path(up), up, allow_fuzz) as replayer:
+        with _Replayer(cache.mirror_path(up), up, allow_fuzz, memo) as replayer:
             target = _resolve(up, onto.get(name), fetch, progress, replayer.objects)
             n = sum(len(p) for _, p in sequences[name])
             progress(f"{name}: replaying {n} patches of {len(sequences[name])} series on {target.ref} "
@@ -164,6 +167,7 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
                 outcomes[name] = future.result()
             except PatchkitError as exc:
                 errors.append(exc)
+    memo.save()
     if errors:
         errors.sort(key=lambda e: -e.exit_code)
         first = errors[0]
@@ -251,8 +255,8 @@ class _Replayer:
     """Replays the series of one upstream on its target. One `git apply` per patch that applies;
     the extra work (three-way merge, fuzz, the old world at the pin) only for patches that do not."""
 
-    def __init__(self, mirror: Path, up: Upstream, allow_fuzz: bool) -> None:
-        self.mirror, self.up, self.allow_fuzz = mirror, up, allow_fuzz
+    def __init__(self, mirror: Path, up: Upstream, allow_fuzz: bool, memo: fingerprint.Memo | None = None) -> None:
+        self.mirror, self.up, self.allow_fuzz, self.memo = mirror, up, allow_fuzz, memo
         self.target = up.pin
         self._renames: dict[str, str] | None = None
         self._moves: dict[str, list[tuple[int, int, int, int]]] = {}
@@ -307,9 +311,10 @@ class _Replayer:
         The pin side (what a drifted target is diffed against, where a file overlay's base blob may
         only exist) is replayed only when a reader asks for it, once per distinct series."""
         assert end.tree is not None
-        new = TreeReader(self.mirror, end.tree, self.new.env, objects=self.objects, parsed=self._parsed)
+        new = TreeReader(self.mirror, end.tree, self.new.env, objects=self.objects, parsed=self._parsed,
+                         memo=self.memo)
         old = TreeReader(self.mirror, lambda: self._pin_tree(patches), self.old.env, objects=self.objects,
-                         parsed=self._parsed)
+                         parsed=self._parsed, memo=self.memo)
         return OverlayCheck(model, self.up.name, [drift.classify(t, new, old) for t in targets],
                             [drift.check_file(f, new, [new, old]) for f in files])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -9,11 +10,18 @@ from pathlib import Path
 
 def display(path: str | Path) -> str:
     """PATH relative to the current directory when it lies below it, else absolute."""
-    p = Path(path)
     try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
+        return _display(str(path), os.getcwd())
+    except OSError:
+        return str(path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _display(path: str, cwd: str) -> str:  # resolving is a system call per part: once per path and folder
+    try:
+        return str(Path(path).resolve().relative_to(Path(cwd).resolve()))
     except (ValueError, OSError):
-        return str(p)
+        return path
 
 
 def _umask() -> int:

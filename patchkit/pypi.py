@@ -13,12 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
 import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
-import zipfile
+import urllib.parse  # light (pathlib imports it); urllib.request and the archive modules only where used
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
@@ -52,6 +48,9 @@ def _json(upstream: Upstream, path: str) -> dict[str, object]:
 
 
 def _download_json(upstream: Upstream, url: str) -> dict[str, object]:
+    import urllib.error  # here: 30 ms of imports that a check of cached releases never needs
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (https or file by design)
             return json.loads(response.read())  # type: ignore[no-any-return]
@@ -77,6 +76,9 @@ def _download(upstream: Upstream, url: str, filename: str, sha256: str) -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    import urllib.error
+    import urllib.request
+
     digest = hashlib.sha256()
     tmp = target.with_name(f".{filename}.part")
     try:
@@ -96,6 +98,9 @@ def _download(upstream: Upstream, url: str, filename: str, sha256: str) -> Path:
 
 
 def _unpack(archive: Path, dest: Path) -> None:
+    import tarfile
+    import zipfile
+
     if archive.name.endswith((".whl", ".zip")):
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(dest)

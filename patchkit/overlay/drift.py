@@ -34,8 +34,8 @@ class TreeReader:
 
     def __init__(self, repo: Path, tree: str | Callable[[], str | None] | None,
                  env: Mapping[str, str] | None = None, *, objects: git.Batch | None = None,
-                 parsed: dict[str, ast.Module | None] | None = None) -> None:
-        self.repo, self.env = repo, env
+                 parsed: dict[str, ast.Module | None] | None = None, memo: fp.Memo | None = None) -> None:
+        self.repo, self.env, self.memo = repo, env, memo or fp.Memo(None)
         self._tree, self._made = tree, not callable(tree)
         self._own = objects is None
         self.objects = objects if objects is not None else git.Batch(repo, env)
@@ -72,6 +72,18 @@ class TreeReader:
             except (SyntaxError, ValueError):
                 self.parsed[blob] = None
         return source, self.parsed[blob]
+
+    def fingerprint(self, path: str, qualname: str) -> str | None:
+        """The fingerprint of QUALNAME in PATH (None when it is not there), from the memo when known."""
+        blob = self.blob(path)
+        if blob is None:
+            return None
+        known, value = self.memo.get(blob, qualname)
+        if not known:
+            module = self.module(path)[1]
+            value = fp.of_module(module, qualname) if module is not None else None
+            self.memo.put(blob, qualname, value)
+        return value
 
     def grep(self, pattern: str) -> list[str]:
         if not self.tree:
@@ -119,18 +131,15 @@ def module_file(reader: TreeReader, module: str) -> str | None:
     return None
 
 
-def current(target: Target, reader: TreeReader) -> tuple[str | None, str | None, str | None]:
-    """(file, source, fingerprint) of TARGET in READER's tree; None where it is not found."""
+def current(target: Target, reader: TreeReader) -> tuple[str | None, str | None]:
+    """(file, fingerprint) of TARGET in READER's tree; None where it is not found."""
     path = module_file(reader, target.module)
-    if path is None:
-        return None, None, None
-    source, module = reader.module(path)
-    return path, source, fp.of_module(module, target.qualname) if module is not None else None
+    return (path, reader.fingerprint(path, target.qualname)) if path is not None else (None, None)
 
 
 def classify(target: Target, reader: TreeReader, old: TreeReader | None = None) -> TargetState:
     state = TargetState(target.target, target.upstream, target.where, "holds", target.fingerprint)
-    path, source, value = current(target, reader)
+    path, value = current(target, reader)
     state.current = value
     if value is None:
         state.state = "missing"
@@ -146,8 +155,8 @@ def classify(target: Target, reader: TreeReader, old: TreeReader | None = None) 
         return state
     old_sig = target.fingerprint.rpartition("-")[2]
     state.state = "signature-changed" if value.rpartition("-")[2] != old_sig else "drifted"
-    if old is not None and path is not None and source is not None:
-        before = old.read(path)
+    if old is not None and path is not None:
+        before, source = old.read(path), reader.read(path) or ""
         if before is not None:
             state.detail = _diff(fp.segment(before, target.qualname), fp.segment(source, target.qualname), path)
     return state

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -139,19 +140,24 @@ def _files_list(root: yaml.Node | None) -> list[yaml.Node] | None:
 
 def load_sets(manifest_root: Path, names: tuple[str, ...]) -> tuple[list[Target], list[FileOverlay]]:
     """All declarations and whole-file overlays of the sets NAMES; raise on any problem."""
-    all_targets: list[Target] = []
-    all_files: list[FileOverlay] = []
+    each = load_each(manifest_root, names)
+    return [t for name in names for t in each[name][0]], [f for name in names for f in each[name][1]]
+
+
+def load_each(manifest_root: Path, names: Iterable[str]) -> dict[str, tuple[list[Target], list[FileOverlay]]]:
+    """The declarations and whole-file overlays of each set in NAMES, each set read once however
+    many models use it; raise on any problem in any of them."""
+    found: dict[str, tuple[list[Target], list[FileOverlay]]] = {}
     problems: list[Diagnostic] = []
-    for name in names:
+    for name in dict.fromkeys(names):
         folder = sets_root(manifest_root) / name
-        found, issues = targets(folder)
+        targets_found, issues = targets(folder)
         files, more = file_overlays(folder, name)
-        all_targets += found
-        all_files += files
+        found[name] = (targets_found, files)
         problems += issues + more
     if problems:
         raise InvalidInput(problems)
-    return all_targets, all_files
+    return found
 
 
 def write_fingerprints(updates: list[tuple[Target, str]]) -> None:

@@ -1,0 +1,104 @@
+"""The raw-git floor of `rebase --check`, and a git process counter, for the benchmarks.
+
+The floor is the least git work that replays the same series: per upstream, one `rev-parse` of the
+target, one `read-tree` of it into a temporary index, then one `git apply --cached` per patch of
+the trie of all series on that upstream (a layer several models share is applied once; where the
+series part, the tree is written once and read back before each other branch). New objects go to
+a temporary object directory (the mirror's objects are an alternate), so no mirror is written. No
+overlay is looked at: patchkit's overlay check is measured against this floor as it stands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+
+from patchkit import cache, patchfile
+from patchkit import manifest as manifest_mod
+
+SHIM = '#!/bin/sh\necho "$1" >> "$GIT_COUNT_LOG"\nexec {git} "$@"\n'
+
+
+def script(manifest_path: Path, cache_root: Path, targets: dict[str, dict[str, str]]) -> str:
+    """A bash script replaying every series of MANIFEST_PATH on TARGETS (`rebase --check --json`'s
+    "upstreams": name -> {"ref", "commit"}); it prints how many patches did not apply."""
+    manifest = manifest_mod.load(manifest_path)
+    lines = ["#!/bin/bash", "set -u", "failed=0", "s=$(mktemp -d)", 'mkdir "$s/objects"',
+             'export GIT_OBJECT_DIRECTORY="$s/objects" GIT_INDEX_FILE="$s/index"']
+    for name in sorted(targets):
+        up = manifest.upstreams[name]
+        mirror = cache.mirror_path(up, cache_root)
+        trie: dict = {}
+        for model in manifest.models.values():
+            if name in model.patches:
+                node = trie
+                for patch in patchfile.load_series(model.patches[name]):
+                    node = node.setdefault((str(patch.ref.path), patch.sha256), {})
+        q = shlex.quote
+        lines += [f"export GIT_DIR={q(str(mirror))} GIT_ALTERNATE_OBJECT_DIRECTORIES={q(str(mirror / 'objects'))}",
+                  f"c=$(git rev-parse --verify -q {q(_candidate(mirror, targets[name]['ref']))})"]
+        if trie:
+            lines.append('git read-tree "$c"')
+            lines += _walk(trie, [0])
+    lines += ['rm -rf "$s"', 'echo "$failed"']
+    return "\n".join(lines) + "\n"
+
+
+def _candidate(mirror: Path, ref: str) -> str:
+    """The spelling of REF that resolves in MIRROR, as `rebase --check` tries them."""
+    for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}", ref):
+        spec = f"{candidate}^{{commit}}"
+        if subprocess.run(["git", "--git-dir", str(mirror), "rev-parse", "--verify", "-q", spec],
+                          capture_output=True).returncode == 0:
+            return spec
+    raise SystemExit(f"bench: FAILED: {ref} does not resolve in {mirror}")
+
+
+def _walk(trie: dict, counter: list[int]) -> list[str]:
+    """Depth first, with an explicit stack (a series may be thousands of patches long)."""
+    lines: list[str] = []
+    stack: list[tuple[str, dict, str | None]] = []
+
+    def push(node: dict) -> None:
+        saved = None
+        if len(node) > 1:
+            counter[0] += 1
+            saved = f"t{counter[0]}"
+            lines.append(f"{saved}=$(git write-tree --missing-ok)")
+        stack.extend((p, child, saved if i else None) for i, ((p, _), child) in reversed(list(enumerate(node.items()))))
+
+    push(trie)
+    while stack:
+        path, node, restore = stack.pop()
+        if restore:
+            lines.append(f'git read-tree "${restore}"')
+        lines.append(f"git apply --cached {shlex.quote(path)} 2>/dev/null || failed=$((failed + 1))")
+        push(node)
+    return lines
+
+
+def targets_of(check_json: str) -> dict[str, dict[str, str]]:
+    return {name: {"ref": t["ref"], "commit": t["commit"]} for name, t in json.loads(check_json)["upstreams"].items()}
+
+
+def count_git(args: list[str], cwd: Path, env: dict[str, str]) -> dict[str, int]:
+    """Run ARGS with a `git` on PATH that logs each call; the number of git processes, by subcommand."""
+    real = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True, env=env).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="patchkit-gitcount-") as tmp:
+        shim = Path(tmp) / "bin" / "git"
+        shim.parent.mkdir()
+        shim.write_text(SHIM.format(git=shlex.quote(real)))
+        shim.chmod(0o755)
+        log = Path(tmp) / "calls"
+        log.touch()
+        run_env = {**env, "PATH": f"{shim.parent}{os.pathsep}{env.get('PATH', '')}", "GIT_COUNT_LOG": str(log)}
+        subprocess.run(args, cwd=cwd, env=run_env, capture_output=True, check=False)
+        calls = log.read_text().split()
+    counts: dict[str, int] = {"total": len(calls)}
+    for call in calls:
+        counts[call] = counts.get(call, 0) + 1
+    return counts
