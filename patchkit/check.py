@@ -30,6 +30,7 @@ from patchkit.paths import display
 from patchkit.overlay import drift, fingerprint, static
 from patchkit.overlay.drift import HOLDING, FileState, TargetState, TreeReader
 from patchkit.scratch import Scratch, offsets, replay
+from patchkit.shard import Shard, assign
 
 Progress = Callable[[str], None]
 OUTCOMES = ("clean", "offset", "fuzz", "merged", "upstreamed", "conflict", "target-missing", "blocked")
@@ -99,6 +100,7 @@ class CheckReport:
     series: list[SeriesCheck]
     allow_fuzz: bool
     overlays: list[OverlayCheck] = field(default_factory=list)
+    shard: Shard | None = None  # the part of the check this report covers (`--shard K/N`)
 
     @property
     def ok(self) -> bool:
@@ -128,13 +130,18 @@ def parse_onto(items: tuple[str, ...], manifest: Manifest) -> dict[str, str]:
 
 
 def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None = None, allow_fuzz: bool = False,
-          fetch: bool = True, jobs: int = 4, progress: Progress = lambda _m: None) -> CheckReport:
+          fetch: bool = True, jobs: int = 4, progress: Progress = lambda _m: None,
+          shard: Shard | None = None) -> CheckReport:
     chosen = [manifest.model(m) for m in models] if models else list(manifest.models.values())
     onto = onto or {}
+    mine = {(model.name, up) for model in chosen for up in model.layers}
+    if shard:
+        mine = assign({(m.name, up): len(m.patches[up]) for m in chosen for up in m.layers}, shard.count)[shard.index - 1]
     sequences: dict[str, list[tuple[str, list[Patch]]]] = {}
     for model in chosen:
         for up in model.layers:
-            sequences.setdefault(up, []).append((model.name, patchfile.load_series(model.patches[up])))
+            if (model.name, up) in mine:
+                sequences.setdefault(up, []).append((model.name, patchfile.load_series(model.patches[up])))
     _check_parse(sequences)
     names = sorted(sequences)
     sets = static.load_each(manifest.root, [name for m in chosen for name in m.overlays])
@@ -145,7 +152,7 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
     def one(name: str) -> tuple[Target, dict[str, list[PatchCheck]], list[OverlayCheck]]:
         up = manifest.upstreams[name]
         overlays = {model: ([t for t in ts if t.upstream == name], [f for f in fs if f.upstream == name])
-                    for model, (ts, fs) in declared.items()}
+                    for model, (ts, fs) in declared.items() if (model, name) in mine}
         overlays = {model: o for model, o in overlays.items() if o[0] or o[1]}
         with _Replayer(cache.mirror_path(up), up, allow_fuzz, memo) as replayer:
             target = _resolve(up, onto.get(name), fetch, progress, replayer.objects)
@@ -173,10 +180,11 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
         first = errors[0]
         first.details += [line for exc in errors[1:] for line in exc.lines()]
         raise first
-    series = [SeriesCheck(model.name, up, outcomes[up][1][model.name]) for model in chosen for up in model.layers]
+    series = [SeriesCheck(model.name, up, outcomes[up][1][model.name]) for model in chosen for up in model.layers
+              if (model.name, up) in mine]
     overlay_checks = sorted((o for n in names for o in outcomes[n][2]),
                             key=lambda o: ([m.name for m in chosen].index(o.model), o.upstream))
-    return CheckReport({n: outcomes[n][0] for n in names}, series, allow_fuzz, overlay_checks)
+    return CheckReport({n: outcomes[n][0] for n in names}, series, allow_fuzz, overlay_checks, shard)
 
 
 def _check_parse(sequences: dict[str, list[tuple[str, list[Patch]]]]) -> None:

@@ -274,27 +274,37 @@ def status(obj: Ctx, model: str | None, workspace: str | None, as_json: bool) ->
 @click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", help="With --check: also write JUnit XML.")
 @click.option("--history", type=click.Path(file_okay=False), metavar="DIR",
               help="With --check: append a summary of this check to DIR/history.jsonl (for `patchkit report`).")
+@click.option("--shard", metavar="K/N", help="With --check: check only the K-th of N parts (balanced by patch count).")
+@click.option("--merge", is_flag=True, help="Merge the --shard --json files named as arguments into one report.")
 @workspace_option
 @json_option
 @click.pass_obj
 def rebase(obj: Ctx, models: tuple[str, ...], check_only: bool, onto: tuple[str, ...], cont: bool, abort: bool,
            allow_fuzz: bool, no_fetch: bool, jobs: int, junit: str | None, history: str | None,
+           shard: str | None, merge: bool,
            workspace: str | None, as_json: bool) -> None:
     """Move MODEL's series onto its upstreams' newest commits; --check only says what would hold.
 
     \b
     patchkit rebase --check [MODEL...]   replay every series, report each patch (all models by default)
+    patchkit rebase --check --shard K/N --json > shard-K.json   one part of the check (a CI matrix job)
+    patchkit rebase --merge shard-*.json [--junit FILE] [--json]   the parts as one report
     patchkit rebase MODEL                rebase the workspace, then refresh patches and pins
     patchkit rebase --continue|--abort   after a conflict
     """
     from patchkit import check as check_mod
 
+    if sum((check_only, cont, abort, merge)) > 1:
+        raise click.UsageError("--check, --merge, --continue and --abort exclude each other")
+    if shard and not check_only:
+        raise click.UsageError("--shard goes with --check")
+    if merge:
+        _rebase_merge(obj, models, junit, as_json)
+        return
     m = obj.manifest()
-    if sum((check_only, cont, abort)) > 1:
-        raise click.UsageError("--check, --continue and --abort exclude each other")
     if check_only:
         _rebase_check(obj, m, models, onto, allow_fuzz, no_fetch, jobs, junit, as_json,
-                      obj.workspace(workspace), Path(history) if history else None)
+                      obj.workspace(workspace), Path(history) if history else None, shard)
         return
     if history:
         raise click.UsageError("--history goes with --check")
@@ -322,20 +332,41 @@ def rebase(obj: Ctx, models: tuple[str, ...], check_only: bool, onto: tuple[str,
 
 def _rebase_check(obj: Ctx, m: manifest_mod.Manifest, models: tuple[str, ...], onto: tuple[str, ...],
                   allow_fuzz: bool, no_fetch: bool, jobs: int, junit: str | None, as_json: bool,
-                  workspace: Path, history: Path | None) -> None:
+                  workspace: Path, history: Path | None, shard: str | None = None) -> None:
     from patchkit import check as check_mod
-    from patchkit.report import check_lines, junit_xml, store
+    from patchkit import shard as shard_mod
+    from patchkit.report import store
 
     report = check_mod.check(m, list(models), onto=check_mod.parse_onto(onto, m), allow_fuzz=allow_fuzz,
-                             fetch=not no_fetch, jobs=jobs, progress=obj.progress)
-    if junit:
-        from patchkit.paths import atomic_write
-
-        atomic_write(Path(junit), junit_xml(report))
+                             fetch=not no_fetch, jobs=jobs, progress=obj.progress,
+                             shard=shard_mod.parse(shard) if shard else None)
     document = json.loads(json.dumps(check_json(report), default=_json_default))
     obj.progress(f"check kept in {store.keep(workspace, document)}")
     if history:
         obj.progress(f"check appended to {store.append_history(history, document)}")
+    _check_output(report, document, junit, as_json)
+
+
+def _rebase_merge(obj: Ctx, files: tuple[str, ...], junit: str | None, as_json: bool) -> None:
+    from patchkit import shard as shard_mod
+
+    try:  # the manifest, when there is one, gives the merged report its usual order
+        m = obj.manifest()
+        order = [(model.name, up) for model in m.models.values() for up in model.layers]
+    except PatchkitError:
+        order = None
+    merged = shard_mod.merge([Path(f) for f in files], order)
+    obj.progress(f"merged {merged.shards} shards")
+    _check_output(shard_mod.report_of(merged.document), merged.document, junit, as_json)
+
+
+def _check_output(report: Any, document: dict[str, Any], junit: str | None, as_json: bool) -> None:
+    from patchkit.report import check_lines, junit_xml
+
+    if junit:
+        from patchkit.paths import atomic_write
+
+        atomic_write(Path(junit), junit_xml(report))
     if as_json:
         _emit_json(document)
     else:
@@ -390,6 +421,7 @@ def check_json(report: Any, checked_at: str | None = None) -> dict[str, Any]:
         "overlays": [dataclasses.asdict(o) for o in report.overlays],
         "summary": {**report.counts(), "patches": sum(report.counts().values()),
                     "broken": sum(p.broken for s in report.series for p in s.patches)},
+        **({"shard": {"index": report.shard.index, "count": report.shard.count}} if report.shard else {}),
     }
 
 

@@ -244,3 +244,67 @@ def test_long_series_does_not_recurse(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     series = {s["model"]: [p["outcome"] for p in s["patches"]] for s in json.loads(run.stdout)["series"]}
     assert series == {"one": ["clean"] * (count + 1), "two": ["clean"] * (count + 1)}
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Path:
+    """Three upstreams, three models: `big` alone carries most patches, so its upstream is split by model."""
+    port = tmp_path / "port"
+    lines, n = ["upstreams:"], 0
+    for up in ("big", "mid", "small"):
+        pin = make_upstream(tmp_path / up, {"a.py": numbered(up)})
+        lines += [f"  {up}:", f"    url: {tmp_path / up}", f"    pin: {pin}", "    track: main"]
+    sizes = {"m1": {"big": 9, "mid": 3, "small": 1}, "m2": {"big": 8, "mid": 2, "small": 0},
+             "m3": {"big": 7, "mid": 0, "small": 2}}
+    lines.append("models:")
+    for model, per_up in sizes.items():
+        lines += [f"  {model}:", "    upstreams:"]
+        for up, count in per_up.items():
+            write_layer(port, model, up, {f"{i:04d}.patch": _new_file_patch(n + i) for i in range(count)})
+            n += count
+            lines.append(f"      {up}: [{model}]")
+    (port / "upstreams.yaml").write_text("\n".join(lines) + "\n")
+    return port
+
+
+def test_shards_split_deterministically_and_merge_back(fleet: Path, tmp_path: Path) -> None:
+    whole = patchkit(fleet, "rebase", "--check", "--json", "--junit", str(tmp_path / "whole.xml"))
+    assert whole.code == 0, whole.text
+    files, pairs, sizes = [], [], []
+    for k in (1, 2, 3):
+        run = patchkit(fleet, "rebase", "--check", "--no-fetch", "--shard", f"{k}/3", "--json")
+        assert run.code == 0, run.text
+        assert patchkit(fleet, "rebase", "--check", "--no-fetch", "--shard", f"{k}/3", "--json").out == run.out
+        doc = json.loads(run.out)
+        assert doc["shard"] == {"index": k, "count": 3}
+        pairs += [(s["model"], s["upstream"]) for s in doc["series"]]
+        sizes.append(doc["summary"]["patches"])
+        files.append(tmp_path / f"shard-{k}.json")
+        files[-1].write_text(run.out)
+    assert sorted(pairs) == sorted((s["model"], s["upstream"]) for s in json.loads(whole.out)["series"])
+    assert len(set(pairs)) == len(pairs) == 9
+    assert sum(sizes) == 32 and max(sizes) - min(sizes) <= 3, sizes  # 'big' (24 patches) split by model
+    merged = patchkit(fleet, "rebase", "--merge", *map(str, reversed(files)), "--json",
+                      "--junit", str(tmp_path / "merged.xml"))
+    assert merged.code == 0, merged.text
+    assert json.loads(merged.out) == json.loads(whole.out)
+    assert (tmp_path / "merged.xml").read_bytes() == (tmp_path / "whole.xml").read_bytes()
+    text = patchkit(fleet, "rebase", "--merge", *map(str, files))
+    assert text.code == 0 and text.out.endswith("32 patches in 3 models: 32 clean -- all hold\n"), text.text
+
+
+def test_merge_refuses_incomplete_or_foreign_input(fleet: Path, tmp_path: Path) -> None:
+    docs = []
+    for k in (1, 2):
+        docs.append(tmp_path / f"s{k}.json")
+        docs[-1].write_text(patchkit(fleet, "rebase", "--check", "--shard", f"{k}/2", "--json").out)
+    run = patchkit(fleet, "rebase", "--merge", str(docs[0]))
+    assert run.code == 2 and "shard 2 of 2 missing" in run.err, run.text
+    run = patchkit(fleet, "rebase", "--merge", str(docs[0]), str(docs[0]), str(docs[1]))
+    assert run.code == 2 and "shard 1/2 given twice" in run.err, run.text
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "patchkit/rebase-check/1",\n  oops')
+    run = patchkit(fleet, "rebase", "--merge", str(bad), str(docs[1]))
+    assert run.code == 2 and re.search(r"bad\.json:2: not JSON", run.err), run.text
+    assert patchkit(fleet, "rebase", "--check", "--shard", "3/2").code == 2
+    assert patchkit(fleet, "rebase", "--shard", "1/2", "m1").code == 2
