@@ -125,12 +125,13 @@ def merge(paths: list[Path], order: list[tuple[str, str]] | None = None) -> Merg
         series.sort(key=lambda s: rank.get((s["model"], s["upstream"]), len(rank)))
         models = list(dict.fromkeys(m for m, _ in order))
         overlays.sort(key=lambda o: (models.index(o["model"]) if o["model"] in models else len(models), o["upstream"]))
-    return Merged(from_parts(upstreams, series, overlays, fuzz.pop()), count)
+    started = min((d["checked_at"] for _, d in docs if d.get("checked_at")), default=None)
+    return Merged(from_parts(upstreams, series, overlays, fuzz.pop(), started), count)
 
 
 def from_parts(upstreams: dict[str, Any], series: list[dict[str, Any]], overlays: list[dict[str, Any]],
-               allow_fuzz: bool) -> dict[str, Any]:
-    """A whole document from its parts (ok and summary recomputed)."""
+               allow_fuzz: bool, checked_at: str | None = None) -> dict[str, Any]:
+    """A whole document from its parts (ok and summary recomputed; checked_at: the earliest shard's)."""
     from patchkit.check import OUTCOMES
 
     counts = dict.fromkeys(OUTCOMES, 0)
@@ -141,7 +142,8 @@ def from_parts(upstreams: dict[str, Any], series: list[dict[str, Any]], overlays
             broken += bool(p["broken"])
     overlay_broken = sum(1 for o in overlays for item in [*o["targets"], *o["files"]]
                          if item["state"] not in ("holds", "merged"))
-    return {"schema": "patchkit/rebase-check/1", "ok": not broken and not overlay_broken, "allow_fuzz": allow_fuzz,
+    return {"schema": "patchkit/rebase-check/1", **({"checked_at": checked_at} if checked_at else {}),
+            "ok": not broken and not overlay_broken, "allow_fuzz": allow_fuzz,
             "upstreams": dict(sorted(upstreams.items())), "series": series, "overlays": overlays,
             "summary": {**counts, "patches": sum(counts.values()), "broken": broken}}
 
