@@ -229,6 +229,38 @@ def test_a_venv_is_probed_once_for_both_kinds(tmp_path: Path) -> None:
         device_mod.detect("cuda", python=str(fake))
 
 
+def test_the_probe_is_remembered_per_interpreter_and_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --device auto` probes (imports torch) once: the answer is kept under a key of the
+    interpreter, what is installed beside it, the machine's boot and the device-hiding variables, and
+    probed again when one of them changes; a probe that failed is not kept."""
+    calls = tmp_path / "calls"
+    venv = tmp_path / "venv"
+    site = venv / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    fake = venv / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho x >> {calls}\necho \'{{"npu": 0, "cuda": 2}}\'\n')
+    fake.chmod(0o755)
+
+    def probes() -> int:
+        return len(calls.read_text().split()) if calls.exists() else 0
+
+    assert device_mod.detect("auto", python=str(fake)).kind == "cuda" and probes() == 1
+    assert device_mod.detect("auto", python=str(fake)) == device_mod.detect("cuda", python=str(fake))
+    assert probes() == 1
+    (site / "torch").mkdir()  # torch installed (or reinstalled) beside it
+    assert device_mod.detect("auto", python=str(fake)).count == 2 and probes() == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    device_mod.detect("auto", python=str(fake))
+    device_mod.detect("auto", python=str(fake))
+    assert probes() == 3
+    broken = tmp_path / "broken"
+    broken.write_text(f"#!/bin/sh\necho x >> {calls}\nexit 1\n")
+    broken.chmod(0o755)
+    assert device_mod.probe_in(str(broken)) == {"npu": 0, "cuda": 0} == device_mod.probe_in(str(broken))
+    assert probes() == 5
+
+
 def test_asked_device_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device_mod, "probe_npu", lambda: 0)
     with pytest.raises(Exception, match="torch_npu is not importable or sees no NPU"):
