@@ -9,6 +9,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,30 +71,36 @@ class Timed:
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    rss_kb: list[int] = field(default_factory=list)  # peak resident memory of the largest process in the tree
 
 
 def run_once(case: Timed, round_no: int) -> None:
+    """One run of CASE: wall time, and CPU time and peak memory of its process tree (wait4)."""
     args = case.args(round_no)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(args, check=False, cwd=case.cwd, env=case.env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, cwd=case.cwd, env=case.env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if proc.returncode not in case.codes:
         sys.exit(f"bench: FAILED: {case.name}: {' '.join(args)} exited {proc.returncode}\n"
-                 f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+                 f"{stdout[-3000:]}{stderr[-3000:]}")
     if case.check:
-        case.check(proc.returncode, proc.stdout)
+        case.check(proc.returncode, stdout)
     case.walls.append(wall)
-    case.cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    case.outputs.append(proc.stdout)
+    case.cpus.append(usage.ru_utime + usage.ru_stime)
+    case.rss_kb.append(usage.ru_maxrss)
+    case.outputs.append(stdout)
 
 
 def rounds(cases: list[Timed], repeat: int, label: str = "") -> None:
     """Every case once per round, in order, REPEAT rounds (one untimed warm-up round first)."""
     for case in cases:
         run_once(case, -1)
-        case.walls.clear(), case.cpus.clear(), case.outputs.clear()
+        case.walls.clear(), case.cpus.clear(), case.outputs.clear(), case.rss_kb.clear()
     for round_no in range(repeat):
         for case in cases:
             run_once(case, round_no)

@@ -1,40 +1,43 @@
-"""Benchmark `patchkit rebase --check` against a raw `git apply --cached` loop doing the same replay.
+"""Benchmark `patchkit rebase --check` against the raw-git floor of the same replay.
 
 Run it by hand from the repository root (it is not a test):
 
-    python bench/rebase_check.py              # best of 3 runs per case, prints a table
-    python bench/rebase_check.py --repeat 5   # best of 5
-    python bench/rebase_check.py --json       # the numbers as JSON on stdout
+    python bench/rebase_check.py                          # 10 upstreams x 100 patches, overlays, 7 rounds
+    python bench/rebase_check.py --patches 1000           # 10 x 1,000
+    python bench/rebase_check.py --upstreams 1 --patches 5000
+    python bench/rebase_check.py --baseline ../old --json # also time another checkout (A/B), as JSON
 
-It builds, in a temporary folder, 10 bare upstream git repos (branch `main`, 60 Python files of
-150 lines each) and, per upstream, a series of 100 stacked `git format-patch` patches in the
-layer `npu` (each edits one or two lines of one file, every patch in its own place). The patches
-are commits made with `git fast-import` in a scratch repo, on top of the pin, then exported by
-one `git format-patch` per upstream; the upstreams never hold them. Each upstream then moves
-past the pin: three commits insert a licence header at the top of 20 files (so the patches on
-those files become `offset`), and a fourth changes one line each near three patches: the very
-line one patch edits (a `conflict`), and a line of context of two others (`merged`: the three-way
-merge needs the patch's preimage blob, which the mirror holds only when the patch is the first of
-the series on its file, so those two are picked among such patches). A port repo declares the
-model `bench` on all 10 upstreams. Every subprocess runs in a hermetic environment (its own HOME
-and .gitconfig, no system git config, its own PATCHKIT_CACHE and TMPDIR).
+It builds, in a temporary folder, UPSTREAMS bare upstream git repos (branch `main`, Python files of
+150 lines each, enough files for every patch to have its own place) and, per upstream, a series of
+PATCHES stacked `git format-patch` patches in the layer `npu` (each edits one or two lines of one
+file). The patches are commits made with `git fast-import` in a scratch repo, on top of the pin,
+exported by one `git format-patch` per upstream; the upstreams never hold them. Each upstream then
+moves past the pin: three commits insert a licence header at the top of a third of the files (their
+patches become `offset`), and a fourth changes one line near three patches: the very line one patch
+edits (a `conflict`), and a line of context of two others (`merged`). The model `bench` has an
+overlay set `overlays/bench/` with OVERLAYS runtime targets per upstream (functions its series
+edits), fingerprinted from the pin with the series: the function after each `merged` patch's
+(upstream made its `y` keyword-only: `signature-changed`), the `conflict` patch's function
+(`drifted`, with its diff: this needs the pin-side replay) and the rest `holds`. Every subprocess runs
+in a hermetic environment (its own HOME and .gitconfig, no system git config, its own PATCHKIT_CACHE
+and TMPDIR).
 
-After one `patchkit --quiet fetch`, timed (wall clock, best of N, the cases round-robin so that
-background load hits them alike), all with the mirrors cached:
+After one `patchkit --quiet fetch`, with the mirrors cached, the cases run round-robin (one untimed
+warm-up round, then ROUNDS rounds) and each is reported as the median over rounds of its ratio to
+the floor of the same round, CPU (the whole process tree, user + system) and wall:
 
-  jobs 1 / 2 / 4    `patchkit --quiet rebase --check --no-fetch --json --jobs N`
-  raw loop          a bash script that, per upstream in turn, reads the moved upstream commit into
-                    a temporary index and runs one `git apply --cached` per patch, in series order,
-                    ignoring failures; new objects go to a temporary object directory (the
-                    mirror's objects are an alternate), so the mirror is not written
-  ... cpu0          the same under `taskset -c 0` (one core), when taskset exists
+  raw floor         bench/floor.py: per upstream one rev-parse, one read-tree of the moved commit
+                    into a temporary index and one `git apply --cached` per patch (no overlays)
+  patchkit --jobs 1 `patchkit --quiet rebase --check --no-fetch --json --jobs 1`, overlays included
+  patchkit --jobs 2 the same with two upstreams at once (the wall ratio is the one that counts)
+  baseline          with --baseline DIR: --jobs 1 run from that checkout (the code before a change)
 
-Goals: patchkit --jobs 1 within 1.5x of the raw loop on one core (both under taskset -c 0), and
-patchkit --jobs 2 faster than the raw loop with the machine's cores. Every patchkit run must exit 0
-or 1 (1 here: some patches conflict) and count 1000 patches in its JSON summary. The table ends with
-notes, when there are any: outcomes other than the ones built in, a summary that differs between
-runs, a raw-loop failure count that disagrees with patchkit, files of the mirror cache the timed
-runs wrote or touched, scratch folders left behind in TMPDIR.
+Goals (issue 14): --jobs 1 within GOAL times the floor's CPU (1.5 by default; 1.3 for the long
+series runs), --jobs 2 faster than the floor in wall time on a machine with two free cores. Every
+patchkit run must exit 1 (some patches conflict), count all patches in its JSON summary and find
+the outcomes and overlay states built in; the table ends with notes when they differ, when the
+floor's failure count disagrees, or when the timed runs wrote to the mirror cache or left scratch
+folders behind. Peak memory (the largest process's resident set) is reported per case.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import argparse
 import json
 import os
 import random
-import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,14 +54,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import hermetic_env, log, python_lines, sh
+from common import PYTHON_FLAGS, Row, Timed, baseline_env, hermetic_env, load, log, paired, python_lines, report, rounds, sh
+from floor import count_git, script, targets_of
 from typing import Any
 
-UPSTREAMS = 10
-FILES = 60
+from patchkit.overlay import fingerprint
+
+UPSTREAMS = 10  # set from the command line
+FILES = 60  # at least; more when the series needs more places
 LINES = 150
 PATCHES = 100
-MOVED_FILES = 20  # files that get a header at the top upstream: their patches become `offset`
+MOVED_FILES = 20  # a third of the files get a header at the top upstream: their patches become `offset`
+OVERLAYS = 5  # runtime overlay targets per upstream
 HEADER_COMMITS = 3
 LAYER = "npu"
 SUBDIRS = ("", "pkg", "pkg/core", "pkg/ops", "tools", "tests")
@@ -69,28 +76,6 @@ SLOTS = [5 + 4 * block for block in range(1, (LINES - 8) // 4, 3)]
 WITHIN_ONE_CORE, EPOCH = 1.5, 1_700_000_000
 OUTCOMES = ("clean", "offset", "fuzz", "merged", "upstreamed", "conflict", "target-missing", "blocked")
 
-RAW_SCRIPT = r"""#!/bin/bash
-# The raw baseline: usage raw.sh PORT UPSTREAM...; prints how many patches did not apply.
-set -euo pipefail
-port=$1; shift
-failed=0
-for name in "$@"; do
-    mirror=$(echo "$PATCHKIT_CACHE/git/$name"-*.git)
-    target=$(git --git-dir="$mirror" rev-parse --verify -q refs/heads/main)
-    scratch=$(mktemp -d)
-    mkdir "$scratch/objects"
-    GIT_INDEX_FILE=$scratch/index GIT_OBJECT_DIRECTORY=$scratch/objects \
-        GIT_ALTERNATE_OBJECT_DIRECTORIES=$mirror/objects git --git-dir="$mirror" read-tree "$target"
-    while read -r patch; do
-        GIT_INDEX_FILE=$scratch/index GIT_OBJECT_DIRECTORY=$scratch/objects \
-            GIT_ALTERNATE_OBJECT_DIRECTORIES=$mirror/objects \
-            git --git-dir="$mirror" apply --cached "$port/patches/npu/$name/$patch" 2>/dev/null \
-            || failed=$((failed + 1))
-    done < "$port/patches/npu/$name/series"
-    rm -rf "$scratch"
-done
-echo "$failed"
-"""
 
 
 def python_file(rng: random.Random, tag: str) -> list[str]:
@@ -128,6 +113,7 @@ class Upstream:
     name: str
     pin: str
     expected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    overlays: list[tuple[str, str, str]] = field(default_factory=list)  # (target, fingerprint, expected state)
 
 
 def make_upstream(tmp: Path, name: str, series_dir: Path, env: dict[str, str]) -> Upstream:
@@ -161,7 +147,8 @@ def make_upstream(tmp: Path, name: str, series_dir: Path, env: dict[str, str]) -
     (series_dir / "series").write_text("".join(f"{n}\n" for n in names))
 
     # The upstream: the pin, then headers on top of MOVED_FILES files, then three lines changed.
-    first_on_file = [i for i, (path, _) in enumerate(places) if all(p != path for p, _ in places[:i])]
+    seen: set[str] = set()
+    first_on_file = [i for i, (path, _) in enumerate(places) if not (path in seen or seen.add(path))]
     merged = rng.sample(first_on_file, 2)
     conflict = rng.choice([i for i in range(PATCHES) if i not in merged and places[i][0] not in
                            {places[m][0] for m in merged}])
@@ -193,6 +180,16 @@ def make_upstream(tmp: Path, name: str, series_dir: Path, env: dict[str, str]) -
         sys.exit(f"bench: FAILED: upstream {name} and its series do not share the pin commit")
 
     result = Upstream(name, pin)
+    overlay = [(places[i][0], places[i][1] + 3, "signature-changed") for i in merged]
+    overlay.append((places[conflict][0], places[conflict][1] - 1, "drifted"))
+    overlay += [(path, slot - 1, "holds") for i, (path, slot) in enumerate(places)
+                if path not in {places[j][0] for j in (*merged, conflict)}][:max(OVERLAYS - 3, 0)]
+    for path, line, state in overlay[:OVERLAYS]:
+        function = work[path][line].split("def ", 1)[1].split("(", 1)[0]
+        module = path[:-3].replace("/", ".")
+        value = fingerprint.of_source("\n".join(work[path]) + "\n", function)
+        assert value, (path, function)
+        result.overlays.append((f"{module}:{function}", value, state))
     for i, (path, _) in enumerate(places):
         outcome = ("merged" if i in merged else "conflict" if i == conflict
                    else "offset" if path in moved else "clean")
@@ -209,49 +206,28 @@ def build_port(tmp: Path, env: dict[str, str]) -> tuple[Path, list[Upstream]]:
                   "    track: main"]
     lines += ["models:", "  bench:", "    upstreams:"] + [f"      {up.name}: [{LAYER}]" for up in ups]
     (port / "upstreams.yaml").write_text("\n".join(lines) + "\n")
+    overlays = port / "overlays" / "bench"  # the model's own set, found by its name
+    overlays.mkdir(parents=True)
+    for up in ups:
+        decls = [f'@replace("{target}", upstream="{up.name}", fingerprint="{value}")\n'
+                 f"def f{i}(*args, **kwargs):\n    return original(f{i})(*args, **kwargs)\n"
+                 for i, (target, value, _) in enumerate(up.overlays)]
+        (overlays / f"{up.name}.py").write_text("from patchkit.overlay import original, replace\n\n\n"
+                                                 + "\n\n".join(decls))
     return port, ups
 
 
 # -- timing -----------------------------------------------------------------------------------
 
-@dataclass
-class Case:
-    name: str
-    args: list[str]
-    raw: bool  # the raw loop (prints its failure count) rather than patchkit (prints JSON)
-    one_core: bool
-    times: list[float] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    codes: list[int] = field(default_factory=list)
-
-
-def run_rounds(cases: list[Case], repeat: int, port: Path, env: dict[str, str]) -> None:
-    """Run every case once per round, in order, so that background load hits all of them alike."""
-    for round_no in range(repeat):
-        for case in cases:
-            start = time.perf_counter()
-            proc = subprocess.run(case.args, check=False, cwd=port, env=env, capture_output=True, text=True)
-            case.times.append(time.perf_counter() - start)
-            if proc.returncode not in ((0,) if case.raw else (0, 1)):
-                sys.exit(f"bench: FAILED: {' '.join(case.args)} exited {proc.returncode}\n"
-                         f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-            case.codes.append(proc.returncode)
-            case.outputs.append(proc.stdout)
-        log(f"round {round_no + 1}/{repeat}: " + ", ".join(f"{c.name} {c.times[-1]:.2f}s" for c in cases))
-
-
-def summaries(case: Case) -> list[dict[str, Any]]:
-    """The JSON summary of every run of a patchkit case, each checked to count all the patches."""
+def summaries(case: Timed, total: int) -> list[dict[str, Any]]:
+    """The JSON document of every run of a patchkit case, each checked to count all the patches."""
     found = []
-    for out, code in zip(case.outputs, case.codes):
+    for out in case.outputs:
         doc = json.loads(out)
-        summary = doc["summary"]
-        if summary["patches"] != UPSTREAMS * PATCHES:
-            sys.exit(f"bench: FAILED: {case.name}: the JSON summary counts {summary['patches']} patches, "
-                     f"expected {UPSTREAMS * PATCHES}")
-        if code != (0 if doc["ok"] else 1):
-            sys.exit(f"bench: FAILED: {case.name}: exit code {code} but \"ok\": {doc['ok']}")
-        found.append(summary)
+        if doc["summary"]["patches"] != total:
+            sys.exit(f"bench: FAILED: {case.name}: the JSON summary counts {doc['summary']['patches']} patches, "
+                     f"expected {total}")
+        found.append(doc)
     return found
 
 
@@ -278,117 +254,107 @@ def mirror_changes(before: dict[str, tuple[int, float]], after: dict[str, tuple[
 
 
 def main() -> None:
+    global UPSTREAMS, PATCHES, FILES, MOVED_FILES, OVERLAYS
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per case; the best is kept (default 3)")
+    parser.add_argument("--upstreams", type=int, default=UPSTREAMS)
+    parser.add_argument("--patches", type=int, default=PATCHES, help="per upstream")
+    parser.add_argument("--overlays", type=int, default=OVERLAYS, help="runtime overlay targets per upstream (>= 3)")
+    parser.add_argument("--repeat", type=int, default=7, help="timed rounds (default 7)")
+    parser.add_argument("--goal", type=float, help="CPU goal against the floor (default 1.5; 1.3 from 1,000 patches)")
+    parser.add_argument("--no-jobs2", action="store_true", help="leave out the --jobs 2 case")
+    parser.add_argument("--baseline", type=Path, help="another checkout of patchkit to time as well (A/B)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     opts = parser.parse_args()
-    exe = shutil.which("patchkit")
-    patchkit = [exe] if exe else [sys.executable, "-m", "patchkit"]
-    taskset = shutil.which("taskset")
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="patchkit-bench-") as name:
-        tmp = Path(name).resolve()
+    UPSTREAMS, PATCHES, OVERLAYS = opts.upstreams, opts.patches, max(opts.overlays, 3)
+    FILES = max(FILES, -(-PATCHES // len(SLOTS)) * 3 // 2)
+    MOVED_FILES = FILES // 3
+    goal = opts.goal or (1.3 if PATCHES >= 1000 else 1.5)
+    name = f"rebase-{UPSTREAMS}x{PATCHES}"
+    loads_before = load()
+    with tempfile.TemporaryDirectory(prefix="patchkit-bench-") as tmp_name:
+        tmp = Path(tmp_name).resolve()
         env = hermetic_env(tmp, tmp / "scratch")
         (tmp / "scratch").mkdir()
-        log(f"building {UPSTREAMS} upstreams x {PATCHES} patches in {tmp}")
+        log(f"building {UPSTREAMS} upstreams x {PATCHES} patches ({FILES} files each) in {tmp}")
         start = time.perf_counter()
         port, ups = build_port(tmp, env)
         build_s = time.perf_counter() - start
         log(f"built in {build_s:.1f} s; fetching the mirrors")
+        patchkit = [sys.executable, *PYTHON_FLAGS, "-m", "patchkit"]
         sh([*patchkit, "--quiet", "fetch"], env, port)
-        names = [up.name for up in ups]
-        raw_sh = tmp / "raw.sh"
-        raw_sh.write_text(RAW_SCRIPT)
         check = [*patchkit, "--quiet", "rebase", "--check", "--no-fetch", "--json"]
-        raw = ["bash", str(raw_sh), str(port), *names]
-        cases = [Case("patchkit --jobs 1", [*check, "--jobs", "1"], False, False),
-                 Case("patchkit --jobs 2", [*check, "--jobs", "2"], False, False),
-                 Case("patchkit --jobs 4", [*check, "--jobs", "4"], False, False),
-                 Case("raw loop", raw, True, False)]
-        if taskset:
-            one = [taskset, "-c", "0"]
-            cases += [Case("patchkit --jobs 1, cpu0", [*one, *check, "--jobs", "1"], False, True),
-                      Case("raw loop, cpu0", [*one, *raw], True, True)]
-        else:
-            log("taskset not found: no one-core cases")
+        first = Timed("targets", lambda _r: [*check, "--jobs", "1"], port, env, codes=(1,))
+        rounds([first], 1, "targets: ")
+        floor_sh = tmp / "floor.sh"
+        floor_sh.write_text(script(port / "upstreams.yaml", tmp / "cache", targets_of(first.outputs[0])))
+        cases = [Timed("raw floor", lambda _r: ["bash", str(floor_sh)], port, env),
+                 Timed("patchkit --jobs 1", lambda _r: [*check, "--jobs", "1"], port, env, codes=(1,))]
+        if not opts.no_jobs2:
+            cases.append(Timed("patchkit --jobs 2", lambda _r: [*check, "--jobs", "2"], port, env, codes=(1,)))
+        if opts.baseline:
+            cases.append(Timed("baseline --jobs 1", lambda _r: [*check, "--jobs", "1"], port,
+                               baseline_env(env, opts.baseline), codes=(1,)))
+        by_command = {c.name: count_git(c.args(0), c.cwd, c.env) for c in cases if "2" not in c.name}
+        counts = {name: found["total"] for name, found in by_command.items()}
+        log(f"git processes: {by_command}")
         before = mirror_files(tmp / "cache")
-        log(f"timing, best of {opts.repeat}")
-        run_rounds(cases, opts.repeat, port, env)
-        mirror_notes = mirror_changes(before, mirror_files(tmp / "cache"))
+        rounds(cases, opts.repeat)
+        notes = mirror_changes(before, mirror_files(tmp / "cache"))
         leftovers = sorted(p.name for p in (tmp / "scratch").iterdir())
-    load_after = os.getloadavg()
 
     # -- checks and numbers --------------------------------------------------------------------
-    runs = {c.name: summaries(c) for c in cases if not c.raw}
-    summary = next(iter(runs.values()))[0]
-    differing = sorted(name for name, found in runs.items() if any(s != summary for s in found))
+    total = UPSTREAMS * PATCHES
+    docs = {c.name: summaries(c, total) for c in cases[1:]}
+    doc = docs["patchkit --jobs 1"][0]
+    summary = doc["summary"]
+    strip = lambda d: {k: v for k, v in d.items() if k != "checked_at"}  # noqa: E731
+    differing = sorted(n for n, found in docs.items() if any(strip(d) != strip(doc) for d in found))
     expected = {k: sum(up.expected[k] for up in ups) for k in OUTCOMES}
     got = {k: summary[k] for k in OUTCOMES}
-    raw_failed = {int(out) for c in cases if c.raw for out in c.outputs}
+    states: dict[str, int] = {}
+    for o in doc["overlays"]:
+        for t in o["targets"]:
+            states[t["state"]] = states.get(t["state"], 0) + 1
+    expected_states: dict[str, int] = {}
+    for up in ups:
+        for _, _, state in up.overlays:
+            expected_states[state] = expected_states.get(state, 0) + 1
+    floor_failed = {int(out) for out in cases[0].outputs}
     not_strict = sum(got[k] for k in OUTCOMES if k not in ("clean", "offset"))
-    notes = []
     if got != expected:
-        notes.append(f"patchkit's outcomes differ from the ones built in: expected {_nonzero(expected)}")
+        notes.append(f"patchkit's outcomes {_nonzero(got)} differ from the ones built in: {_nonzero(expected)}")
+    if states != expected_states:
+        notes.append(f"overlay states {states} differ from the ones built in: {expected_states}")
     if differing:
-        notes.append(f"the JSON summary is not the same in every run: {', '.join(differing)}")
-    if raw_failed != {not_strict}:
-        notes.append(f"the raw loop failed {sorted(raw_failed)} patches, patchkit found {not_strict} "
+        notes.append(f"the JSON document is not the same in every run: {', '.join(differing)}")
+    if floor_failed != {not_strict}:
+        notes.append(f"the floor failed {sorted(floor_failed)} patches, patchkit found {not_strict} "
                      "that do not apply strictly")
-    notes += mirror_notes
     if leftovers:
         notes.append(f"{len(leftovers)} entries left in TMPDIR after the runs (e.g. {leftovers[0]})")
-
-    best = {c.name: min(c.times) for c in cases}
-    raw_best = {False: best["raw loop"], True: best.get("raw loop, cpu0", float("nan"))}
-    rows = [{"case": c.name, "seconds": round(best[c.name], 4),
-             "vs_raw": round(best[c.name] / raw_best[c.one_core], 3)} for c in cases]
-    one_core = best["patchkit --jobs 1, cpu0"] / raw_best[True] if taskset else None
-    two = best["patchkit --jobs 2"] / raw_best[False]
-    speedup = best["patchkit --jobs 1"] / best["patchkit --jobs 2"]
-    goals = {"within_1.5x_raw_on_one_core": None if one_core is None else one_core <= WITHIN_ONE_CORE,
-             "faster_than_raw_with_two": two < 1.0}
-    if opts.json:
-        print(json.dumps({"upstreams": UPSTREAMS, "patches_per_upstream": PATCHES, "repeat": opts.repeat,
-                          "cpus": os.cpu_count(), "build_s": round(build_s, 2),
-                          "loadavg_before": load_before, "loadavg_after": load_after,
-                          "cases": rows, "runs_s": {c.name: [round(t, 4) for t in c.times] for c in cases},
-                          "ratios": {"one_core": _round(one_core), "two_cores": round(two, 3),
-                                     "jobs1_over_jobs2": round(speedup, 3)},
-                          "goals": goals, "summary": summary, "expected": expected,
-                          "exit_codes": sorted({code for c in cases if not c.raw for code in c.codes}),
-                          "raw_failed": sorted(raw_failed), "notes": notes}, indent=2))
-        return
-    print(f"patchkit rebase --check: {UPSTREAMS} upstreams x {PATCHES} patches, best of {opts.repeat}, "
-          f"{os.cpu_count()} CPUs, built in {build_s:.1f} s")
-    print(f"load average before {_load(load_before)}, after {_load(load_after)}")
-    print(f"outcomes: {_nonzero(got)}; broken {summary['broken']}; exit code "
-          f"{'/'.join(str(c) for c in sorted({code for c in cases if not c.raw for code in c.codes}))}; "
-          f"raw loop failures {'/'.join(str(n) for n in sorted(raw_failed))}")
-    print(f"{'case':<24} {'seconds':>8} {'vs raw loop':>12}")
-    for row in rows:
-        print(f"{row['case']:<24} {row['seconds']:>8.3f} {row['vs_raw']:>11.2f}x")
-    if one_core is None:
-        print("goal: within 1.5x of the raw loop on one core: not measured (no taskset)")
-    else:
-        print(f"goal: within {WITHIN_ONE_CORE}x of the raw loop on one core (jobs 1 vs raw, taskset -c 0): "
-              f"{one_core:.2f}x  {'PASS' if goals['within_1.5x_raw_on_one_core'] else 'MISS'}")
-    print(f"goal: faster than the raw loop with two (jobs 2 vs raw): {two:.2f}x  "
-          f"{'PASS' if goals['faster_than_raw_with_two'] else 'MISS'}")
-    print(f"speed-up from parallelism (jobs 1 / jobs 2): {speedup:.2f}x")
-    for note in notes:
-        print(f"note: {note}")
+    floor, one = cases[0], cases[1]
+    rss = {c.name: round(statistics.median(c.rss_kb) / 1024, 1) for c in cases}
+    rows = [Row(name, "rebase --check --jobs 1", "raw floor", paired(one, floor), goal,
+                extra={"git_processes": counts["patchkit --jobs 1"], "floor_git_processes": counts["raw floor"],
+                       "rss_mb": rss[one.name]})]
+    if not opts.no_jobs2:
+        rows.append(Row(name, "rebase --check --jobs 2", "raw floor", paired(cases[2], floor), 1.0, on="wall_ratio",
+                        extra={"rss_mb": rss["patchkit --jobs 2"]}))
+    if opts.baseline:
+        old = cases[-1]
+        rows += [Row(name, "baseline --jobs 1", "raw floor", paired(old, floor),
+                     extra={"git_processes": counts[old.name], "rss_mb": rss[old.name]}),
+                 Row(name, "rebase --check --jobs 1", "baseline --jobs 1", paired(one, old))]
+    notes.insert(0, f"outcomes: {_nonzero(got)}; overlays: {states}; git processes: "
+                    + ", ".join(f"{k} {v}" for k, v in counts.items())
+                    + "; peak memory (MB): " + ", ".join(f"{k} {v}" for k, v in rss.items()))
+    report(name, rows, (loads_before, load()), opts.repeat, opts.json, upstreams=UPSTREAMS,
+           patches_per_upstream=PATCHES, overlays_per_upstream=OVERLAYS, build_s=round(build_s, 2),
+           summary=summary, git_processes=counts, rss_mb=rss, notes=notes)
 
 
 def _nonzero(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
-
-
-def _load(load: tuple[float, float, float]) -> str:
-    return " ".join(f"{x:.2f}" for x in load)
-
-
-def _round(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 if __name__ == "__main__":

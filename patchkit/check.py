@@ -17,10 +17,11 @@ import ast
 import contextlib
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from patchkit import cache, git, patchfile, settings
 from patchkit.errors import BadInput, Diagnostic, InvalidInput, PatchkitError
@@ -238,6 +239,23 @@ def _resolve(up: Upstream, onto: str | None, fetch: bool, progress: Progress, ob
 
 # -- the replay ------------------------------------------------------------------------------
 
+class _PinSide(TreeReader):
+    """The pin with the model's series, made per file when a file is read (see _Replayer._overlays)."""
+
+    def __init__(self, make: Callable[[frozenset[str]], str | None], repo: Path, env: Mapping[str, str],
+                 **shared: Any) -> None:
+        super().__init__(repo, None, env, **shared)
+        self._make = make
+
+    def reader(self, *paths: str) -> TreeReader:
+        """A reader of the pin with the patches PATHS need."""
+        return TreeReader(self.repo, lambda: self._make(frozenset(paths)), self.env, objects=self.objects,
+                          parsed=self.parsed, memo=self.memo)
+
+    def read(self, path: str) -> str | None:
+        return self.reader(path).read(path)
+
+
 @dataclass
 class _Node:
     patch: Patch | None
@@ -317,19 +335,30 @@ class _Replayer:
                   files: list[static.FileOverlay]) -> OverlayCheck:
         """The model's overlays against its series replayed on the target (broken patches left out).
         The pin side (what a drifted target is diffed against, where a file overlay's base blob may
-        only exist) is replayed only when a reader asks for it, once per distinct series."""
+        only exist) is replayed only when a reader asks for a file, and only as far as that file
+        needs: the series' patches on it (and on the files those also change), once per distinct set."""
         assert end.tree is not None
-        new = TreeReader(self.mirror, end.tree, self.new.env, objects=self.objects, parsed=self._parsed,
-                         memo=self.memo)
-        old = TreeReader(self.mirror, lambda: self._pin_tree(patches), self.old.env, objects=self.objects,
-                         parsed=self._parsed, memo=self.memo)
-        return OverlayCheck(model, self.up.name, [drift.classify(t, new, old) for t in targets],
-                            [drift.check_file(f, new, [new, old]) for f in files])
+        shared = {"objects": self.objects, "parsed": self._parsed, "memo": self.memo}
+        new = TreeReader(self.mirror, end.tree, self.new.env, **shared)
+        pin = _PinSide(lambda paths: self._pin_tree(patches, paths), self.mirror, self.old.env, **shared)
+        return OverlayCheck(model, self.up.name, [drift.classify(t, new, pin) for t in targets],
+                            [drift.check_file(f, new, [new, pin.reader(f.path)]) for f in files])
 
-    def _pin_tree(self, patches: list[Patch]) -> str | None:
-        key = tuple((p.ref.id, p.sha256) for p in patches)
+    def _pin_tree(self, patches: list[Patch], paths: frozenset[str]) -> str | None:
+        """The pin with those of PATCHES that PATHS need, in series order (None: one does not apply)."""
+        needed, chosen = set(paths), [False] * len(patches)
+        grown = True
+        while grown:  # the patches on the needed files, and the files they change too
+            grown = False
+            for i, patch in enumerate(patches):
+                touched = _files(patchfile.parse(patch)[0])
+                if not chosen[i] and touched & needed:
+                    chosen[i], grown = True, True
+                    needed |= touched
+        selected = [p for p, keep in zip(patches, chosen) if keep]
+        key = tuple((p.ref.id, p.sha256) for p in selected)
         if key not in self._pin_trees:
-            self._pin_trees[key] = replay(self.old, self.up.pin, [p.data for p in patches])
+            self._pin_trees[key] = replay(self.old, self.up.pin, [p.data for p in selected])
         return self._pin_trees[key]
 
     def _walk(self, root: _Node, read: set[str]) -> None:
