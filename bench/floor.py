@@ -102,3 +102,15 @@ def count_git(args: list[str], cwd: Path, env: dict[str, str]) -> dict[str, int]
     for call in calls:
         counts[call] = counts.get(call, 0) + 1
     return counts
+
+
+RSS_CODE = ("import atexit, resource, sys; atexit.register(lambda: sys.stderr.write("
+            "'\\nBENCH-RSS-KB %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); "
+            "sys.argv = ['patchkit', *sys.argv[1:]]; from patchkit.cli import main; main()")
+
+
+def own_rss_mb(python: list[str], patchkit_args: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Peak resident memory of patchkit's own process (not its git children), in MB, from one run."""
+    proc = subprocess.run([*python, "-c", RSS_CODE, *patchkit_args], cwd=cwd, env=env, capture_output=True, text=True)
+    found = [ln.split()[1] for ln in proc.stderr.splitlines() if ln.startswith("BENCH-RSS-KB ")]
+    return round(int(found[-1]) / 1024, 1) if found else float("nan")

@@ -2,48 +2,43 @@
 
 Run it by hand from the repository root (it is not a test):
 
-    python bench/launch_overhead.py              # best of 5 runs per case, prints a table
-    python bench/launch_overhead.py --repeat 10  # best of 10
-    python bench/launch_overhead.py --cards 2    # worker processes per run (default 2)
-    python bench/launch_overhead.py --json       # the numbers as JSON on stdout
+    python bench/launch_overhead.py                      # 7 rounds, 2 workers, prints a table
+    python bench/launch_overhead.py --repeat 11 --cards 2 --baseline ../old --json
 
 It builds, in a temporary folder, an upstream git repo `toy` whose `train.py` is trivial (import
 torch, `init_process_group("gloo")`, one all_reduce, print `step 0 time: 0.001`, destroy the
 group), a port repo whose upstreams.yaml declares the model `toy` on it (one empty patch layer)
-with the recipe `train/toy.yaml` (no performance section), and runs `patchkit apply toy`. Every
-subprocess runs in a hermetic environment (its own HOME and .gitconfig, no system git config,
-its own PATCHKIT_CACHE) plus GLOO_SOCKET_IFNAME=lo. Timed, wall clock, best of N, the cases
-round-robin (one run of each per round) so that background load hits them alike:
+with the recipe `train/toy.yaml`, and runs `patchkit apply toy`. Every subprocess runs in a hermetic
+environment (its own HOME and .gitconfig, no system git config, its own PATCHKIT_CACHE) plus
+GLOO_SOCKET_IFNAME=lo. The cases run round-robin (an untimed warm-up round, then ROUNDS rounds) and
+each is reported as the median over rounds of its ratio to torchrun in the same round, wall and CPU:
 
-  patchkit   `patchkit --quiet train toy --device cpu --cards N --work-dir <fresh folder>`
-  torchrun   `python -m torch.distributed.run --nproc_per_node=N --nnodes=1 --node_rank=0
-             --master_addr=127.0.0.1 --master_port=<free port> train.py` in the same workspace repo
-  dry-run    `patchkit --quiet train toy --device cpu --cards N --dry-run` (the launcher's own
-             start-up and planning, no workers)
+  torchrun     `python -m torch.distributed.run --nproc_per_node=N ... train.py` in the workspace repo
+  device-auto  `patchkit --quiet train toy --device auto --cards N --work-dir <fresh folder>` (the
+               default device: the probe runs in the warm-up round and is remembered after it)
+  device-cpu   the same with `--device cpu` (no probe at all)
+  dry-run      `patchkit --quiet train toy --device cpu --cards N --dry-run` (planning, no workers)
+  baseline     with --baseline DIR: device-auto run from that checkout (the code before a change)
 
-Both real launches must exit 0 and show every rank's step line (the benchmark stops loudly
-otherwise). patchkit runs as the console script next to this interpreter (not a pyenv shim,
-which would add its own start-up), so both launches start the same Python.
+Goal (issue 14): both real launches within 1.10x torchrun's wall time. Every launch must exit 0
+and show every rank's step line (the benchmark stops loudly otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import hermetic_env, log, sh
+from common import PYTHON_FLAGS, Row, Timed, baseline_env, hermetic_env, load, log, paired, report, rounds, sh
 
 STEP_LINE = "step 0 time: 0.001"
+GOAL = 1.10  # issue 14: a launch within 1.10x plain torchrun (wall), --device auto included
 
 TRAIN = f'''\
 import torch
@@ -95,46 +90,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def patchkit_command() -> list[str]:
-    """The console script beside this interpreter; `python -m patchkit` where there is none."""
-    script = Path(sys.executable).parent / "patchkit"
-    return [str(script)] if script.is_file() and os.access(script, os.X_OK) else [sys.executable, "-m", "patchkit"]
-
-
-@dataclass
-class Case:
-    """One timed command: ARGS() builds it fresh each run; CHECK(stdout) runs untimed after it."""
-
-    name: str
-    args: Callable[[int], list[str]]
-    cwd: Path
-    check: Callable[[int, str], None]
-    times: list[float] = field(default_factory=list)
-
-
-def run_rounds(cases: list[Case], repeat: int, env: dict[str, str]) -> None:
-    for round_no in range(repeat):
-        for case in cases:
-            args = case.args(round_no)
-            start = time.perf_counter()
-            proc = subprocess.run(args, check=False, cwd=case.cwd, env=env, capture_output=True, text=True)
-            case.times.append(time.perf_counter() - start)
-            if proc.returncode != 0:
-                sys.exit(f"bench: FAILED: {case.name}: {' '.join(args)} exited {proc.returncode}\n"
-                         f"{proc.stdout}{proc.stderr}")
-            case.check(round_no, proc.stdout)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=5, help="runs per case; the best is kept (default 5)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=7, help="timed rounds (default 7)")
     parser.add_argument("--cards", type=int, default=2, help="worker processes per launch (default 2)")
+    parser.add_argument("--baseline", type=Path, help="another checkout of patchkit to time as well (A/B)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     opts = parser.parse_args()
     if opts.repeat < 1 or opts.cards < 1:
         sys.exit("bench: --repeat and --cards must be at least 1")
-    patchkit = patchkit_command()
-    load_before = os.getloadavg()
+    patchkit = [sys.executable, *PYTHON_FLAGS, "-m", "patchkit"]
+    loads_before = load()
     with tempfile.TemporaryDirectory(prefix="patchkit-bench-") as name:
         tmp = Path(name).resolve()
         env = {**hermetic_env(tmp), "GLOO_SOCKET_IFNAME": "lo"}
@@ -145,64 +111,59 @@ def main() -> None:
         if not (repo / "train.py").is_file():
             sys.exit(f"bench: FAILED: `patchkit apply toy` made no {repo / 'train.py'}")
         runs = tmp / "runs"
-        train = [*patchkit, "--quiet", "train", "toy", "--device", "cpu", "--cards", str(opts.cards)]
 
-        def work_dir(round_no: int) -> Path:
-            return runs / f"patchkit-{round_no}"
+        def train(device: str) -> list[str]:
+            return [*patchkit, "--quiet", "train", "toy", "--device", device, "--cards", str(opts.cards)]
 
-        def check_patchkit(round_no: int, _stdout: str) -> None:
-            folder = work_dir(round_no)
-            for rank in range(opts.cards):
-                log_file = folder / f"rank{rank}.log"
-                text = log_file.read_text() if log_file.exists() else "(no log)"
-                if STEP_LINE not in text:
-                    sys.exit(f"bench: FAILED: patchkit train: no {STEP_LINE!r} in {log_file}:\n{text}")
-            steps = json.loads((folder / "results.json").read_text())["steps_seen"]
-            if steps != 1:
-                sys.exit(f"bench: FAILED: patchkit train: results.json has steps_seen={steps}, expected 1")
-            shutil.rmtree(folder)
+        def work_dir(case: str, round_no: int) -> Path:
+            return runs / f"{case}-{round_no}"
 
-        def check_torchrun(_round: int, stdout: str) -> None:
+        def check_patchkit(case: str) -> Callable[[int, str], None]:
+            def check(_code: int, _stdout: str) -> None:
+                folder = sorted(runs.glob(f"{case}-*"))[-1]
+                for rank in range(opts.cards):
+                    log_file = folder / f"rank{rank}.log"
+                    text = log_file.read_text() if log_file.exists() else "(no log)"
+                    if STEP_LINE not in text:
+                        sys.exit(f"bench: FAILED: patchkit train: no {STEP_LINE!r} in {log_file}:\n{text}")
+                steps = json.loads((folder / "results.json").read_text())["steps_seen"]
+                if steps != 1:
+                    sys.exit(f"bench: FAILED: patchkit train: results.json has steps_seen={steps}, expected 1")
+                shutil.rmtree(folder)
+            return check
+
+        def check_torchrun(_code: int, stdout: str) -> None:
             count = stdout.count(STEP_LINE)
             if count != opts.cards:
                 sys.exit(f"bench: FAILED: torchrun: {count} {STEP_LINE!r} lines, expected {opts.cards}:\n{stdout}")
 
-        def check_dry_run(_round: int, stdout: str) -> None:
+        def check_dry_run(_code: int, stdout: str) -> None:
             if "-m patchkit.train.bootstrap train.py" not in stdout:
                 sys.exit(f"bench: FAILED: patchkit train --dry-run printed no launch line:\n{stdout}")
 
-        cases = [
-            Case("patchkit", lambda r: [*train, "--work-dir", str(work_dir(r))], port, check_patchkit),
-            Case("torchrun", lambda _r: [sys.executable, "-m", "torch.distributed.run",
-                                         f"--nproc_per_node={opts.cards}", "--nnodes=1", "--node_rank=0",
-                                         "--master_addr=127.0.0.1", f"--master_port={free_port()}", "train.py"],
-                 repo, check_torchrun),
-            Case("dry-run", lambda _r: [*train, "--dry-run"], port, check_dry_run),
-        ]
-        log(f"timing, best of {opts.repeat}, {opts.cards} workers per launch, "
-            f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
-        run_rounds(cases, opts.repeat, env)
-    load_after = os.getloadavg()
-    best = {c.name: min(c.times) for c in cases}
-    diff, ratio = best["patchkit"] - best["torchrun"], best["patchkit"] / best["torchrun"]
-    if opts.json:
-        print(json.dumps({
-            "repeat": opts.repeat, "cards": opts.cards, "cpus": os.cpu_count(), "patchkit": patchkit,
-            "best_s": {k: round(v, 4) for k, v in best.items()},
-            "difference_s": round(diff, 4), "ratio": round(ratio, 3),
-            "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
-            "runs_s": {c.name: [round(t, 4) for t in c.times] for c in cases}}, indent=2))
-        return
-    print(f"patchkit train vs torchrun: {opts.cards} gloo workers, trivial entry, best of {opts.repeat}, "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'case':<10} {'best s':>8} {'median s':>9}")
-    for case in cases:
-        median = sorted(case.times)[len(case.times) // 2]
-        print(f"{case.name:<10} {best[case.name]:>8.3f} {median:>9.3f}")
-    print(f"patchkit - torchrun: {diff:+.3f} s   patchkit / torchrun: {ratio:.2f}x   "
-          f"(dry-run alone: {best['dry-run']:.3f} s)")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)}   "
-          f"after: {' '.join(f'{x:.2f}' for x in load_after)}")
+        def launch(case: str, device: str, case_env: dict[str, str]) -> Timed:
+            return Timed(case, lambda r: [*train(device), "--work-dir", str(work_dir(case, r))], port, case_env,
+                         check_patchkit(case))
+
+        torchrun = Timed("torchrun", lambda _r: [sys.executable, "-m", "torch.distributed.run",
+                                                  f"--nproc_per_node={opts.cards}", "--nnodes=1", "--node_rank=0",
+                                                  "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+                                                  "train.py"], repo, env, check_torchrun)
+        cases = [torchrun, launch("device-cpu", "cpu", env), launch("device-auto", "auto", env),
+                 Timed("dry-run", lambda _r: [*train("cpu"), "--dry-run"], port, env, check_dry_run)]
+        if opts.baseline:
+            cases.append(launch("baseline-auto", "auto", baseline_env(env, opts.baseline)))
+        log(f"timing {opts.repeat} rounds, {opts.cards} workers per launch")
+        rounds(cases, opts.repeat)
+    by = {c.name: c for c in cases}
+    rows = [Row("launch", "train --device auto", "torchrun", paired(by["device-auto"], torchrun), GOAL, on="wall_ratio"),
+            Row("launch", "train --device cpu", "torchrun", paired(by["device-cpu"], torchrun), GOAL, on="wall_ratio"),
+            Row("launch", "train --dry-run (no workers)", "torchrun", paired(by["dry-run"], torchrun))]
+    if opts.baseline:
+        rows.append(Row("launch", "baseline --device auto", "torchrun", paired(by["baseline-auto"], torchrun)))
+    notes = ["--device auto probes the device once per interpreter and machine and remembers it (the warm-up "
+             "round probes; the timed rounds read the answer)"]
+    report("launch", rows, (loads_before, load()), opts.repeat, opts.json, cards=opts.cards, notes=notes)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import PYTHON_FLAGS, Row, Timed, baseline_env, hermetic_env, load, log, paired, python_lines, report, rounds, sh
-from floor import count_git, script, targets_of
+from floor import count_git, own_rss_mb, script, targets_of
 from typing import Any
 
 from patchkit.overlay import fingerprint
@@ -297,6 +297,8 @@ def main() -> None:
         by_command = {c.name: count_git(c.args(0), c.cwd, c.env) for c in cases if "2" not in c.name}
         counts = {name: found["total"] for name, found in by_command.items()}
         log(f"git processes: {by_command}")
+        own_rss = own_rss_mb([sys.executable, *PYTHON_FLAGS], ["--quiet", "rebase", "--check", "--no-fetch", "--json",
+                                                               "--jobs", "1"], port, env)
         before = mirror_files(tmp / "cache")
         rounds(cases, opts.repeat)
         notes = mirror_changes(before, mirror_files(tmp / "cache"))
@@ -336,7 +338,7 @@ def main() -> None:
     rss = {c.name: round(statistics.median(c.rss_kb) / 1024, 1) for c in cases}
     rows = [Row(name, "rebase --check --jobs 1", "raw floor", paired(one, floor), goal,
                 extra={"git_processes": counts["patchkit --jobs 1"], "floor_git_processes": counts["raw floor"],
-                       "rss_mb": rss[one.name]})]
+                       "rss_mb": rss[one.name], "own_rss_mb": own_rss})]
     if not opts.no_jobs2:
         rows.append(Row(name, "rebase --check --jobs 2", "raw floor", paired(cases[2], floor), 1.0, on="wall_ratio",
                         extra={"rss_mb": rss["patchkit --jobs 2"]}))
@@ -347,10 +349,11 @@ def main() -> None:
                  Row(name, "rebase --check --jobs 1", "baseline --jobs 1", paired(one, old))]
     notes.insert(0, f"outcomes: {_nonzero(got)}; overlays: {states}; git processes: "
                     + ", ".join(f"{k} {v}" for k, v in counts.items())
-                    + "; peak memory (MB): " + ", ".join(f"{k} {v}" for k, v in rss.items()))
+                    + f"; peak memory of patchkit's own process {own_rss} MB, of the largest process in each "
+                    "case's tree (MB): " + ", ".join(f"{k} {v}" for k, v in rss.items()))
     report(name, rows, (loads_before, load()), opts.repeat, opts.json, upstreams=UPSTREAMS,
            patches_per_upstream=PATCHES, overlays_per_upstream=OVERLAYS, build_s=round(build_s, 2),
-           summary=summary, git_processes=counts, rss_mb=rss, notes=notes)
+           summary=summary, git_processes=counts, rss_mb=rss, own_rss_mb=own_rss, notes=notes)
 
 
 def _nonzero(counts: dict[str, int]) -> str:
