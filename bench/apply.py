@@ -2,15 +2,15 @@
 
 Run it by hand from the repository root (it is not a test):
 
-    python bench/apply.py              # best of 3 runs per case, prints a table
-    python bench/apply.py --repeat 5   # best of 5
+    python bench/apply.py              # 5 rounds, prints a table
+    python bench/apply.py --repeat 9 --baseline ../old   # 9 rounds, also time another checkout
     python bench/apply.py --json       # the numbers as JSON on stdout
 
 It builds, in a temporary folder, 4 upstream git repos (40 Python files of ~200 lines each)
 and 25 stacked `git format-patch` patches per upstream, split into the layers `shared`
 (10 patches) and `model` (15), plus a port repo whose upstreams.yaml declares the model
 `bench`. Every subprocess runs in a hermetic environment (its own HOME and .gitconfig, no
-system git config, its own PATCHKIT_CACHE). Timed, wall clock, best of N:
+system git config, its own PATCHKIT_CACHE). Timed:
 
   cold    `patchkit apply bench` with no mirror cache and no workspace
   warm    `patchkit apply bench` with the mirrors cached, no workspace
@@ -18,7 +18,9 @@ system git config, its own PATCHKIT_CACHE). Timed, wall clock, best of N:
 
 against a bash script of raw git commands (mirror clone, local clone, checkout, `git am -3`),
 one upstream after the other. The cases run round-robin, one run of each per round, so that
-background load hits them alike. Goals: warm within 1.5x of raw git; no-op under 0.5 s.
+background load hits them alike; each is reported as the median over rounds of its ratio to raw git
+in the same round (CPU of the whole process tree and wall). Goals: warm within 1.5x of raw git (wall);
+no-op under 0.5 s.
 """
 
 from __future__ import annotations
@@ -28,15 +30,13 @@ import json
 import os
 import random
 import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import hermetic_env, log, python_lines, sh
+from common import PYTHON_FLAGS, Row, Timed, baseline_env, hermetic_env, load, log, paired, python_lines, report, rounds, sh
 
 UPSTREAMS = 4
 FILES = 40
@@ -128,33 +128,6 @@ def verify(work: Path, pins: dict[str, str], env: dict[str, str]) -> None:
             sys.exit(f"bench: FAILED: {work / name} has {count} commits above the pin, expected {PATCHES}")
 
 
-@dataclass
-class Case:
-    """One timed command; PREPARE runs untimed before it, CHECK untimed after it."""
-
-    name: str
-    tool: str  # "patchkit" or "raw"
-    args: list[str]
-    cwd: Path
-    prepare: Callable[[], None]
-    check: Callable[[], None]
-    times: list[float] = field(default_factory=list)
-
-
-def run_rounds(cases: list[Case], repeat: int, env: dict[str, str]) -> None:
-    """Run every case once per round, in order, so that background load hits all of them alike."""
-    for _ in range(repeat):
-        for case in cases:
-            case.prepare()
-            start = time.perf_counter()
-            proc = subprocess.run(case.args, check=False, cwd=case.cwd, env=env, capture_output=True, text=True)
-            case.times.append(time.perf_counter() - start)
-            if proc.returncode != 0:
-                sys.exit(f"bench: FAILED: {' '.join(case.args)} exited {proc.returncode}\n"
-                         f"{proc.stdout}{proc.stderr}")
-            case.check()
-
-
 def rm(*paths: Path) -> Callable[[], None]:
     """A `prepare` step deleting PATHS before a timed run."""
     def prepare() -> None:
@@ -164,29 +137,28 @@ def rm(*paths: Path) -> Callable[[], None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per case; the best is kept (default 3)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument("--baseline", type=Path, help="another checkout of patchkit to time as well (A/B)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     opts = parser.parse_args()
-    exe = shutil.which("patchkit")
-    patchkit = [exe] if exe else [sys.executable, "-m", "patchkit"]
+    patchkit = [sys.executable, *PYTHON_FLAGS, "-m", "patchkit"]
+    loads_before = load()
     with tempfile.TemporaryDirectory(prefix="patchkit-bench-") as name:
         tmp = Path(name).resolve()
         env = hermetic_env(tmp)
         log(f"building {UPSTREAMS} upstreams x {PATCHES} patches in {tmp}")
-        start = time.perf_counter()
         port, pins = build_model(tmp, env)
-        log(f"built in {time.perf_counter() - start:.1f} s; timing, best of {opts.repeat}")
         cache, work, raw = tmp / "cache", port / "work" / "bench", tmp / "raw"
         raw.mkdir()
         apply = [*patchkit, "--quiet", "apply", "bench"]
         heads: dict[str, str] = {}
 
-        def check_applied() -> None:
+        def check_applied(_code: int = 0, _out: str = "") -> None:
             verify(work, pins, env)
             heads.update({n: sh(["git", "rev-parse", "HEAD"], env, work / n) for n in pins})
 
-        def check_noop() -> None:
+        def check_noop(_code: int, _out: str) -> None:
             before = dict(heads)
             check_applied()
             if heads != before:
@@ -194,44 +166,39 @@ def main() -> None:
 
         cold_sh, warm_sh = raw_script(tmp, port, pins, cold=True), raw_script(tmp, port, pins, cold=False)
 
-        def check_raw() -> None:
+        def check_raw(_code: int, _out: str) -> None:
             verify(raw / "work", pins, env)
 
-        cases = [Case("cold", "patchkit", apply, port, rm(cache, port / "work"), check_applied),
-                 Case("warm", "patchkit", apply, port, rm(port / "work"), check_applied),
-                 Case("no-op", "patchkit", apply, port, lambda: None, check_noop),
-                 Case("cold", "raw", ["bash", str(cold_sh)], raw, rm(raw / "cache", raw / "work"), check_raw),
-                 Case("warm", "raw", ["bash", str(warm_sh)], raw, rm(raw / "work"), check_raw)]
-        run_rounds(cases, opts.repeat, env)
+        def case(label: str, args: list[str], cwd: Path, prepare: Callable[[], None],
+                 check: Callable[[int, str], None], case_env: dict[str, str] = env) -> Timed:
+            return Timed(label, lambda _r: args, cwd, case_env, check, prepare=prepare)
+
+        cases = [case("raw cold", ["bash", str(cold_sh)], raw, rm(raw / "cache", raw / "work"), check_raw),
+                 case("cold", apply, port, rm(cache, port / "work"), check_applied),
+                 case("raw warm", ["bash", str(warm_sh)], raw, rm(raw / "work"), check_raw),
+                 case("warm", apply, port, rm(port / "work"), check_applied),
+                 case("no-op", apply, port, lambda: None, check_noop)]
+        if opts.baseline:
+            cases += [case("baseline warm", apply, port, rm(port / "work"), check_applied,
+                           baseline_env(env, opts.baseline)),
+                      case("baseline no-op", apply, port, lambda: None, check_noop, baseline_env(env, opts.baseline))]
+        rounds(cases, opts.repeat)
         if not json.loads(sh([*apply, "--json"], env, port))["noop"]:
             sys.exit("bench: FAILED: a re-apply on an applied workspace is not reported as a no-op")
-    pk = {c.name: min(c.times) for c in cases if c.tool == "patchkit"}
-    rawt = {c.name: min(c.times) for c in cases if c.tool == "raw"}  # no raw no-op: nothing to compare
-    rows = {case: {"patchkit_s": round(pk[case], 4), "raw_git_s": _round(rawt.get(case), 4),
-                   "ratio": _round(pk[case] / rawt[case] if case in rawt else None, 3)} for case in pk}
-    warm_ratio = pk["warm"] / rawt["warm"]
-    goals = {"warm_within_1.5x_raw": warm_ratio <= WARM_GOAL, "noop_under_0.5s": pk["no-op"] < NOOP_GOAL}
-    if opts.json:
-        print(json.dumps({"upstreams": UPSTREAMS, "patches_per_upstream": PATCHES, "repeat": opts.repeat,
-                          "cpus": os.cpu_count(), "cases": rows, "goals": goals,
-                          "runs_s": {f"{c.tool} {c.name}": [round(t, 4) for t in c.times] for c in cases}},
-                         indent=2))
-        return
-    print(f"patchkit apply: {UPSTREAMS} upstreams x {PATCHES} patches, best of {opts.repeat}, "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'case':<8} {'patchkit s':>11} {'raw git s':>10} {'ratio':>7}")
-    for case, seconds in pk.items():
-        raw_s = f"{rawt[case]:.3f}" if case in rawt else "-"
-        ratio = f"{seconds / rawt[case]:.2f}x" if case in rawt else "-"
-        print(f"{case:<8} {seconds:>11.3f} {raw_s:>10} {ratio:>7}")
-    print(f"goal: warm apply within {WARM_GOAL}x of raw git: {warm_ratio:.2f}x  "
-          f"{'PASS' if goals['warm_within_1.5x_raw'] else 'MISS'}")
-    print(f"goal: no-op re-apply under {NOOP_GOAL} s: {pk['no-op']:.3f} s  "
-          f"{'PASS' if goals['noop_under_0.5s'] else 'MISS'}")
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
+    by = {c.name: c for c in cases}
+    rows = [Row("apply", "apply, warm mirrors", "raw git, warm", paired(by["warm"], by["raw warm"]), WARM_GOAL,
+                on="wall_ratio"),
+            Row("apply", "apply, cold", "raw git, cold", paired(by["cold"], by["raw cold"])),
+            Row("apply", "apply, no-op", "raw git, warm", paired(by["no-op"], by["raw warm"]))]
+    if opts.baseline:
+        rows += [Row("apply", "apply, warm (baseline)", "raw git, warm", paired(by["baseline warm"], by["raw warm"])),
+                 Row("apply", "apply, no-op (baseline)", "raw git, warm",
+                     paired(by["baseline no-op"], by["raw warm"]))]
+    noop_s = statistics.median(by["no-op"].walls)
+    notes = [f"no-op re-apply: median {noop_s:.3f} s wall (goal under {NOOP_GOAL} s: "
+             f"{'PASS' if noop_s < NOOP_GOAL else 'MISS'}, an absolute time: read it with the load)"]
+    report("apply", rows, (loads_before, load()), opts.repeat, opts.json, upstreams=UPSTREAMS,
+           patches_per_upstream=PATCHES, notes=notes)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ class Timed:
     env: dict[str, str]
     check: Callable[[int, str], None] | None = None
     codes: tuple[int, ...] = (0,)
+    prepare: Callable[[], None] | None = None  # untimed, before each run
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
@@ -77,6 +78,8 @@ class Timed:
 def run_once(case: Timed, round_no: int) -> None:
     """One run of CASE: wall time, and CPU time and peak memory of its process tree (wait4)."""
     args = case.args(round_no)
+    if case.prepare:
+        case.prepare()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(args, cwd=case.cwd, env=case.env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)

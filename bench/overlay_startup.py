@@ -2,8 +2,8 @@
 
 Run it by hand from the repository root (it is not a test):
 
-    python bench/overlay_startup.py              # best of 10 runs per case, prints a table
-    python bench/overlay_startup.py --repeat 20  # best of 20
+    python bench/overlay_startup.py              # 15 rounds, prints a table
+    python bench/overlay_startup.py --repeat 30  # 30 rounds
     python bench/overlay_startup.py --json       # the numbers as JSON on stdout
 
 It builds, in a temporary folder, the package `benchpkg`: 10 modules `benchpkg.mod_NN`, each with
@@ -11,8 +11,8 @@ It builds, in a temporary folder, the package `benchpkg`: 10 modules `benchpkg.m
 `benchpkg/__init__.py` imports all 10 modules. The overlay folder `overlays/bench` holds 10 files
 declaring 50 replacements, one per target, with the same bodies as the upstream code.
 
-Start-up, timed (wall clock of a fresh `python -c` process, best of N, the two cases round-robin
-so that background load hits them alike), every process in a hermetic environment:
+Start-up, timed (a fresh `python -c` process, the two cases round-robin so that background load
+hits them alike; the median of per-round differences and ratios, CPU and wall), every process in a hermetic environment:
 
   plain      `import benchpkg; benchpkg.mod_00.f0(1)`
   overlays   `activate_from_env()` (PATCHKIT_OVERLAYS=overlays/bench) first, then the same; the
@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import hermetic_env, log, sh
+from common import Row, Timed, hermetic_env, load, log, paired, report, rounds, sh
 
 MODULES, FUNCS, METHODS = 10, 3, 2
 TARGETS = MODULES * (FUNCS + METHODS)
@@ -125,11 +126,11 @@ print(json.dumps({{name: s / N * 1e9 for name, s in best.items()}}))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=10, help="runs per case; the best counts (default 10)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=15, help="timed rounds (default 15)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     opts = parser.parse_args()
-
+    loads_before = load()
     with tempfile.TemporaryDirectory(prefix="patchkit-bench-overlay-") as tmp_name:
         tmp = Path(tmp_name)
         src, folder = make_package(tmp)
@@ -137,49 +138,26 @@ def main() -> None:
         env["PYTHONPATH"] = str(src)
         over_env = {**env, "PATCHKIT_OVERLAYS": str(folder)}
         python = [sys.executable, "-c"]
-        log(f"{MODULES} modules, {TARGETS} targets; warming up (bytecode caches)")
-        sh([*python, PLAIN], env)
-        sh([*python, OVERLAYS], over_env)
-
-        times: dict[str, list[float]] = {"plain": [], "overlays": []}
+        log(f"{MODULES} modules, {TARGETS} targets")
         activate_s: list[float] = []
-        for r in range(opts.repeat):
-            for case, code, case_env in (("plain", PLAIN, env), ("overlays", OVERLAYS, over_env)):
-                start = time.perf_counter()
-                out = sh([*python, code], case_env)
-                times[case].append(time.perf_counter() - start)
-                if case == "overlays":
-                    activate_s.append(json.loads(out)["activate_s"])
-            log(f"round {r + 1}/{opts.repeat}")
+        plain = Timed("plain", lambda _r: [*python, PLAIN], tmp, env)
+        over = Timed("overlays", lambda _r: [*python, OVERLAYS], tmp, over_env,
+                     lambda _c, out: activate_s.append(json.loads(out)["activate_s"]))
+        rounds([plain, over], opts.repeat)
         log(f"hot loops: {CALLS:.0e} calls each, best of 5")
         per_call = json.loads(sh([*python, HOT], over_env))
-
-    plain, over = min(times["plain"]), min(times["overlays"])
-    added_ms = (over - plain) * 1000
-    verdict = "PASS" if added_ms < GOAL_MS else "MISS"
-    activate_ms = min(activate_s) * 1000
+    added_ms = statistics.median((b - a) * 1000 for a, b in zip(plain.walls, over.walls))
     ratio = per_call["replaced function"] / per_call["unreplaced twin"]
     mratio = per_call["replaced method"] / per_call["unreplaced method twin"]
-    if opts.json:
-        print(json.dumps({
-            "targets": TARGETS, "repeat": opts.repeat,
-            "startup_s": {"plain": round(plain, 4), "overlays": round(over, 4)},
-            "added_ms": round(added_ms, 2), "activate_ms": round(activate_ms, 2),
-            "goal_ms": GOAL_MS, "verdict": verdict,
-            "runs_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
-            "per_call_ns": {k: round(v, 2) for k, v in per_call.items()},
-            "replaced_over_twin": round(ratio, 3), "method_replaced_over_twin": round(mratio, 3)}, indent=2))
-        return
-    print(f"start-up, fresh python, best of {opts.repeat} ({TARGETS} targets in {MODULES} modules, "
-          f"{MODULES} overlay files)")
-    print(f"  plain import + call            {plain * 1000:8.1f} ms")
-    print(f"  activate_from_env() + same     {over * 1000:8.1f} ms")
-    print(f"  added                          {added_ms:8.1f} ms   (goal < {GOAL_MS:.0f} ms: {verdict})")
-    print(f"  activate() per its report      {activate_ms:8.2f} ms   (best; patching on import not included)")
-    print(f"per call, {CALLS:.0e} calls, best of 5 loops")
-    for name, ns in per_call.items():
-        print(f"  {name:<28} {ns:8.1f} ns")
-    print(f"  replaced / twin: function {ratio:.2f}x, method {mratio:.2f}x (1.00x = nothing added per call)")
+    notes = [f"added at start-up: median {added_ms:.1f} ms per pair (goal < {GOAL_MS:.0f} ms: "
+             f"{'PASS' if added_ms < GOAL_MS else 'MISS'}); activate() per its report: median "
+             f"{statistics.median(activate_s[-opts.repeat:]) * 1000:.2f} ms",
+             "per call (ns): " + ", ".join(f"{k} {v:.1f}" for k, v in per_call.items())
+             + f"; replaced / twin: function {ratio:.2f}x, method {mratio:.2f}x (1.00x = nothing added per call)"]
+    rows = [Row("overlays", f"start-up, {TARGETS} targets", "plain interpreter", paired(over, plain),
+                extra={"added_ms": round(added_ms, 2)})]
+    report("overlay-startup", rows, (loads_before, load()), opts.repeat, opts.json, targets=TARGETS,
+           added_ms=round(added_ms, 2), per_call_ns={k: round(v, 2) for k, v in per_call.items()}, notes=notes)
 
 
 if __name__ == "__main__":
