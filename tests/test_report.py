@@ -333,13 +333,12 @@ def test_ci_recipe_uses_real_options() -> None:
     jobs = yaml.safe_load(recipe.read_text())["jobs"]
     scripts = "\n".join(step.get("run", "") for job in jobs.values() for step in job["steps"])
     calls = re.findall(r"^\s*patchkit ((?:rebase|report)\b.*(?:\\\n.*)?)", scripts, re.M)
-    assert len(calls) == 2
+    assert len(calls) == 3  # the sharded check, the merge of the shards, the report
     for call in calls:
         command = cli.commands[call.split()[0]]
         known = {o for p in command.params if isinstance(p, click.Option) for o in p.opts}
-        pending = {"--shard"} - known  # issue 14 (perf): named in the recipe before it lands
         used = set(re.findall(r"(?<![\w-])(--[a-z-]+)", call))
-        assert used - pending <= known, used - known
+        assert used <= known, used - known
 
 
 @pytest.mark.skipif(not BROWSER, reason="opt-in: PATCHKIT_BROWSER=/usr/bin/chromium runs the page's script")
