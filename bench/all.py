@@ -28,15 +28,15 @@ HERE = Path(__file__).resolve().parent
 
 # name -> (script, arguments, arguments with --quick)
 BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
-    "rebase-10x100": ("rebase_check.py", ["--repeat", "7"], ["--upstreams", "3", "--patches", "50", "--repeat", "3"]),
+    "rebase-10x100": ("rebase_check.py", ["--repeat", "5"], ["--upstreams", "3", "--patches", "50", "--repeat", "3"]),
     "rebase-10x1000": ("rebase_check.py", ["--patches", "1000", "--repeat", "3", "--no-jobs2"],
                        ["--upstreams", "2", "--patches", "500", "--repeat", "2", "--no-jobs2"]),
     "rebase-1x5000": ("rebase_check.py", ["--upstreams", "1", "--patches", "5000", "--repeat", "3", "--no-jobs2"],
                       ["--upstreams", "1", "--patches", "2000", "--repeat", "2", "--no-jobs2"]),
-    "fleet": ("fleet.py", ["--repeat", "5"], ["--models", "12", "--repeat", "2"]),
-    "real-port": ("real_port.py", ["--repeat", "9"], ["--repeat", "3"]),
-    "launch": ("launch_overhead.py", ["--repeat", "7"], ["--repeat", "3"]),
-    "apply": ("apply.py", ["--repeat", "5"], ["--repeat", "2"]),
+    "fleet": ("fleet.py", ["--repeat", "4"], ["--models", "12", "--repeat", "2"]),
+    "real-port": ("real_port.py", ["--repeat", "7"], ["--repeat", "3"]),
+    "launch": ("launch_overhead.py", ["--repeat", "5"], ["--repeat", "3"]),
+    "apply": ("apply.py", ["--repeat", "4"], ["--repeat", "2"]),
     "overlay-startup": ("overlay_startup.py", ["--repeat", "15"], ["--repeat", "5"]),
 }
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from patchkit import git
 
+# commands that leave the index as it is (any other command run in a scratch forgets its tree)
+_READ_ONLY = {"write-tree", "ls-files", "ls-tree", "cat-file", "diff-tree", "diff", "rev-parse", "log", "grep"}
 _OFFSET = re.compile(r"^Hunk #(\d+) succeeded at (\d+) \(offset (-?\d+) lines?\)\.$", re.M)
 
 
@@ -45,11 +47,12 @@ class Scratch:
         self.close()
 
     def run(self, args: list[str], *, check: bool = True, input_bytes: bytes | None = None) -> git.Result:
+        if args[0] not in _READ_ONLY and "--check" not in args:
+            self._tree = None  # the index may change: its tree is written again when asked for
         return git.run(args, self.mirror, check=check, env=self.env, input_bytes=input_bytes)
 
     def reset(self, treeish: str) -> None:
         self.run(["read-tree", treeish])
-        self._tree = None
 
     def tree(self) -> str:
         if self._tree is None:
@@ -59,10 +62,7 @@ class Scratch:
 
     def apply(self, data: bytes, *options: str) -> git.Result:
         """`git apply --cached -v OPTIONS` of DATA; the index is unchanged when it fails (atomic)."""
-        result = self.run(["apply", "--cached", "--verbose", *options, "-"], check=False, input_bytes=data)
-        if "--check" not in options:  # a failed --3way leaves unmerged entries
-            self._tree = None
-        return result
+        return self.run(["apply", "--cached", "--verbose", *options, "-"], check=False, input_bytes=data)
 
 
 

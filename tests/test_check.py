@@ -310,3 +310,21 @@ def test_merge_refuses_incomplete_or_foreign_input(fleet: Path, tmp_path: Path) 
     assert run.code == 2 and re.search(r"bad\.json:2: not JSON", run.err), run.text
     assert patchkit(fleet, "rebase", "--check", "--shard", "3/2").code == 2
     assert patchkit(fleet, "rebase", "--shard", "1/2", "m1").code == 2
+
+
+def test_scratch_tree_follows_every_index_change(tmp_path: Path) -> None:
+    """The scratch keeps its index's tree only while nothing changed the index: an apply, a reset or any
+    other git command run in it (update-index, as the importer does) makes it write the tree again."""
+    up = tmp_path / "up"
+    pin = make_upstream(up, {"a.py": numbered("a")})
+    with scratch.Scratch(up / ".git") as s:
+        s.reset(pin)
+        first = s.tree()
+        assert s.tree() == first and s.apply(_new_file_patch(1), "--check").ok and s.tree() == first
+        blob = git(up, "rev-parse", f"{pin}:a.py")
+        s.run(["update-index", "--add", "--cacheinfo", f"100644,{blob},b.py"])
+        second = s.tree()
+        assert second != first
+        assert s.apply(_new_file_patch(2)).ok and s.tree() not in (first, second)
+        s.reset(pin)
+        assert s.tree() == first
