@@ -99,9 +99,10 @@ def run_once(case: Timed, round_no: int) -> None:
     case.outputs.append(stdout)
 
 
-def rounds(cases: list[Timed], repeat: int, label: str = "") -> None:
-    """Every case once per round, in order, REPEAT rounds (one untimed warm-up round first)."""
-    for case in cases:
+def rounds(cases: list[Timed], repeat: int, label: str = "", warmup: bool = True) -> None:
+    """Every case once per round, in order, REPEAT rounds (one untimed warm-up round first, unless the
+    caller warmed them up another way)."""
+    for case in cases if warmup else []:
         run_once(case, -1)
         case.walls.clear(), case.cpus.clear(), case.outputs.clear(), case.rss_kb.clear()
     for round_no in range(repeat):

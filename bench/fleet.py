@@ -202,7 +202,7 @@ def main() -> None:
                                baseline_env(env, opts.baseline)))
         counts = {c.name: count_git(c.args(0), c.cwd, c.env)["total"] for c in cases if "2" not in c.name}
         log(f"git processes: {counts}")
-        own_rss = own_rss_mb([sys.executable, *PYTHON_FLAGS], ["--quiet", "rebase", "--check", "--no-fetch", "--json",
+        own_rss, _ = own_rss_mb([sys.executable, *PYTHON_FLAGS], ["--quiet", "rebase", "--check", "--no-fetch", "--json",
                                                                "--jobs", "1"], port, env)
         rounds(cases, opts.repeat)
     notes = []

@@ -109,8 +109,9 @@ RSS_CODE = ("import atexit, resource, sys; atexit.register(lambda: sys.stderr.wr
             "sys.argv = ['patchkit', *sys.argv[1:]]; from patchkit.cli import main; main()")
 
 
-def own_rss_mb(python: list[str], patchkit_args: list[str], cwd: Path, env: dict[str, str]) -> float:
-    """Peak resident memory of patchkit's own process (not its git children), in MB, from one run."""
+def own_rss_mb(python: list[str], patchkit_args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+    """Peak resident memory of patchkit's own process (not its git children), in MB, from one run,
+    and that run's output."""
     proc = subprocess.run([*python, "-c", RSS_CODE, *patchkit_args], cwd=cwd, env=env, capture_output=True, text=True)
     found = [ln.split()[1] for ln in proc.stderr.splitlines() if ln.startswith("BENCH-RSS-KB ")]
-    return round(int(found[-1]) / 1024, 1) if found else float("nan")
+    return (round(int(found[-1]) / 1024, 1) if found else float("nan")), proc.stdout

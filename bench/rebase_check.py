@@ -283,10 +283,11 @@ def main() -> None:
         patchkit = [sys.executable, *PYTHON_FLAGS, "-m", "patchkit"]
         sh([*patchkit, "--quiet", "fetch"], env, port)
         check = [*patchkit, "--quiet", "rebase", "--check", "--no-fetch", "--json"]
-        first = Timed("targets", lambda _r: [*check, "--jobs", "1"], port, env, codes=(1,))
-        rounds([first], 1, "targets: ")
+        # one untimed run gives the targets for the floor and patchkit's own peak memory
+        own_rss, first = own_rss_mb([sys.executable, *PYTHON_FLAGS], ["--quiet", "rebase", "--check", "--no-fetch",
+                                                                      "--json", "--jobs", "1"], port, env)
         floor_sh = tmp / "floor.sh"
-        floor_sh.write_text(script(port / "upstreams.yaml", tmp / "cache", targets_of(first.outputs[0])))
+        floor_sh.write_text(script(port / "upstreams.yaml", tmp / "cache", targets_of(first)))
         cases = [Timed("raw floor", lambda _r: ["bash", str(floor_sh)], port, env),
                  Timed("patchkit --jobs 1", lambda _r: [*check, "--jobs", "1"], port, env, codes=(1,))]
         if not opts.no_jobs2:
@@ -294,13 +295,11 @@ def main() -> None:
         if opts.baseline:
             cases.append(Timed("baseline --jobs 1", lambda _r: [*check, "--jobs", "1"], port,
                                baseline_env(env, opts.baseline), codes=(1,)))
-        by_command = {c.name: count_git(c.args(0), c.cwd, c.env) for c in cases if "2" not in c.name}
-        counts = {name: found["total"] for name, found in by_command.items()}
+        by_command = {c.name: count_git(c.args(0), c.cwd, c.env) for c in cases}  # also the warm-up round
+        counts = {name: found["total"] for name, found in by_command.items() if "2" not in name}
         log(f"git processes: {by_command}")
-        own_rss = own_rss_mb([sys.executable, *PYTHON_FLAGS], ["--quiet", "rebase", "--check", "--no-fetch", "--json",
-                                                               "--jobs", "1"], port, env)
         before = mirror_files(tmp / "cache")
-        rounds(cases, opts.repeat)
+        rounds(cases, opts.repeat, warmup=False)
         notes = mirror_changes(before, mirror_files(tmp / "cache"))
         leftovers = sorted(p.name for p in (tmp / "scratch").iterdir())
 
