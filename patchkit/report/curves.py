@@ -20,7 +20,9 @@ MAX_TERMS = 10  # more terms than this: the first ten by name are drawn, the cha
 
 
 def title(results: Any) -> str:
-    return f"{results.model} {results.kind} on {results.cards * results.nnodes} {results.device}"
+    verdict = getattr(results, "overfit", None)
+    bar = f", overfit {'passed' if verdict.passed else 'FAILED'} x{verdict.ratio:.2f}" if verdict else ""
+    return f"{results.model} {results.kind} on {results.cards * results.nnodes} {results.device}{bar}"
 
 
 def loss_chart(results: Any, width: int = 460, height: int = 220) -> svg.Chart:
