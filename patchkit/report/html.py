@@ -26,6 +26,7 @@ td.cell>details>summary::-webkit-details-marker{display:none}
 td.cell.empty{background:#fff}
 .pop{position:absolute;z-index:5;left:0;top:100%;background:#fff;border:1px solid #888;box-shadow:0 4px 14px #0004;
  padding:6px 10px;width:min(62rem,80vw);max-height:28rem;overflow:auto;font-weight:400;color:#222}
+.pop.right{left:auto;right:0}
 .pop pre{margin:2px 0 4px;font-size:11px;white-space:pre-wrap}
 tr.group th{background:#f4f4f4;font-size:13px;padding-top:8px}
 .chip{display:inline-block;padding:1px 6px;border-radius:3px;font-size:11px;margin:1px 3px 1px 0;color:#111}
@@ -101,12 +102,13 @@ def matrix_section(m: d.Matrix) -> list[str]:
 
 
 def _row(row: d.Row, m: d.Matrix) -> str:
-    cells = "".join(_cell(row.cells[c], m) if c in row.cells else '<td class="cell empty"></td>' for c in m.columns)
+    cells = "".join(_cell(row.cells[c], m, right=i >= len(m.columns) / 2) if c in row.cells
+                    else '<td class="cell empty"></td>' for i, c in enumerate(m.columns))
     return (f'<tr class="model" data-model="{esc(row.model)}" data-broken="{row.broken}">'
             f"<th>{esc(row.model)}</th>{cells}</tr>")
 
 
-def _cell(cell: d.Cell, m: d.Matrix) -> str:
+def _cell(cell: d.Cell, m: d.Matrix, right: bool = False) -> str:
     n, broken = len(cell.patches), cell.broken
     label = f"&#10007; {broken}/{n + len(cell.overlays)}" if broken else f"&#10003; {n}"
     if cell.overlays and not broken:
@@ -129,7 +131,7 @@ def _cell(cell: d.Cell, m: d.Matrix) -> str:
             f'data-outcome="{esc(cell.outcome)}" data-broken="{broken}" data-patches="{n}" '
             f'data-overlays="{len(cell.overlays)}" style="background:{d.colour(cell.outcome)};color:{fg}">'
             f'<details><summary title="{esc(cell.model)} / {esc(cell.column)}: {esc(cell.outcome)}">{label}</summary>'
-            f'<div class="pop">{"".join(pop)}</div></details></td>')
+            f'<div class="pop{" right" if right else ""}">{"".join(pop)}</div></details></td>')
 
 
 def _patch_tr(p: d.PatchRow) -> str:
