@@ -101,13 +101,16 @@ def validate(obj: Ctx, remote: bool, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def list_cmd(obj: Ctx, as_json: bool) -> None:
-    """Show the models and the upstreams of the manifest."""
+    """Show the models, the upstreams of the manifest, and what was verified on which device."""
+    from patchkit import verify
+
     m = obj.manifest()
     data: dict[str, Any] = {
         "upstreams": [{"name": u.name, "url": u.url, "pin": u.pin, "track": u.track} for u in m.upstreams.values()],
         "models": [{"name": md.name, "description": md.description,
                     "upstreams": {up: {"layers": list(layers), "patches": len(md.patches.get(up, ()))}
-                                  for up, layers in md.layers.items()}}
+                                  for up, layers in md.layers.items()},
+                    "verified": verify.newest(verify.load(m.root, md.name))}
                    for md in m.models.values()],
     }
     if as_json:
@@ -119,6 +122,10 @@ def list_cmd(obj: Ctx, as_json: bool) -> None:
         for up, info in md["upstreams"].items():
             layers = " + ".join(info["layers"]) or "(no patches)"
             click.echo(f"    {up:<20} {layers}  [{info['patches']} patches]")
+        for device, records in md["verified"].items():
+            if device != "any" or records:
+                click.echo(f"    {'applied' if device == 'any' else f'verified on {device}'}: "
+                           f"{verify.summary(records)}")
     click.echo("upstreams:")
     for u in data["upstreams"]:
         click.echo(f"  {u['name']:<20} {u['pin'][:12]}  track {u['track']:<12} {u['url']}")
@@ -174,8 +181,16 @@ def install_cmd(obj: Ctx, model: str, venv: str | None, device: str, force: bool
     """Install MODEL's stack from its workspace in dependency order, reusing cached wheels."""
     from patchkit.install import install
 
-    report = install(obj.manifest(), model, obj.workspace(workspace), venv=Path(venv) if venv else None,
-                     device=device, force=force, progress=obj.progress)
+    m, root = obj.manifest(), obj.workspace(workspace)
+    try:
+        report = install(m, model, root, venv=Path(venv) if venv else None, device=device, force=force,
+                         progress=obj.progress)
+    except PatchkitError as exc:
+        _record(obj, m, model, root, "compile", device, False, {"error": exc.message})
+        raise
+    _record(obj, m, model, root, "compile", report.device, True,
+            {"steps": {s.upstream: s.action for s in report.steps}, "python": str(report.python),
+             "versions": report.versions})
     if as_json:
         _emit_json({"ok": True, **dataclasses.asdict(report)})
         return
@@ -228,8 +243,11 @@ def apply_cmd(obj: Ctx, model: str, workspace: str | None, force: bool, lock_tim
     """Build or update MODEL's workspace: every upstream at its pin plus its patch series."""
     from patchkit.apply import apply
 
-    report = apply(obj.manifest(), model, obj.workspace(workspace), force=force, progress=obj.progress,
-                   lock_timeout=lock_timeout)
+    m, root = obj.manifest(), obj.workspace(workspace)
+    report = apply(m, model, root, force=force, progress=obj.progress, lock_timeout=lock_timeout)
+    if not report.noop:  # a no-op apply ran nothing new
+        _record(obj, m, model, root, "apply", "any", not report.failed,
+                {"repos": {r.upstream: r.total for r in report.repos}})
     if as_json:
         _emit_json({"model": report.model, "workspace": report.workspace, "noop": report.noop,
                     "ok": not report.failed, "repos": report.repos})
@@ -605,8 +623,16 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
             for line in launch.dry_run(plan):
                 click.echo(line)
         return
-    result = launch.run(plan, progress=obj.progress)
+    check = "overfit" if overfit else "smoke" if smoke else None
+    try:
+        result = launch.run(plan, progress=obj.progress)
+    except launch.TrainFailed as exc:
+        if check:
+            _record(obj, m, model, obj.workspace(workspace), check, plan.device.kind, False, {"error": exc.message})
+        raise
     ok = result.overfit.passed if overfit and result.overfit else not overfit
+    if check:
+        _record(obj, m, model, obj.workspace(workspace), check, plan.device.kind, ok, _run_detail(result))
     if as_json:
         _emit_json({"ok": ok, **dataclasses.asdict(result)})
     else:
@@ -665,6 +691,25 @@ def import_lines(report: Any) -> list[str]:
                  f"{len(report.not_converted)} not converted; "
                  + (f"{len(report.changed)} files changed" if report.changed else "nothing changed"))
     return lines
+
+
+def _record(obj: Ctx, m: manifest_mod.Manifest, model: str, root: Path, check: str, device: str, ok: bool,
+            detail: dict[str, Any]) -> None:
+    from patchkit import verify
+
+    where = verify.record(m, model, root, check, device, ok, detail)
+    obj.progress(f"{model}: {check} on {device} recorded in {where}" if where
+                 else f"{model}: could not write the verification record into {m.root / verify.FOLDER}")
+
+
+def _run_detail(result: Any) -> dict[str, Any]:
+    loss = result.series.loss
+    detail = {"cards": result.cards, "backend": result.backend, "steps": result.steps_seen,
+              "seconds": result.seconds, "mean_step_ms": result.mean_step_ms,
+              "loss": [loss[0], loss[-1]] if loss else None}
+    if result.overfit:
+        detail["overfit"] = dataclasses.asdict(result.overfit)
+    return detail
 
 
 def _json_error(args: list[str], exc: PatchkitError) -> None:

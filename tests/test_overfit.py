@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from patchkit import verify
 from patchkit.train import overfit, results as results_mod
 from patchkit.train.launch import SMOKE_LOSS, SMOKE_STEP, SMOKE_STEP_TIME
 from patchkit.train.recipe import Recipe
@@ -241,6 +242,13 @@ def test_two_gloo_processes_overfit_the_toy_and_a_stuck_run_exits_1(toy: Path) -
                      "--cards", "1", "--work-dir", str(toy / "stuck"))
     assert stuck.code == 1 and "toy: overfit FAILED: loss" in stuck.err, stuck.text
     assert json.loads((toy / "stuck/results.json").read_text())["overfit"]["passed"] is False
+    # each run appended its verification record; `list` shows the newest on cpu
+    records = [r for r in verify.load(toy, "toy") if r.check == "overfit"]
+    assert [(r.device, r.ok) for r in records] == [("cpu", True), ("cpu", False)]
+    assert records[0].detail["overfit"]["passed"] and records[0].detail["cards"] == 2
+    assert records[0].detail["loss"] == [data["series"]["loss"][0], data["series"]["loss"][-1]]
+    assert records[0].workspace == data["fingerprint"]
+    assert "verified on cpu: overfit FAILED" in patchkit(toy, "list").out
 
 
 if __name__ == "__main__":
