@@ -137,6 +137,20 @@ def test_overfit_section_errors_name_file_and_line(toy: Path, steps: str, lr: st
     assert run.code == 2 and message in run.err, run.err
 
 
+@pytest.mark.parametrize(("section", "message"), [
+    ("published: {cards: 8}", "train/toy.yaml:4: published: missing required key 'chip'"),
+    ("published: {chip: x, cards: 8, fps: fast}", "train/toy.yaml:4: published: fps must be a positive number"),
+    ("published: {chip: x, cards: 8, metrics: {mAP: -1}}", "published: metrics: mAP must be a positive number"),
+    ("published: {chip: x, cards: 8, flops: 1}", "train/toy.yaml:4: "),
+])
+def test_published_section_errors_name_file_and_line(toy: Path, section: str, message: str) -> None:  # noqa: F811
+    assert patchkit(toy, "apply", "toy").code == 0
+    (toy / "train/toy.yaml").write_text(f"workdir: toy\nentry: train.py\nsmoke: {{script: train/smoke/toy.py}}\n"
+                                        f"{section}\n")
+    run = patchkit(toy, "train", "toy", "--smoke", "--dry-run")
+    assert run.code == 2 and message in run.err, run.err
+
+
 def test_overfit_dry_run_and_bad_requests(toy: Path) -> None:  # noqa: F811
     assert patchkit(toy, "apply", "toy").code == 0
     (toy / "train/toy.yaml").write_text(OVERFIT_RECIPE.format(steps=30, lr="2.5e-2"))

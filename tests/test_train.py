@@ -65,6 +65,7 @@ cards: 2
 global_batch: 8
 batch: {config_key: data.samples_per_gpu}
 performance: {steps: 6, args: ["--max-steps", "6"]}
+published: {chip: toy chip, cards: 2, fps: 100, metrics: {acc: 0.9}}
 env:
   all: {TOY_ENV: "1"}
   cpu: {GLOO_SOCKET_IFNAME: lo}
@@ -159,6 +160,14 @@ def test_two_gloo_processes_really_train(toy: Path) -> None:
     assert results["mean_step_ms"] > 0
     assert results["fps"] == pytest.approx(8 / (results["mean_step_ms"] / 1000), rel=1e-3)
     assert results["metrics"] == {"acc": 0.875}
+    # schema 2: the curve of every logged step (its `loss:` the total) and the recipe's published figures
+    assert results["schema"] == 2 and results["kind"] == "performance" and results["overfit"] is None
+    series = results["series"]
+    assert series["step"] == [1, 2, 3, 4, 5, 6]  # the recipe has no `log: step` pattern: counted
+    assert len(series["loss"]) == 6 and all(v > 0 for v in series["loss"]) and series["terms"] == {}
+    assert len(series["step_s"]) == 6 and all(v > 0 for v in series["step_s"])
+    assert results["published"] == {"chip": "toy chip", "cards": 2, "step_ms": None, "fps": 100.0,
+                                    "metrics": {"acc": 0.9}}
     head = git(toy / "work/toy/toy", "rev-parse", "HEAD")
     assert results["fingerprint"]["repos"]["toy"]["head"] == head
     assert results["fingerprint"]["overlays"]

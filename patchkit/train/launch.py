@@ -112,7 +112,7 @@ def smoke_recipe(manifest: Manifest, recipe: Recipe) -> Recipe:
     if not script.is_file():
         raise BadInput(f"{display(recipe.path)}:{recipe.smoke.line}: smoke script {recipe.smoke.script} not found")
     return dataclasses.replace(
-        recipe, entry=str(script), args=recipe.smoke.args, global_batch=None, epochs=None,
+        recipe, entry=str(script), published=None, args=recipe.smoke.args, global_batch=None, epochs=None,
         batch=("value", str(recipe.smoke.batch)), performance_steps=None, performance_args=(),
         env=_merge_env(recipe.env, recipe.smoke.env), step_time=SMOKE_STEP_TIME, step=SMOKE_STEP,
         step_time_unit="s", warmup_steps=1, metrics={"loss": SMOKE_LOSS})
@@ -268,6 +268,7 @@ def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results
     res = results_mod.Results(plan.model, plan.device.kind, plan.device.backend, plan.cards, o.nnodes,
                               o.performance, o.smoke, kind=results_mod.kind_of(o.smoke, o.performance, o.overfit),
                               published_global_batch=plan.recipe.global_batch,
+                              published=dataclasses.asdict(plan.recipe.published) if plan.recipe.published else None,
                               fingerprint=plan.fingerprint, command=argv, seconds=round(time.monotonic() - start, 3),
                               exit_code=proc.returncode)
     res.notes += plan.notes

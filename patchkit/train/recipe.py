@@ -18,6 +18,12 @@ r"""`train/<model>.yaml`: how a model trains. Checked like the manifest: file, l
       step_time_unit: s             # s, ms or it/s
       warmup_steps: 5
       metrics: {mIoU: 'mIoU: (?P<value>[0-9.]+)'}
+    published:                      # optional: the figures the port published, copied into results.json
+      chip: Atlas 800T A2           # what they were measured on
+      cards: 8
+      step_ms: 1054                 # optional, as are fps and metrics
+      fps: 7.59
+      metrics: {mIoU: 0.1995}
     smoke:                          # `patchkit train MODEL --smoke`: the real model, synthetic batch, a few steps
       script: train/smoke/surroundocc.py   # our own script, relative to the port root (beside upstreams.yaml)
       args: ["{config}"]            # optional, same placeholders
@@ -69,6 +75,16 @@ class Recipe:
     warmup_steps: int = 0
     metrics: dict[str, str] = field(default_factory=dict)
     smoke: Smoke | None = None
+    published: Published | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    chip: str
+    cards: int
+    step_ms: float | None = None
+    fps: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,7 +121,7 @@ def load(root: Path, model: str) -> Recipe:
 
 
 _KEYS = ("workdir", "entry", "config", "args", "cards", "multinode", "global_batch", "epochs", "batch",
-         "performance", "env", "log", "smoke")
+         "performance", "env", "log", "smoke", "published")
 
 
 class _RecipeChecker(Checker):
@@ -144,6 +160,8 @@ class _RecipeChecker(Checker):
             values.update(self.log(top["log"][1]))
         if "smoke" in top:
             values["smoke"] = self.smoke(top["smoke"][1])
+        if "published" in top:
+            values["published"] = self.published(top["published"][1])
         if any(values.get(k) is None for k in ("workdir", "entry")) or self.problems:
             return None
         return Recipe(model, self.path, **values)  # type: ignore[arg-type]
@@ -171,6 +189,23 @@ class _RecipeChecker(Checker):
         if "overfit" in fields:
             values["overfit"] = self.overfit(fields["overfit"][1])
         return Smoke(text, **values) if text is not None else None  # type: ignore[arg-type]
+
+    def published(self, node: yaml.Node) -> Published | None:
+        fields = self.mapping(node, "published", ("chip", "cards", "step_ms", "fps", "metrics"))
+        chip, cards = (self.required(fields, k, node, "published") for k in ("chip", "cards"))
+        values: dict[str, object] = {
+            "chip": self.string(chip, "published: chip") if chip is not None else None,
+            "cards": self.positive(cards, "published: cards") if cards is not None else None}
+        for key in ("step_ms", "fps"):
+            if key in fields:
+                values[key] = self.real(fields[key][1], f"published: {key}")
+        if "metrics" in fields:
+            values["metrics"] = {name: self.real(value, f"published: metrics: {name}")
+                                 for name, (_, value) in self.mapping(fields["metrics"][1], "published: metrics",
+                                                                      ()).items()}
+        if values["chip"] is None or values["cards"] is None:
+            return None
+        return Published(**values)  # type: ignore[arg-type]
 
     def overfit(self, node: yaml.Node) -> OverfitRun:
         fields = self.mapping(node, "smoke: overfit", ("steps", "lr"))
