@@ -161,11 +161,14 @@ from mmdet3d.ops.bev_pool_v2 import bev_pool as pool_module
 from mmdet3d.models.fbbev.view_transformation.forward_projection import view_transformer
 from mmdet3d.models.fbbev.view_transformation.backward_projection.bevformer_utils import \
     spatial_cross_attention_depth as sca
+import mmcv.ops.multi_scale_deform_attn as mmcv_msda
 ops = sys.modules["patchkit_overlays.fbocc.ops"]
 
 standin("bev_pool_v3", ops.bev_pool_torch)
-# the upstream function off CUDA is mmcv's PyTorch version, which has no level_start_index
-standin("multi_scale_deformable_attn", lambda v, s, i, l, w: original(ops.ms_deform_attn)(v, s, i, l, w, 64),
+# the upstream function off CUDA is mmcv's PyTorch version (no level_start_index), which the shared
+# mmcv-npu overlay routes to the kernel on NPU
+standin("multi_scale_deformable_attn",
+        lambda v, s, i, l, w: original(mmcv_msda.multi_scale_deformable_attn_pytorch)(v, s, l, w),
         inspect=msda_inspect)
 
 # bev_pool_v2 as FB-BEV's forward projection calls it (view_transformer's imported name)

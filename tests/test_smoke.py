@@ -205,6 +205,22 @@ def test_dispatch_picks_the_branch_of_the_tensor_device(monkeypatch: pytest.Monk
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
 
 
+def test_full_precision_switches_autocast_off_inside_the_block_only() -> None:
+    def mm_dtype():
+        return torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype
+
+    with dispatch.autocast(torch.zeros(1)):  # bf16 on CPU
+        for region in (dispatch.full_precision(torch.zeros(1)), dispatch.full_precision("cpu"),
+                       dispatch.full_precision()):  # x's device type, or every type where autocast is on
+            with region:
+                assert mm_dtype() == torch.float32
+            assert mm_dtype() == torch.bfloat16
+        with dispatch.full_precision("cuda"):  # another device type's autocast: this one stays on
+            assert mm_dtype() == torch.bfloat16
+    with dispatch.full_precision():  # nothing on: nothing to switch off
+        assert mm_dtype() == torch.float32
+
+
 def test_parse_losses_follows_the_mmdet_convention() -> None:
     total, terms = smoke.parse_losses({"loss_a": torch.tensor(1.0), "loss_b": [torch.tensor(2.0), torch.tensor(3.0)],
                                        "acc": torch.tensor(0.5)})

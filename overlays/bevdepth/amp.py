@@ -6,7 +6,8 @@ the detection head (BEVDepthHead.forward, decorator), the depth aggregation net
 (DepthAggregation.forward, decorator) and MatrixVT's projection. That only switches off CUDA
 autocast; under NPU autocast (torch_npu, device type 'npu') or CPU autocast (bf16) these regions
 would run in low precision. Here each region switches autocast off for every device type that has
-it on, so they are fp32 under CUDA, NPU and CPU autocast alike, and cost nothing without autocast.
+it on (patchkit.train.dispatch.full_precision), so they are fp32 under CUDA, NPU and CPU autocast alike,
+and cost nothing without autocast.
 
 Each method that holds such a region is replaced by the upstream method called inside a region
 that switches autocast off on every device (the upstream CUDA-only decorator or `with` still runs
@@ -17,35 +18,10 @@ MatrixVT.reduce_and_project, which is covered below.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
-import torch
-
 from patchkit.overlay import original, replace
-
-_DEVICE_TYPES = ("cuda", "cpu", "npu", "xpu", "hpu", "mps")
-
-
-def _autocasting() -> list[str]:
-    on = []
-    for device_type in _DEVICE_TYPES:
-        try:
-            if torch.is_autocast_enabled(device_type):
-                on.append(device_type)
-        except (RuntimeError, ValueError, TypeError):  # a device type this torch does not know
-            continue
-    return on
-
-
-@contextlib.contextmanager
-def full_precision():
-    """Autocast off for every device type where it is on, inside the block."""
-    with contextlib.ExitStack() as stack:
-        for device_type in _autocasting():
-            stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
-        yield
-
+from patchkit.train.dispatch import full_precision
 
 def _fp32_method(replacement):
     @functools.wraps(replacement)

@@ -23,9 +23,9 @@ def _cpu_low_precision(x) -> bool:
 
 
 def _in_fp32(forward, self, x):
-    import torch
+    from patchkit.train.dispatch import full_precision
 
-    with torch.autocast(device_type="cpu", enabled=False):
+    with full_precision("cpu"):
         return forward(self, x.float())
 
 

@@ -11,11 +11,9 @@ from patchkit.overlay import original, replace
 
 
 def _fp32(upstream, self, reference_points, pc_range, img_metas):
-    import torch
+    from patchkit.train.dispatch import full_precision
 
-    from patchkit.train import dispatch
-
-    with torch.autocast(device_type=dispatch.kind(reference_points), enabled=False):
+    with full_precision(reference_points):
         return upstream(self, reference_points, pc_range, img_metas)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 NPU_MODULES = ("mx_driving", "torch_npu")
@@ -72,6 +72,25 @@ def autocast(x: Any, enabled: bool = True, dtype: Any = None) -> contextlib.Abst
     if dtype is None:
         dtype = torch.bfloat16 if k == "cpu" else torch.float16
     return torch.autocast(device_type=k, dtype=dtype, enabled=True)
+
+
+@contextlib.contextmanager
+def full_precision(x: Any = None) -> Iterator[None]:
+    """Autocast off inside the block: for x's device type (a tensor, a torch.device or a type name), or,
+    without x, for every device type where autocast is on now. The fp32 regions of the ports (what
+    upstream wrote as `torch.cuda.amp.autocast(enabled=False)`, which only switches off CUDA autocast)."""
+    import torch
+
+    with contextlib.ExitStack() as stack:
+        for device_type in [kind(x)] if x is not None else _autocasting(torch):
+            stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+        yield
+
+
+def _autocasting(torch: Any) -> list[str]:
+    """The device types where autocast is on (npu only once torch_npu has registered it)."""
+    types = ("cpu", "cuda", "npu") if hasattr(torch, "npu") else ("cpu", "cuda")
+    return [t for t in types if torch.is_autocast_enabled(t)]
 
 
 def backend(k: str) -> str:
