@@ -221,6 +221,18 @@ def test_full_precision_switches_autocast_off_inside_the_block_only() -> None:
         assert mm_dtype() == torch.float32
 
 
+def test_mm_configs_lose_every_checkpoint_and_nothing_else() -> None:
+    model = {"type": "Det", "pretrained": "ckpt.pth",
+             "img_backbone": {"type": "ResNet", "pretrained": "torchvision://resnet50", "depth": 50,
+                              "init_cfg": {"type": "Pretrained", "checkpoint": "x.pth"}},
+             "img_neck": {"type": "FPN", "init_cfg": {"type": "Xavier", "layer": "Conv2d"}},
+             "heads": [{"init_cfg": [{"type": "Pretrained", "checkpoint": "h.pth"}, {"type": "Normal"}]}]}
+    smoke._drop_checkpoints(model)
+    assert model == {"type": "Det", "img_backbone": {"type": "ResNet", "depth": 50},
+                     "img_neck": {"type": "FPN", "init_cfg": {"type": "Xavier", "layer": "Conv2d"}},
+                     "heads": [{"init_cfg": [{"type": "Normal"}]}]}
+
+
 def test_parse_losses_follows_the_mmdet_convention() -> None:
     total, terms = smoke.parse_losses({"loss_a": torch.tensor(1.0), "loss_b": [torch.tensor(2.0), torch.tensor(3.0)],
                                        "acc": torch.tensor(0.5)})

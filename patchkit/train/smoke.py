@@ -11,6 +11,8 @@ launcher reads. It runs inside the training worker, after the bootstrap.
 from __future__ import annotations
 
 import copy
+import importlib
+import logging
 import math
 import os
 import time
@@ -97,6 +99,48 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     base = optimizer.defaults.get("lr") or lr
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr"] / base
+
+
+def mm_config(path: str) -> Any:
+    """An upstream mmcv config (mmcv.Config.fromfile) as a smoke run uses it: the model's plugin registered
+    (cfg.plugin_dir, imported as the upstream tools/train.py does, from the repository root that is the
+    working directory) and nothing to load -- no load_from / resume_from checkpoint, no `pretrained` weights
+    and no `Pretrained` init_cfg anywhere in the model (those files would have to be downloaded; the
+    weights come from the model's own init_weights()). Sizes are the script's to shrink."""
+    from mmcv import Config
+
+    cfg = Config.fromfile(path)
+    cfg.load_from = None
+    cfg.resume_from = None
+    _drop_checkpoints(cfg.model)
+    if cfg.get("plugin") and cfg.get("plugin_dir"):
+        importlib.import_module(cfg.plugin_dir.strip("/").replace("/", "."))
+    return cfg
+
+
+def _drop_checkpoints(node: Any) -> None:
+    if isinstance(node, Mapping):
+        node.pop("pretrained", None)  # type: ignore[attr-defined]
+        init = node.get("init_cfg")
+        if isinstance(init, Mapping) and init.get("type") == "Pretrained":
+            node.pop("init_cfg")  # type: ignore[attr-defined]
+        elif isinstance(init, list):
+            init[:] = [i for i in init if not (isinstance(i, Mapping) and i.get("type") == "Pretrained")]
+        for value in node.values():
+            _drop_checkpoints(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _drop_checkpoints(value)
+
+
+def mm_model(cfg: Any, build: Callable[..., torch.nn.Module]) -> torch.nn.Module:
+    """build(cfg.model) (mmdet's build_detector, mmdet3d's build_model) with the config's train/test cfg when
+    it has them, then its init_weights() with mmcv's logger quiet (it logs every parameter at INFO)."""
+    extra = {k: cfg[k] for k in ("train_cfg", "test_cfg") if cfg.get(k) is not None}
+    model = build(cfg.model, **extra)
+    logging.getLogger("mmcv").setLevel(logging.WARNING)
+    model.init_weights()
+    return model
 
 
 def to_device(obj: Any, device: torch.device) -> Any:

@@ -14,7 +14,6 @@ losses: depth BCE, focal, scene-class affinity, geometry affinity and Lovasz-sof
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 
 import torch
@@ -46,9 +45,8 @@ def shrink(cfg) -> dict:
     nz = round((grid['z'][1] - grid['z'][0]) / grid['z'][2])
     depth_bins = round((grid['depth'][1] - grid['depth'][0]) / grid['depth'][2])
 
-    # ResNet-50 -> ResNet-18 (same ResNet type and stages), no ImageNet checkpoint: nothing is downloaded.
+    # ResNet-50 -> ResNet-18 (same ResNet type and stages); smoke.mm_config dropped the ImageNet checkpoint.
     m.img_backbone.depth = 18
-    m.img_backbone.pretrained = None
     m.img_neck.in_channels = [256, 512]  # ResNet-18's stage 3/4 widths (out_indices (2, 3) as in the config)
     m.img_neck.out_channels = img_dim
 
@@ -89,7 +87,6 @@ def shrink(cfg) -> dict:
     head = m.occupancy_head
     head.in_channels = [voxel_out] * len(head.in_channels)
     head.final_occ_size = [2 * nx, 2 * ny, 2 * nz]  # the head predicts at twice the voxel grid (Occ3D: 200x200x16)
-    cfg.load_from = None             # no pretrained depth checkpoint
     return dict(image_size=image_size, occ=(2 * nx, 2 * ny, 2 * nz), pc_range=tuple(m.backward_projection.pc_range),
                 depth_range=tuple(grid['depth'][:2]))
 
@@ -160,16 +157,11 @@ def main() -> None:
     args = parser.parse_args()
 
     ctx = smoke.init(seed=0)
-    from mmcv import Config
-    from mmcv.utils import get_logger
-
     from mmdet3d.models import build_model
 
-    cfg = Config.fromfile(args.config)
+    cfg = smoke.mm_config(args.config)  # no depth checkpoint (load_from), no ImageNet weights
     sizes = shrink(cfg)
-    model = build_model(cfg.model, train_cfg=cfg.get('train_cfg'), test_cfg=cfg.get('test_cfg'))
-    get_logger('mmcv').setLevel(logging.WARNING)  # init_weights() logs every parameter at INFO
-    model.init_weights()
+    model = smoke.mm_model(cfg, build_model)
     if ctx.kind == 'cpu' and ctx.world_size > 1:
         model = desync_batchnorm(model)
     batches = Batches(sizes, ctx.generator, batch=ctx.batch)  # the recipe's smoke: batch

@@ -18,8 +18,6 @@ The same scene is seen on every step with the ego car moving forward, so the tem
 
 from __future__ import annotations
 
-import importlib
-import logging
 import math
 import sys
 
@@ -37,17 +35,11 @@ EGO_SPEED = 5.0  # m/s forward, so consecutive frames differ
 
 
 def build_config(path: str):
-    from mmcv import Config
-
-    cfg = Config.fromfile(path)
+    # No pretrained checkpoint in a smoke run (the file would have to be downloaded): random init; the
+    # plugin (projects/mmdet3d_plugin) registers Sparse4D's modules.
+    cfg = smoke.mm_config(path)
     model = cfg.model
     head = model.head
-
-    # No pretrained checkpoint in a smoke run (the file would have to be downloaded): random init.
-    model.img_backbone.pretrained = None
-    model.pop("init_cfg", None)
-    cfg.load_from = None
-    cfg.resume_from = None
 
     # The anchors come from tools/anchor_generator.py run over the nuScenes train infos
     # (nuscenes_kmeans900.npy); without the dataset they are made in memory the same way (k-means
@@ -147,12 +139,9 @@ def main() -> None:
     ctx = smoke.init(seed=0)
     BATCH = ctx.batch
     cfg = build_config(sys.argv[1])
-    importlib.import_module(cfg.plugin_dir.rstrip("/").replace("/", "."))  # registers Sparse4D's modules
     from mmdet.models import build_detector
 
-    model = build_detector(cfg.model)
-    logging.getLogger("mmcv").setLevel(logging.WARNING)  # init_weights logs every parameter at INFO
-    model.init_weights()
+    model = smoke.mm_model(cfg, build_detector)
     strides = list(cfg.strides[: cfg.num_depth_layers])  # MultiScaleDepthMapGenerator(downsample=...)
     scene = Scene(ctx.generator, len(cfg.class_names), strides)
     # DDP as the upstream trainer makes it (apis/mmdet_train.py: find_unused_parameters from the config,

@@ -15,8 +15,6 @@ the weights are the model's own initialisation (init_weights()).
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 
 import numpy as np
 import torch
@@ -33,12 +31,7 @@ def shrink(cfg, coarsest: tuple[int, int, int], image_size: tuple[int, int], dep
     """In-memory overrides of the upstream config, each for speed on a CPU with one thread per rank.
     Every module type stays the same; only sizes, depths and counts change."""
     model = cfg.model
-    # No checkpoint: load_from names ckpts/r101_dcn_fcos3d_pretrain.pth, which a smoke run neither has nor
-    # needs (the weights come from init_weights()); pretrained/init_cfg are dropped for the same reason.
-    cfg.load_from = None
-    model.pop("pretrained", None)
-    model.img_backbone.pop("init_cfg", None)
-    model.img_backbone.pop("pretrained", None)
+    # (No checkpoint: smoke.mm_config dropped load_from, ckpts/r101_dcn_fcos3d_pretrain.pth.)
     # ResNet-101 -> ResNet-`depth` (50 by default): same Bottleneck blocks, DCNv2 in stages 3-4, caffe style,
     # frozen stem/BN and the same output channels (512/1024/2048) into the FPN; about half the backbone time.
     model.img_backbone.depth = depth
@@ -115,13 +108,8 @@ def main(argv: list[str] | None = None) -> None:
 
     ctx = smoke.init(seed=0)
 
-    from mmcv import Config
-
-    cfg = Config.fromfile(args.config)
-    # The plugin registers SurroundOcc, OccHead, OccEncoder, ... with mmdet/mmcv, as tools/train.py does it
-    # (the module path from cfg.plugin_dir; the repo root is the working directory, first on sys.path).
-    if cfg.get("plugin"):
-        importlib.import_module(os.path.dirname(cfg.plugin_dir.rstrip("/") + "/").replace("/", "."))
+    # The plugin registers SurroundOcc, OccHead, OccEncoder, ... with mmdet/mmcv, as tools/train.py does it.
+    cfg = smoke.mm_config(args.config)
     shrink(cfg, coarsest, image_size, args.depth, args.width)
     # Per-rank batch: the recipe's smoke batch (ctx.batch), as the config trains (data.samples_per_gpu=1).
     # SurroundOcc takes one sample per card only: gt_occ holds each sample's own number of occupied voxels,
@@ -134,8 +122,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from mmdet3d.models import build_model
 
-    model = build_model(cfg.model, train_cfg=cfg.get("train_cfg"), test_cfg=cfg.get("test_cfg"))
-    model.init_weights()
+    model = smoke.mm_model(cfg, build_model)
 
     head = cfg.model.pts_bbox_head
     grid = (8 * head.volume_w[-1], 8 * head.volume_h[-1], 8 * head.volume_z[-1])

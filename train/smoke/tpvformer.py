@@ -51,9 +51,7 @@ def _set_everywhere(node, values):
 
 
 def load_config(path):
-    from mmcv import Config
-
-    cfg = Config.fromfile(path)
+    cfg = smoke.mm_config(path)  # no load_from (the FCOS3D checkpoint), no pretrained weights
     tpv_h, tpv_w, tpv_z = TPV_HWZ
     model = cfg.model
     # TPV planes 100x100x8 -> 25x25x4 (16x fewer TPV queries; every plane, head, encoder, attention
@@ -75,11 +73,6 @@ def load_config(path):
     # ResNet-101 -> ResNet-50 (same ResNet, caffe style, DCNv2 in stages 3-4, frozen stem): half the
     # backbone time of six images on a CPU.
     model.img_backbone.depth = 50
-    # No pretrained weights: the config's load_from (FCOS3D checkpoint) is never read here; drop it.
-    cfg.load_from = None
-    model.pop("pretrained", None)
-    for key in ("img_backbone", "img_neck"):
-        model[key].pop("init_cfg", None)
     return cfg
 
 
