@@ -201,10 +201,13 @@ class Curve:
 
 def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
         losses: Callable[[torch.nn.Module, Any], Any], optimizer: torch.optim.Optimizer | None = None,
-        lr: float = 1e-4, find_unused_parameters: bool = True, grad_clip: float | None = 35.0) -> dict[str, Any]:
+        lr: float = 1e-4, find_unused_parameters: bool = True, grad_clip: float | None = 35.0,
+        prime: Callable[[torch.nn.Module, Any], Any] | None = None) -> dict[str, Any]:
     """`ctx.steps` optimizer steps; `batch(step)` makes the inputs, `losses(model, inputs)` runs the
     forward pass and returns the losses. An overfit run (ctx.overfit) trains on the first batch only, at
-    ctx.lr, and stops once patchkit/train/overfit.py's bar is reached. Returns the per-step totals and times."""
+    ctx.lr, and stops once patchkit/train/overfit.py's bar is reached; `prime(model, inputs)`, when given, runs
+    once on that batch before the first step, without gradients (a model that keeps the previous frame's
+    state then starts from the state every later step has). Returns the per-step totals and times."""
     model.to(ctx.device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -219,6 +222,9 @@ def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
     if ctx.overfit:
         batch = fixed(batch)
         set_lr(optimizer, ctx.lr or lr)
+        if prime is not None:
+            with torch.no_grad():
+                prime(model, to_device(batch(0), ctx.device))
     step_once = _Step(ctx, wrapped, params, optimizer, losses, grad_clip)
     _say(ctx, f"start model={type(model).__name__} parameters={sum(p.numel() for p in params)} device={ctx.device} "
               f"backend={ctx.backend if ctx.world_size > 1 else 'none'} world_size={ctx.world_size} "

@@ -177,8 +177,9 @@ def main() -> None:
 
     # DDP as the upstream trains (mmdet3d/apis/train.py: cfg.get('find_unused_parameters', False), which this config
     # leaves unset): every parameter gets a gradient, and with_cp's re-entrant checkpoints need the default.
+    # (An overfit run primes with one call of losses, so its step 1 already fuses the history, as every later step.)
     smoke.run(ctx, model, batch=batches, losses=losses, lr=cfg.optimizer.lr,
-              find_unused_parameters=cfg.get('find_unused_parameters', False))
+              find_unused_parameters=cfg.get('find_unused_parameters', False), prime=losses)
 
 
 if __name__ == '__main__':
