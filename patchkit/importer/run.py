@@ -209,7 +209,9 @@ def _resolve(plan: UpstreamPlan, diffs: list[FileDiff], model: str, existing: di
     resolved.upstream = Upstream(name, up.url, up.pin, up.track, 0, pypi=up.pypi, sha256=up.sha256)
     report.upstreams[name] = decision
     if not at_pin:
-        exclude = [] if up.pypi else pins.missing_blob_dirs(resolved.mirror, up.pin)
+        touched = {p for fd in diffs for p in fd.paths}
+        exclude = [] if up.pypi else [e for e in pins.missing_blob_dirs(resolved.mirror, up.pin)
+                                      if not any(p == e or p.startswith(e) for p in touched)]
         out.upstreams.append(NewUpstream(resolved.upstream, decision, {}, exclude, _comment(plan, decision, exclude)))
     return resolved
 
