@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from patchkit import git, patchfile
+from patchkit import backup, git, patchfile
 from patchkit.patchfile import Patch
 from patchkit.paths import display
 
@@ -35,6 +35,11 @@ class PatchFailure:
     hunks: tuple[HunkFailure, ...]
     git_output: tuple[str, ...]
 
+
+
+CONFLICT = "conflict in three-way merge"
+FAILED = "git am failed"
+GIT_SAYS_MORE = (CONFLICT, FAILED)  # hunks that say little by themselves: show git's own words with them
 
 
 def apply_series(repo: Path, base: str, patches: list[Patch], scratch: Path) -> git.Result | None:
@@ -82,7 +87,8 @@ def _am_current(repo: Path) -> int | None:
 
 
 def stop(repo: Path) -> None:
-    git.run(["am", "--quit"], repo, check=False)
+    """End a failed git am, staying on the last commit it made."""
+    backup.end_am(repo, keep_head=True)
     git.run(["reset", "--quiet", "--hard", "HEAD"], repo)
 
 
@@ -103,7 +109,7 @@ def diagnose(repo: Path, patch: Patch, am: git.Result) -> PatchFailure:
             change = parsed.file(file) if parsed else None
             found = patchfile.hunk_at(change, start) if change else None
             label = f"hunk #{found[0]} {found[1].header()}" if found else f"hunk at line {start}"
-            hunks.append(HunkFailure(file, label, "context does not match"))
+            hunks.append(HunkFailure(file, label, _line_endings(repo, patch, file) or "context does not match"))
             continue
         m = _NO_FILE.match(line)
         if m:
@@ -116,17 +122,42 @@ def diagnose(repo: Path, patch: Patch, am: git.Result) -> PatchFailure:
         hunks = [HunkFailure(f.path, "already there: git am found no changes to make (drop it from the series)")
                  for f in (parsed.files if parsed else ())]
     if not hunks:
-        hunks = [HunkFailure(f, "conflict in three-way merge") for f in _conflicted(am)]
+        hunks = _conflicted(am)
     output = [ln for ln in (am.stdout + am.stderr).splitlines() if ln.strip()]
     subject = parsed.subject if parsed else patch.name
     return PatchFailure(patch.ref.id, display(patch.ref.path), subject, tuple(hunks), tuple(output[-15:]))
 
 
-def _conflicted(am: git.Result) -> list[str]:
+def _conflicted(am: git.Result) -> list[HunkFailure]:
     found = []
     for line in (am.stdout + am.stderr).splitlines():
         m = re.match(r"^CONFLICT \([^)]*\): Merge conflict in (.+)$", line)
         if m:
-            found.append(m.group(1))
-    return found or ["(see git output)"]
+            found.append(HunkFailure(m.group(1), CONFLICT))
+    return found or [HunkFailure("(git am)", FAILED)]
+
+
+def _line_endings(repo: Path, patch: Patch, file: str) -> str:
+    """Why FILE's hunks may not match: the patch's line endings differ from the file's (converted)."""
+    blob = git.run(["cat-file", "blob", f"HEAD:{file}"], repo, check=False)
+    section = _section(patch.data, file)
+    lines = [ln for ln in section.split(b"\n")[1:] if ln[:1] in (b" ", b"-", b"+") and not ln.startswith((b"---", b"+++"))]
+    if not blob.ok or not lines:
+        return ""
+    file_crlf = "\r\n" in blob.stdout
+    patch_crlf = sum(ln.endswith(b"\r") for ln in lines)
+    if file_crlf and not patch_crlf:
+        return ("line endings: the file has CRLF, the patch has none (its CRLF were converted to LF; "
+                "keep `*.patch -text` in .gitattributes and restore the patch file)")
+    if not file_crlf and patch_crlf == len(lines):
+        return ("line endings: the patch has CRLF, the file LF (the patch file was converted, e.g. by "
+                "core.autocrlf; keep `*.patch -text` in .gitattributes and restore it)")
+    return ""
+
+
+def _section(data: bytes, file: str) -> bytes:
+    for part in data.split(b"\ndiff --git ")[1:]:
+        if part.split(b"\n", 1)[0].endswith(b" b/" + file.encode()):
+            return part
+    return b""
 

@@ -4,7 +4,9 @@ Each repo is the pin checked out on branch `patchkit/<model>` with one commit pe
 applied by `git am -3` in series order, layer by layer. What was applied is recorded in the
 state file; a second run with nothing changed does no git work beyond looking. When a pin or
 a patch changed, the repo is rebuilt from the last commit that still holds. Local edits are
-never overwritten without --force, and --force keeps them on a backup branch first.
+never overwritten without --force, and --force keeps them on a backup branch first (patchkit.backup).
+A repo an earlier apply was killed in is recovered first (its git am ended, its lock files
+removed), then rebuilt.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchkit import am, cache, git, patchfile, settings, state, workspace
+from patchkit import am, backup, cache, git, patchfile, settings, state, workspace
 from patchkit.am import PatchFailure
 from patchkit.errors import Diagnostic, GitError, InvalidInput, LocalEdits, PatchkitError, UnsafePatch
 from patchkit.lock import FileLock
@@ -40,7 +42,8 @@ class RepoResult:
     head: str = ""
     reason: str = ""
     notes: list[str] = field(default_factory=list)
-    backups: list[str] = field(default_factory=list)
+    backups: list[str] = field(default_factory=list)  # where saved work is: backup branches, folders
+    saved: list[backup.Saved] = field(default_factory=list)  # what each backup holds
     failure: PatchFailure | None = None
 
 
@@ -74,6 +77,9 @@ class _Plan:
     reason: str = ""
     edits: list[str] = field(default_factory=list)
     check: workspace.RepoCheck | None = None
+    applied_head: str = ""  # the head the state file records
+    force: bool = False
+    recovered: list[str] = field(default_factory=list)  # what recovering from an interrupted apply did
 
 
 def model_dir(workspace_root: Path, model: str) -> Path:
@@ -113,11 +119,14 @@ def apply(manifest: Manifest, model_name: str, workspace_root: Path, *, force: b
     series = model_series(manifest, model)
     mdir = model_dir(workspace_root, model.name)
     _check_static(series, _plan_all(manifest, model, series, mdir, inspect=False))
-    lock = FileLock(state.meta_dir(mdir) / "lock", timeout=lock_timeout,
+    lock = FileLock(state.meta_dir(mdir) / "lock", timeout=lock_timeout, inherit=True,
                     on_wait=lambda who: progress(f"waiting for the workspace lock held by {who}"))
     with lock:
         _clean_tmp(mdir)
+        recovered = _recover(mdir, model)
         plans = _plan_all(manifest, model, series, mdir, inspect=True)
+        for plan in plans:
+            plan.force, plan.recovered = force, recovered.get(plan.upstream.name, [])
         _check_static(series, plans)
         _refuse_edits(plans, force)
         work = [p for p in plans if p.action != "unchanged"]
@@ -125,6 +134,19 @@ def apply(manifest: Manifest, model_name: str, workspace_root: Path, *, force: b
         _check_symlinks(work, mirrors)
         results = _build_all(model, mdir, plans, mirrors, progress)
     return ApplyReport(model.name, display(mdir), results)
+
+
+def _recover(mdir: Path, model: Model) -> dict[str, list[str]]:
+    """End what an apply killed midway left in its repos (we hold the lock: it is all ours); say what."""
+    notes: dict[str, list[str]] = {}
+    for up, rec in state.load(mdir).items():
+        repo = mdir / up
+        if up not in model.layers or rec.status != state.BUILDING or not (repo / ".git").is_dir():
+            continue
+        stale = workspace.remove_stale_locks(repo)
+        notes[up] = [f"removed lock files the interrupted apply left: {', '.join(stale)}"] if stale else []
+        notes[up] += backup.end_am(repo, keep_head=False)
+    return notes
 
 
 # -- planning ------------------------------------------------------------------------------
@@ -148,7 +170,7 @@ def _plan(upstream: Upstream, patches: list[Patch], repo: Path, model: str,
         plan.action, plan.reason = "rebuild", "not recorded in the workspace state"
         plan.edits = [f"{display(repo)} exists but patchkit did not make it"]
         return plan  # with --force it is moved aside whole
-    plan.check = check
+    plan.check, plan.applied_head = check, rec.head
     if rec.status == state.BUILDING:
         plan.action, plan.reason = "repair", "an earlier apply was interrupted here"
         return plan
@@ -332,14 +354,13 @@ def _build(model: str, plan: _Plan, mirror: Path, recorder: _Recorder, progress:
     up = plan.upstream
     branch = workspace.branch_name(model)
     result = RepoResult(up.name, display(plan.dir), up.pin, len(plan.patches))
-    base_state = state.RepoState(state.BUILDING, up.url, up.pin, branch, plan.base)
-    recorder.set(up.name, base_state)
-    if plan.action == "repair" and (plan.dir / ".git").is_dir():
-        stale = workspace.remove_stale_locks(plan.dir)  # we hold the workspace lock: they are ours
-        if stale:
-            result.notes.append(f"removed lock files the interrupted apply left: {', '.join(stale)}")
+    result.notes += plan.recovered
+    saved = _save(plan, model) if plan.check and plan.check.is_repo else None  # before anything changes
+    if saved:
+        result.saved, result.backups = [saved], [saved.ref]
+    recorder.set(up.name, state.RepoState(state.BUILDING, up.url, up.pin, branch, plan.base))
     if plan.check and plan.check.is_repo:
-        result.backups = _make_clean(plan, model)
+        _make_clean(plan, saved)
     elif plan.dir.exists():
         result.backups = [_move_aside(plan.dir)]
     if not (plan.dir / ".git").is_dir():
@@ -393,17 +414,27 @@ def _commit_files(repo: Path, entry: Patch) -> None:
             env=git.FIXED_IDENTITY)
 
 
-def _make_clean(plan: _Plan, model: str) -> list[str]:
-    """Bring an existing repo to a clean state; whatever would be lost goes to a backup branch."""
+def _save(plan: _Plan, model: str) -> backup.Saved | None:
+    """Keep what rebuilding would drop: with --force, everything of the user's; in a repair, any
+    uncommitted change left (the commits above the base are the interrupted apply's own)."""
+    name = plan.upstream.name
+    if plan.action == "repair":
+        head = git.out(["rev-parse", "HEAD"], plan.dir)
+        return backup.save(plan.dir, model, name, head, untracked=False,
+                           why="uncommitted changes found after an interrupted apply")
+    if plan.force:
+        return backup.save(plan.dir, model, name, plan.applied_head, untracked=True, why="your work, before a forced rebuild")
+    return None
+
+
+def _make_clean(plan: _Plan, saved: backup.Saved | None) -> None:
+    """Bring an existing repo to a clean state (what it held is saved already)."""
     assert plan.check is not None
-    backups = []
-    if plan.edits or plan.check.changed or plan.check.operation:
-        backups = workspace.backup(plan.dir, model, plan.check)
-    if plan.check.operation:
-        workspace.clear_operation(plan.dir)
-    if plan.check.changed or plan.check.operation:
+    backup.set_aside(plan.dir)  # a git operation's files, when saving did not take them
+    if saved or plan.check.changed or plan.check.operation or plan.action == "repair":
         git.run(["reset", "--quiet", "--hard"], plan.dir)
-    return backups
+    if saved and saved.untracked:
+        git.run(["clean", "--quiet", "-f", "-d"], plan.dir)
 
 
 def _move_aside(path: Path) -> str:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from patchkit import __version__, cache, manifest as manifest_mod
-from patchkit.errors import BadInput, InvalidInput, PatchkitError
+from patchkit import __version__, cache, git, manifest as manifest_mod
+from patchkit.errors import BadInput, Interrupted, InvalidInput, PatchkitError
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERNAL = 70
@@ -34,14 +36,37 @@ class Ctx:
 
     def workspace(self, option: str | None) -> Path:
         if option:
-            return Path(option)
+            return _folder(option, "--workspace")
         if os.environ.get("PATCHKIT_WORKSPACE"):
-            return Path(os.environ["PATCHKIT_WORKSPACE"])
-        return self.manifest().root / "work"
+            return _folder(os.environ["PATCHKIT_WORKSPACE"], "PATCHKIT_WORKSPACE")
+        return _folder(str(self.manifest().root / "work"), "the workspace")
 
     def progress(self, message: str) -> None:
         if not self.quiet:
             click.echo(f"patchkit: {message}", err=True)
+
+
+def _folder(value: str, what: str) -> Path:
+    """A folder the user named: fine when it does not exist yet (it is made), refused when it is a file."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{what} {value}: not a folder")
+    return path
+
+
+def _output_file(value: str, what: str) -> Path:
+    """A file patchkit will write: its folder must exist and be a folder (nothing is created on the way)."""
+    path = Path(value)
+    parent = path.parent
+    if not parent.exists():
+        raise BadInput(f"{what} {value}: no such folder {parent}")
+    if not parent.is_dir():
+        raise BadInput(f"{what} {value}: {parent} is not a folder")
+    if path.is_dir():
+        raise BadInput(f"{what} {value}: is a folder")
+    if not os.access(parent, os.W_OK):
+        raise BadInput(f"{what} {value}: cannot write into {parent}")
+    return path
 
 
 def _emit_json(data: Any) -> None:
@@ -273,11 +298,61 @@ def status(obj: Ctx, model: str | None, workspace: str | None, as_json: bool) ->
     models = [m.model(model)] if model else list(m.models.values())
     root = obj.workspace(workspace)
     result = [model_status(m, md, root) for md in models]
+    code = max((r.exit_code for r in result), default=0)
     if as_json:
-        _emit_json({"workspace": str(root), "models": result})
+        _emit_json({"workspace": str(root), "models": result, "exit_code": code})
+    else:
+        for line in status_lines(result):
+            click.echo(line)
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--restore", "restore_id", metavar="ID", help="Put backup ID back into its repo (or folder).")
+@click.option("--clean", "clean_old", is_flag=True, help="Delete backups older than --older-than DAYS.")
+@click.option("--older-than", type=click.FloatRange(min=0), metavar="DAYS", help="With --clean: the age to keep.")
+@workspace_option
+@json_option
+@click.pass_obj
+def backups(obj: Ctx, model: str | None, restore_id: str | None, clean_old: bool, older_than: float | None,
+            workspace: str | None, as_json: bool) -> None:
+    """List what `apply --force` and repairs kept (branches, set-aside folders); restore or clean them."""
+    from patchkit import backup
+    from patchkit.lock import FileLock
+    from patchkit.state import meta_dir
+
+    root = obj.workspace(workspace)
+    if restore_id and clean_old:
+        raise click.UsageError("--restore and --clean exclude each other")
+    if clean_old and older_than is None:
+        raise click.UsageError("--clean needs --older-than DAYS (0 deletes every backup)")
+    if restore_id:
+        found = backup.get(root, restore_id)
+        with FileLock(meta_dir(root / found.model) / "lock", inherit=True):
+            click.echo(backup.restore(root, found))
         return
-    for line in status_lines(result):
-        click.echo(line)
+    if clean_old:
+        gone = []
+        for name in [model] if model else sorted(p.name for p in root.glob("*") if (p / ".patchkit").is_dir()):
+            with FileLock(meta_dir(root / name) / "lock", inherit=True):
+                gone += backup.clean(root, name, older_than or 0)
+        if as_json:
+            _emit_json({"deleted": gone})
+        for b in gone if not as_json else []:
+            click.echo(f"deleted {b.id} ({b.date}, {b.kind} {b.ref or b.path})")
+        if not as_json:
+            click.echo(f"{len(gone)} backup(s) older than {older_than:g} days deleted")
+        return
+    found = backup.find(root, model)
+    if as_json:
+        _emit_json({"workspace": str(root), "backups": found})
+        return
+    for b in found:
+        click.echo(f"{b.id}  {b.date}  {b.kind} {b.ref or b.path}")
+        click.echo(f"    {b.contents}")
+    click.echo(f"{len(found)} backup(s) in {root}" + ("" if not found else
+                                                      "; `patchkit backups --restore ID` puts one back"))
 
 
 @cli.command()
@@ -355,6 +430,8 @@ def _rebase_check(obj: Ctx, m: manifest_mod.Manifest, models: tuple[str, ...], o
     from patchkit import shard as shard_mod
     from patchkit.report import store
 
+    if junit:
+        _output_file(junit, "--junit")  # refused before a long check, not after it
     report = check_mod.check(m, list(models), onto=check_mod.parse_onto(onto, m), allow_fuzz=allow_fuzz,
                              fetch=not no_fetch, jobs=jobs, progress=obj.progress,
                              shard=shard_mod.parse(shard) if shard else None)
@@ -368,6 +445,8 @@ def _rebase_check(obj: Ctx, m: manifest_mod.Manifest, models: tuple[str, ...], o
 def _rebase_merge(obj: Ctx, files: tuple[str, ...], junit: str | None, as_json: bool) -> None:
     from patchkit import shard as shard_mod
 
+    if junit:
+        _output_file(junit, "--junit")
     try:  # the manifest, when there is one, gives the merged report its usual order
         m = obj.manifest()
         order = [(model.name, up) for model in m.models.values() for up in model.layers]
@@ -384,7 +463,7 @@ def _check_output(report: Any, document: dict[str, Any], junit: str | None, as_j
     if junit:
         from patchkit.paths import atomic_write
 
-        atomic_write(Path(junit), junit_xml(report))
+        atomic_write(_output_file(junit, "--junit"), junit_xml(report))
     if as_json:
         _emit_json(document)
     else:
@@ -722,19 +801,52 @@ def _json_error(args: list[str], exc: PatchkitError) -> None:
     _emit_json(data)
 
 
+@contextlib.contextmanager
+def _stopping_children() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP stop the git children first (they run in their own process groups),
+    then patchkit; a second signal kills them outright and changes nothing else."""
+    def handler(signum: int, _frame: object) -> None:
+        first = not git.stopped()
+        git.stop_all(signum, hard=not first)
+        if first:
+            raise Interrupted(signum)
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    try:
+        old = {s: signal.signal(s, handler) for s in signals}
+    except ValueError:  # not the main thread (an embedding program): leave signals alone
+        yield
+        return
+    git.reset_stop()
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        git.reset_stop()
+
+
+def _interrupted(exc: Interrupted) -> None:
+    click.echo(f"patchkit: interrupted ({exc.message}); what was under way is marked interrupted, and "
+               "running the command again repairs it", err=True)
+    sys.exit(exc.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and exit with its code; errors become messages, never tracebacks."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        cli.main(args=argv, prog_name="patchkit", standalone_mode=False)
+        with _stopping_children():
+            cli.main(args=argv, prog_name="patchkit", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("patchkit: interrupted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # click turns a KeyboardInterrupt (and so Interrupted) into Abort
+        _interrupted(exc.__cause__ if isinstance(exc.__cause__, Interrupted) else Interrupted(signal.SIGINT))
+    except Interrupted as exc:
+        _interrupted(exc)
     except InvalidInput as exc:
         for diag in exc.diagnostics:  # file:line: message, one a line, as compilers do
             click.echo(str(diag), err=True)
@@ -751,6 +863,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("patchkit: interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:  # the file system said no: a permission, a full disk, a name too long
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"patchkit: error: {exc.strerror or exc}{where}", err=True)
+        _json_error(args, PatchkitError(f"{exc.strerror or exc}{where}"))
+        sys.exit(1)
     except Exception as exc:  # a bug in patchkit: say so plainly
         click.echo(f"patchkit: internal error: {type(exc).__name__}: {exc}", err=True)
         if os.environ.get("PATCHKIT_DEBUG"):

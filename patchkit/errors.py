@@ -77,3 +77,30 @@ class PatchFailed(PatchkitError):
 
 class LockTimeout(PatchkitError):
     """Another patchkit holds the workspace lock."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Patchkit was told to stop (Ctrl-C, SIGTERM, SIGHUP) or a git it ran was killed.
+
+    A KeyboardInterrupt: no `except Exception` on the way may turn it into a failed patch, and
+    code that cleans up after a Ctrl-C (the training launcher) does so for every signal. The CLI
+    exits 128 + the signal number.
+    """
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message or f"stopped by {_signal_name(signum)}")
+        self.signum = signum
+        self.message = message or f"stopped by {_signal_name(signum)}"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -4,17 +4,26 @@ Everything goes through `run`, so the environment is controlled in one spot: inh
 repository variables (a hook or an IDE may export GIT_DIR) are dropped, prompts are off so an
 unreachable https upstream fails instead of hanging, and messages are in the C locale so they
 can be parsed.
+
+Every git runs in its own process group, so a Ctrl-C in the terminal reaches patchkit alone:
+patchkit then stops its git children itself (`stop_all`) and every `run` raises `Interrupted`
+instead of reporting git's death as a failed patch. The workspace lock is handed down to each
+git (`inherit`): when patchkit alone is killed, its git child keeps the lock until it exits, so
+the next apply waits for it instead of racing it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from patchkit.errors import GitError
+from patchkit.errors import GitError, Interrupted
 
 # Variables that would point git at another repository than the one we name.
 _SCRUBBED = (
@@ -34,6 +43,17 @@ COMMITTER = {"GIT_COMMITTER_NAME": "patchkit", "GIT_COMMITTER_EMAIL": "patchkit@
 # patchkit's own commits (a PyPI import, the whole-file overlays): the same author, date and hash everywhere
 FIXED_IDENTITY = {**COMMITTER, "GIT_AUTHOR_NAME": "patchkit", "GIT_AUTHOR_EMAIL": "patchkit@localhost",
                   "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000"}
+
+
+# The config a git needs when it holds the workspace lock: nothing it starts may outlive it
+# (a detached gc or an fsmonitor daemon would keep the lock held).
+_NO_DAEMONS = (("gc.autoDetach", "false"), ("maintenance.autoDetach", "false"), ("core.fsmonitor", "false"))
+_OWN_GROUP: dict[str, object] = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+
+_guard = threading.RLock()  # reentrant: the signal handler runs in the main thread, maybe inside it
+_children: set[subprocess.Popen[bytes]] = set()
+_inherited: set[int] = set()
+_stopped: list[int] = []  # the signal that stopped patchkit, once one has
 
 
 @dataclass(frozen=True)
@@ -83,25 +103,81 @@ def run(
     for key, value in config:
         cmd += ["-c", f"{key}={value}"]
     cmd += list(args)
-    try:
-        proc = subprocess.run(
-            cmd,
-            cwd=cwd,
-            env=base_env(env),
-            input=input_bytes if input_bytes is not None else b"",
-            capture_output=True,
-        )
-    except FileNotFoundError as exc:  # pragma: no cover - git is a hard requirement
-        raise GitError("git is not installed or not on PATH") from exc
-    result = Result(
-        tuple(cmd),
-        proc.returncode,
-        proc.stdout.decode("utf-8", "replace"),
-        proc.stderr.decode("utf-8", "replace"),
-    )
+    code, stdout, stderr = _spawn(cmd, cwd, base_env(env), input_bytes if input_bytes is not None else b"")
+    result = Result(tuple(cmd), code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"))
     if check and not result.ok:
         raise failure(result, cwd)
     return result
+
+
+def _spawn(cmd: list[str], cwd: str | Path | None, env: dict[str, str], stdin: bytes) -> tuple[int, bytes, bytes]:
+    """Run CMD in its own process group, known to `stop_all` while it runs; raise Interrupted when stopped."""
+    with _guard:
+        _check_stopped()
+        fds = tuple(_inherited)
+        if fds:
+            cmd = [cmd[0], *(f for key, value in _NO_DAEMONS for f in ("-c", f"{key}={value}")), *cmd[1:]]
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, pass_fds=fds, **_OWN_GROUP)  # type: ignore[call-overload]
+        except FileNotFoundError as exc:  # pragma: no cover - git is a hard requirement
+            raise GitError("git is not installed or not on PATH") from exc
+        _children.add(proc)
+    try:
+        stdout, stderr = proc.communicate(stdin)
+    finally:
+        with _guard:
+            _children.discard(proc)
+        if proc.returncode is None:  # interrupted while waiting: stop_all sent SIGTERM; make sure it is gone
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc, signal.SIGKILL)
+                proc.wait()
+    if proc.returncode < 0:
+        _check_stopped()
+        raise Interrupted(-proc.returncode, f"{' '.join(cmd[:2])} was killed by {signal.Signals(-proc.returncode).name}")
+    _check_stopped()
+    return proc.returncode, stdout, stderr
+
+
+def _check_stopped() -> None:
+    if _stopped:
+        raise Interrupted(_stopped[0])
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_all(signum: int, *, hard: bool = False) -> None:
+    """Patchkit was told to stop: every git it runs, and each one's children, get SIGTERM (SIGKILL when HARD)."""
+    with _guard:
+        if not _stopped:
+            _stopped.append(signum)
+        for proc in list(_children):
+            _kill_group(proc, signal.SIGKILL if hard else signal.SIGTERM)
+
+
+def stopped() -> bool:
+    return bool(_stopped)
+
+
+def reset_stop() -> None:
+    """Forget a stop (for a program, such as the tests, that calls the CLI more than once)."""
+    with _guard:
+        _stopped.clear()
+
+
+def inherit(fd: int | None, on: bool = True) -> None:
+    """Hand FD (the workspace lock) down to every git started from now on (until called with ON false)."""
+    if fd is None:
+        return
+    with _guard:
+        (_inherited.add if on else _inherited.discard)(fd)
 
 
 def failure(result: Result, cwd: str | Path | None = None) -> GitError:
@@ -118,10 +194,10 @@ def output_bytes(args: Sequence[str], cwd: str | Path | None = None, *, env: Map
                  input_bytes: bytes | None = None) -> bytes:
     """Stdout of a git command that must succeed, as bytes (patch text: CR bytes and all)."""
     cmd = ["git", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=base_env(env), input=input_bytes or b"", capture_output=True)
-    if proc.returncode:
-        raise failure(Result(tuple(cmd), proc.returncode, "", proc.stderr.decode("utf-8", "replace")), cwd)
-    return proc.stdout
+    code, stdout, stderr = _spawn(cmd, cwd, base_env(env), input_bytes or b"")
+    if code:
+        raise failure(Result(tuple(cmd), code, "", stderr.decode("utf-8", "replace")), cwd)
+    return stdout
 
 
 def out(args: Sequence[str], cwd: str | Path | None = None, **kw: object) -> str:

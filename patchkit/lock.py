@@ -2,6 +2,8 @@
 
 The kernel drops the lock when its holder dies, even by SIGKILL, so a crashed run never
 leaves a stale lock behind. The holder writes who it is into the file for the waiter's message.
+A workspace lock (`inherit=True`) is also held by every git the holder starts: killed alone,
+patchkit leaves its git child holding the lock until that git exits, and the next run waits.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from patchkit import git
 from patchkit.errors import LockTimeout
 
 
 class FileLock:
-    def __init__(self, path: Path, *, on_wait: Callable[[str], None] | None = None, timeout: float | None = None) -> None:
+    def __init__(self, path: Path, *, on_wait: Callable[[str], None] | None = None, timeout: float | None = None,
+                 inherit: bool = False) -> None:
         self.path = path
         self.on_wait = on_wait
         self.timeout = timeout
+        self.inherit = inherit
         self._fd: int | None = None
 
     def __enter__(self) -> FileLock:
@@ -29,7 +34,7 @@ class FileLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if not _try_lock(fd):
-                holder = _read(fd) or "another patchkit process"
+                holder = describe(_read(fd))
                 if self.on_wait:
                     self.on_wait(holder)
                 self._wait(fd, holder)
@@ -39,6 +44,8 @@ class FileLock:
             os.close(fd)
             raise
         self._fd = fd
+        if self.inherit:
+            git.inherit(fd)
         return self
 
     def _wait(self, fd: int, holder: str) -> None:
@@ -53,6 +60,7 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
+            git.inherit(self._fd, on=False)
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -83,6 +91,26 @@ def holder(path: Path) -> str | None:
         if _try_lock(fd):
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None
-        return _read(fd) or "another patchkit process"
+        return describe(_read(fd))
     finally:
         os.close(fd)
+
+
+def describe(text: str) -> str:
+    """Who holds a lock, from what its holder wrote: the patchkit, or the git a killed patchkit left running."""
+    if not text:
+        return "another patchkit process"
+    pid = text.split(":", 1)[0].removeprefix("pid ").strip()
+    if pid.isdigit() and not _alive(int(pid)):
+        return f"git left running by a killed patchkit (pid {pid}: {text.split(':', 1)[-1].strip()})"
+    return text
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -37,12 +37,11 @@ import yaml
 from patchkit import series as series_mod
 from patchkit.errors import BadInput, Diagnostic, InvalidInput
 from patchkit.paths import display
-from patchkit.yamlcheck import Checker
+from patchkit.yamlcheck import Checker, name_problem, short
 
 MANIFEST_NAME = "upstreams.yaml"
 SCHEMA_VERSION = 1
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 INSTALL_BUILDS = ("wheel", "editable", "command", "none")
 INSTALL_KEYS = ("after", "build", "env", "npu_env", "constraints", "pip_args", "command", "requires")
 DEVICES = ("cpu", "cuda", "npu")
@@ -175,6 +174,7 @@ class _Checker(Checker):
     def __init__(self, path: Path, where: str) -> None:
         super().__init__(path, where)
         self._series: dict[tuple[str, str], list[PatchRef]] = {}  # a shared layer is read once
+        self._broken: set[str] = set()  # upstreams declared with an error already reported
 
     # -- the schema -----------------------------------------------------------------------
 
@@ -226,6 +226,7 @@ class _Checker(Checker):
     def upstreams(self, node: yaml.Node) -> dict[str, Upstream]:
         result: dict[str, Upstream] = {}
         for key, (knode, value) in self.mapping(node, "upstreams", ()).items():
+            self._broken.add(key)  # until it is read whole
             name = self.name(knode, "upstream")
             what = f"upstream {key!r}"
             fields = self.mapping(value, what, ("url", "pypi", "sha256", "pin", "track", "exclude", "install"))
@@ -263,6 +264,7 @@ class _Checker(Checker):
                 pin_line = fields["pin"][1].start_mark.line + 1 if "pin" in fields else 0
                 result[name] = Upstream(name, url, pin, got["track"], knode.start_mark.line + 1,
                                         pin_line, exclude, pypi, sha, install)
+                self._broken.discard(key)
         return result
 
     def exact(self, node: yaml.Node, what: str) -> str | None:
@@ -322,6 +324,8 @@ class _Checker(Checker):
             patches: dict[str, tuple[PatchRef, ...]] = {}
             if layers_node is not None:
                 for up, (unode, lnode) in self.mapping(layers_node, f"{what}: upstreams", ()).items():
+                    if up in self._broken:
+                        continue  # its own error is reported; no second one here
                     if up not in upstreams:
                         hint = f" (declared: {', '.join(sorted(upstreams))})" if upstreams else ""
                         self.error(unode, f"{what} names unknown upstream {up!r}{hint}")
@@ -347,8 +351,9 @@ class _Checker(Checker):
     def layer_list(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node]]:
         names: list[tuple[str, yaml.Node]] = []
         for value, item in self.strings(node, what):
-            if not _NAME_RE.match(value):
-                self.error(item, f"{what}: layer name {value!r} is not valid")
+            problem = name_problem(value)
+            if problem:
+                self.error(item, f"{what}: layer name {short(value)} {problem}")
             elif value in [n for n, _ in names]:
                 self.error(item, f"{what}: layer {value!r} is listed twice")
             else:

@@ -1,8 +1,13 @@
 """`patchkit status`: for each repo of a model's workspace, is it what the manifest says?
 
 States, most urgent first: busy (an apply holds the lock), interrupted (an apply was killed
-here), failed (a patch did not apply), edited (local changes or commits), stale (the pin or
-the series changed since apply), clean. `not-applied` when there is no repo yet. Read-only.
+here; its git may still be finishing), failed (a patch did not apply), edited (local changes or
+commits), stale (the pin or the series changed since apply), clean. `not-applied` when there is
+no repo yet. Read-only.
+
+Exit codes (`ModelStatus.exit_code`, the worst over the models asked for): 0 every repo clean;
+4 out of date, and `patchkit apply` alone brings it up to date (stale, not-applied, interrupted);
+1 a person is needed (failed, edited) or status cannot tell (busy).
 """
 
 from __future__ import annotations
@@ -38,6 +43,16 @@ class ModelStatus:
     def clean(self) -> bool:
         return all(r.state == "clean" for r in self.repos)
 
+    @property
+    def exit_code(self) -> int:
+        found = {r.state for r in self.repos}
+        if found & NEEDS_A_PERSON:
+            return 1
+        return 4 if found - {"clean"} else 0
+
+
+NEEDS_A_PERSON = {"failed", "edited", "busy"}  # exit 1; any other state but clean: exit 4
+
 
 def model_status(manifest: Manifest, model: Model, workspace_root: Path, *, locked: bool = False) -> ModelStatus:
     """LOCKED: the caller holds the workspace lock itself (so it is not "busy")."""
@@ -56,6 +71,9 @@ def _repo(manifest: Manifest, model: Model, up: str, patches: list[patchfile.Pat
           rec: state.RepoState | None, busy: str | None) -> RepoStatus:
     pin = manifest.upstreams[up].pin
     status = RepoStatus(up, display(path), pin, "not-applied", 0, len(patches))
+    if busy and busy.startswith("git left running"):  # the apply was killed; state and repo say the rest
+        status.state, status.reasons = "interrupted", [f"{busy}; the next apply waits for it, then repairs"]
+        return status
     if busy:
         status.state, status.reasons = "busy", [f"an apply is running ({busy})"]
         return status

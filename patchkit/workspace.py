@@ -1,20 +1,18 @@
 """Looking at a workspace repo: is it where patchkit left it, and keeping the user's work safe.
 
-`inspect` is read-only. `local_edits` says, in words, what a rebuild would overwrite.
-`backup` stores that work on a ref before a forced rebuild.
+`inspect` is read-only. `local_edits` says, in words, what a rebuild would overwrite
+(patchkit.backup keeps it before a forced rebuild).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from patchkit import git
 
 _OPERATIONS = (("rebase-apply", "a git am or rebase"), ("rebase-merge", "a rebase"),
                ("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert"))
-BACKUP_PREFIX = "refs/heads/patchkit-backup"
 
 
 def branch_name(model: str) -> str:
@@ -80,45 +78,6 @@ def _moved(path: Path, where: str, recorded: str, now: str) -> list[str]:
         return [f"{where} has {len(log)} commit{'s' if len(log) != 1 else ''} beyond the applied head "
                 f"{recorded[:12]}", *[f"  commit {line}" for line in log[:10]]]
     return [f"{where} was moved from the applied head {recorded[:12]} to {now[:12]}"]
-
-
-def backup(path: Path, model: str, check: RepoCheck) -> list[str]:
-    """Keep everything a rebuild would drop on backup branches; return their names."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    refs = []
-    head = check.head
-    if head and (check.changed or check.operation):
-        head = _snapshot(path, head)
-    if head:
-        refs.append(_store(path, f"{BACKUP_PREFIX}/{model}/{stamp}", head))
-    if check.branch_tip and check.branch_tip not in (check.head, None):
-        refs.append(_store(path, f"{BACKUP_PREFIX}/{model}/{stamp}-branch", check.branch_tip))
-    return refs
-
-
-def _snapshot(path: Path, head: str) -> str:
-    """A commit on top of HEAD holding the tracked files as they are in the work tree."""
-    index = path / ".git" / "patchkit-backup.index"
-    env = {"GIT_INDEX_FILE": str(index)}
-    try:
-        git.run(["read-tree", head], path, env=env)
-        git.run(["add", "-u", "--", "."], path, env=env)
-        tree = git.out(["write-tree"], path, env=env)
-    finally:
-        index.unlink(missing_ok=True)
-    message = "patchkit: uncommitted work saved before a forced rebuild"
-    return git.out(["commit-tree", tree, "-p", head, "-m", message], path, env=git.COMMITTER)
-
-
-def _store(path: Path, ref: str, commit: str) -> str:
-    git.run(["update-ref", ref, commit], path)
-    return ref.removeprefix("refs/heads/")
-
-
-def clear_operation(path: Path) -> None:
-    """Drop an am/rebase/merge left in progress, keeping HEAD where it is."""
-    for args in (["am", "--quit"], ["rebase", "--quit"], ["merge", "--quit"], ["cherry-pick", "--quit"]):
-        git.run(args, path, check=False)
 
 
 def remove_stale_locks(path: Path) -> list[str]:

@@ -10,6 +10,22 @@ import yaml
 from patchkit.errors import Diagnostic
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_MAX = 100  # a name becomes a folder, a file name part and a git branch name: keep it well under 255
+
+
+def name_problem(value: str) -> str | None:
+    """Why VALUE cannot name a model, upstream, layer or overlay set (a folder and a branch), or None."""
+    if len(value) > NAME_MAX:
+        return f"is {len(value)} characters long (at most {NAME_MAX}: it becomes a folder and a branch name)"
+    if not _NAME_RE.match(value):
+        return "is not valid (letters, digits, '.', '_', '-'; no leading punctuation)"
+    if ".." in value or value.endswith((".", ".lock")):
+        return "cannot be a git branch name (no '..', no trailing '.' or '.lock')"
+    return None
+
+
+def short(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:37] + "...")
 
 
 class Checker:
@@ -72,8 +88,9 @@ class Checker:
 
     def name(self, key: yaml.Node, what: str) -> str | None:
         value = str(key.value)
-        if not _NAME_RE.match(value):
-            self.error(key, f"{what} name {value!r} is not valid (letters, digits, '.', '_', '-'; no leading punctuation)")
+        problem = name_problem(value)
+        if problem:
+            self.error(key, f"{what} name {short(value)} {problem}")
             return None
         return value
 
@@ -90,5 +107,8 @@ class Checker:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
             problem = getattr(exc, "problem", None) or str(exc)
+            context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+            if context and start is not None and mark is not None and start.line != mark.line:
+                problem += f" ({context} started at line {start.line + 1}, column {start.column + 1})"
             self.problems.append(Diagnostic(self.where, mark.line + 1 if mark else 0, f"invalid YAML: {problem}"))
             return None

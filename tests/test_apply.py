@@ -109,7 +109,7 @@ def test_uncommitted_edits_are_refused_then_forced_with_backup(port: Port) -> No
 
     run = patchkit(port.root, "apply", "demo", "--force")
     assert run.code == 0, run.text
-    backups = [line.split("kept on ")[1] for line in run.out.splitlines() if "kept on " in line]
+    backups = [line.split("kept on ")[1].split(" ")[0] for line in run.out.splitlines() if "kept on " in line]
     assert len(backups) == 1 and backups[0].startswith("patchkit-backup/demo/")
     assert git(lib, "show", f"{backups[0]}:lib/util.py") == "VALUE = 'mine'"
     assert "DEVICE = 'npu:0'" in (lib / "lib/util.py").read_text()
@@ -127,7 +127,7 @@ def test_commits_beyond_head_are_refused_and_kept_on_force(port: Port) -> None:
     assert "my local fix" in run.err
     run = patchkit(port.root, "apply", "demo", "--force")
     assert run.code == 0, run.text
-    backup = next(line.split("kept on ")[1] for line in run.out.splitlines() if "kept on " in line)
+    backup = next(line.split("kept on ")[1].split(" ")[0] for line in run.out.splitlines() if "kept on " in line)
     assert git(app, "rev-parse", backup) == mine
     assert not (app / "app/extra.py").exists()
 

@@ -50,12 +50,12 @@ def test_two_concurrent_applies(port: Port) -> None:
 
 @pytest.fixture
 def slow_am(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A git template whose post-applypatch hook signals and then hangs after the first patch."""
+    """A git template whose post-applypatch hook signals (writing the pid of its git am) and then hangs."""
     marker = tmp_path / "am-started"
     hooks = tmp_path / "template/hooks"
     hooks.mkdir(parents=True)
     hook = hooks / "post-applypatch"
-    hook.write_text(f"#!/bin/sh\ntouch '{marker}'\nsleep 60\n")
+    hook.write_text(f"#!/bin/sh\necho $PPID >> '{marker}'\nsleep 60\n")
     hook.chmod(0o755)
     config = Path(os.environ["GIT_CONFIG_GLOBAL"])
     config.write_text(config.read_text() + f"[init]\n\ttemplateDir = {tmp_path / 'template'}\n")
@@ -65,10 +65,12 @@ def slow_am(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_killed_apply_is_detected_and_repaired(port: Port, slow_am: Path) -> None:
     proc = patchkit_process(port.root, "apply", "demo", start_new_session=True)
     deadline = time.monotonic() + 60
-    while not slow_am.exists():
+    while not slow_am.exists() or len(slow_am.read_text().split()) < 2:  # both repos' git am in the hook
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # patchkit, git am and the hook, all at once
+    os.killpg(proc.pid, signal.SIGKILL)  # patchkit, then each git am and its hook (in their own process groups)
+    for pid in slow_am.read_text().split():
+        os.killpg(int(pid), signal.SIGKILL)
     proc.wait()
     # the hook must not hang the repair: the user's git has no such template
     config = Path(os.environ["GIT_CONFIG_GLOBAL"])
@@ -88,6 +90,8 @@ def test_killed_apply_is_detected_and_repaired(port: Port, slow_am: Path) -> Non
     assert run.code == 0, run.text
     assert "repaired (an earlier apply was interrupted here)" in run.out
     assert "removed lock files the interrupted apply left: .git/index.lock" in run.out
+    assert "ended the interrupted git am" in run.out
+    assert "kept on" not in run.out and "previous work" not in run.out  # there was none: nothing was saved
     for name, count in (("lib", "3"), ("app", "2")):
         repo = port.repo("demo", name)
         assert not (repo / ".git/rebase-apply").exists()

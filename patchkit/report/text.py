@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from patchkit.am import GIT_SAYS_MORE
 from patchkit.apply import ApplyReport, RepoResult
 from patchkit.check import CheckReport, PatchCheck
 from patchkit.overlay.drift import HOLDING, FileState, TargetState
@@ -39,13 +40,20 @@ def _repo_lines(repo: RepoResult, width: int) -> list[str]:
                  f"(after {_plural(repo.applied, 'patch')} applied; branch left there, no git am in progress)",
                  f"{pad}{f.path}: {f.subject}"]
         lines += [f"{pad}{h.file}: {h.hunk}" + (f" -- {h.detail}" if h.detail else "") for h in f.hunks]
+        if f.git_output and any(h.hunk in GIT_SAYS_MORE for h in f.hunks):
+            lines.append(f"{pad}git am said:")
+            lines += [f"{pad}  {line}" for line in f.git_output[-10:]]
     else:
         extra = f", {repo.reused} reused" if repo.reused and repo.action != "unchanged" else ""
         why = f" ({repo.reason})" if repo.reason and repo.action not in ("built", "unchanged") else ""
         lines = [f"{head}{repo.action}{why}: {_plural(repo.applied, 'patch')}{extra} on {repo.pin[:12]}, "
                  f"head {repo.head[:12]}"]
     lines += [f"{pad}{note}" for note in repo.notes]
-    lines += [f"{pad}your previous work is kept on {ref}" for ref in repo.backups]
+    for saved in repo.saved:
+        lines.append(f"{pad}kept on {saved.ref} ({saved.why}): {saved.summary()}")
+        lines.append(f"{pad}  `patchkit backups --restore {saved.id}` puts it back")
+    lines += [f"{pad}your previous work is kept on {ref}" for ref in repo.backups
+              if ref not in {s.ref for s in repo.saved}]
     return lines
 
 
