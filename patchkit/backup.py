@@ -147,6 +147,7 @@ def _untracked(path: Path) -> list[str]:
 def _tree_of(path: Path, files: list[str]) -> str:
     index = path / ".git" / "patchkit-untracked.index"
     env = {"GIT_INDEX_FILE": str(index)}
+    index.unlink(missing_ok=True)  # one a killed save left would add its entries
     try:
         git.run(["update-index", "--add", "-z", "--stdin"], path, env=env,
                 input_bytes="\0".join(files).encode("utf-8", "surrogateescape") + b"\0")

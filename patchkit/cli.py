@@ -811,7 +811,7 @@ def _stopping_children() -> Iterator[None]:
         if first:
             raise Interrupted(signum)
 
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
     try:
         old = {s: signal.signal(s, handler) for s in signals}
     except ValueError:  # not the main thread (an embedding program): leave signals alone

@@ -58,7 +58,7 @@ def start(manifest: Manifest, model_name: str, workspace_root: Path, *, onto: di
           fetch: bool = True, progress: Progress = lambda _m: None) -> RebaseResult:
     model = manifest.model(model_name)
     mdir = workspace_root / model.name
-    with FileLock(state.meta_dir(mdir) / "lock"):
+    with FileLock(state.meta_dir(mdir) / "lock", inherit=True):
         if _journal(mdir).exists():
             raise BadInput(f"a rebase of {model.name} is already in progress; "
                            "use `patchkit rebase --continue` or `--abort`")
@@ -97,7 +97,7 @@ def start(manifest: Manifest, model_name: str, workspace_root: Path, *, onto: di
 def resume(manifest: Manifest, model_name: str | None, workspace_root: Path, *,
            progress: Progress = lambda _m: None) -> RebaseResult:
     mdir, name, steps = _load(manifest, model_name, workspace_root)
-    with FileLock(state.meta_dir(mdir) / "lock"):
+    with FileLock(state.meta_dir(mdir) / "lock", inherit=True):
         current = next((s for s in steps if not s.done), None)
         if current is not None and _in_progress(mdir / current.upstream):
             repo = mdir / current.upstream
@@ -111,7 +111,7 @@ def resume(manifest: Manifest, model_name: str | None, workspace_root: Path, *,
 
 def abort(manifest: Manifest, model_name: str | None, workspace_root: Path) -> RebaseResult:
     mdir, name, steps = _load(manifest, model_name, workspace_root)
-    with FileLock(state.meta_dir(mdir) / "lock"):
+    with FileLock(state.meta_dir(mdir) / "lock", inherit=True):
         branch = workspace.branch_name(name)
         for step in steps:
             repo = mdir / step.upstream
