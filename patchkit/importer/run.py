@@ -27,6 +27,7 @@ from patchkit.importer.regen import Tree
 from patchkit.manifest import Upstream
 from patchkit.paths import display
 from patchkit.scratch import Scratch, replay
+from patchkit.yamlcheck import name_problem, short
 
 Progress = Callable[[str], None]
 
@@ -64,8 +65,9 @@ def run(port: Path, root: Path, name: str | None = None, progress: Progress = la
     if not readme_path.is_file():
         raise BadInput(f"{port}: no README.md (a DrivingSDK-style port folder has one with its steps)")
     model = name or model_name(port)
-    if not manifest_mod._NAME_RE.match(model):
-        raise BadInput(f"--name {model!r} is not a valid model name (letters, digits, '.', '_', '-')")
+    problem = name_problem(model)
+    if problem:
+        raise BadInput(f"--name {short(model)} {problem}")
     report = ImportReport(model, str(port), provenance.head(port))
     out = Outputs(model, f"{port.name}, imported from DrivingSDK model_examples/{port.name} by patchkit import")
     readme = readme_mod.read(port, readme_path, port.name)
