@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patchkit import cache, git, pypi
-from patchkit.errors import PatchkitError
+from patchkit.errors import PatchkitError, PinNotFound
 from patchkit.importer.model import Finding, PinDecision, PinEvidence, UpstreamPlan
 from patchkit.importer.patches import FileDiff
 from patchkit.importer.regen import infer_pin
@@ -83,8 +83,8 @@ def decide(plan: UpstreamPlan, name: str, diffs: list[FileDiff]) -> tuple[Resolv
     if pin is None:
         found, looked = infer_pin(mirror, diffs)
         if not found:
-            raise PatchkitError(f"{plan.url}: {ref} is in no history of the mirror, and the port's patches "
-                                f"apply strictly at none of the {looked} newest commits")
+            raise PinNotFound(f"{plan.url}: {ref} is in no history of the mirror, and the port's patches "
+                              f"apply strictly at none of the {looked} newest commits")
         decision = PinDecision(name, found[0], track, "inferred", candidates=found)
         decision.note = (f"INFERRED by patchkit import: the port names {ref} ({chosen.where if chosen else '?'}), "
                          f"which is in no history of {plan.url}; its patches apply strictly at {len(found)} of the "

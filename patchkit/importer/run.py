@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from patchkit import git, manifest as manifest_mod
-from patchkit.errors import BadInput, PatchkitError
+from patchkit.errors import BadInput, PatchkitError, PinNotFound
 from patchkit.importer import copyover, install, patcher, patches as patches_mod, pins, provenance
 from patchkit.importer import readme as readme_mod, scripts, upstreams as upstreams_mod
 from patchkit.importer.model import (FileOverlayOut, Finding, ImportReport, OverlayModuleOut, PinDecision, Step,
@@ -165,7 +165,11 @@ def _patch_file(port: Path, cwd: str, arg: str) -> Path | None:
         return direct
     name = arg.rsplit("/", 1)[-1]
     candidates = [port / name] + sorted(p for p in port.rglob(name) if p.is_file())
-    return next((p for p in candidates if p.is_file() and not p.is_symlink()), None)
+    found = next((p for p in candidates if p.is_file() and not p.is_symlink()), None)
+    if found is None:  # a README naming `Yolov8.patch` for the folder's `yolov8.patch`
+        found = next((p for p in sorted(port.rglob("*")) if p.name.lower() == name.lower() and p.is_file()
+                      and not p.is_symlink()), None)
+    return found
 
 
 def existing_upstreams(root: Path, model: str) -> dict[str, dict[str, object]]:
@@ -189,8 +193,8 @@ def _resolve(plan: UpstreamPlan, diffs: list[FileDiff], model: str, existing: di
     try:
         resolved, findings = pins.decide(plan, base, diffs)
     except PatchkitError as exc:
-        report.not_converted.append(Finding(plan.url, f"upstream {plan.pypi or plan.url}",
-                                            f"upstream not available: {exc.message}"))
+        what = "pin not found upstream" if isinstance(exc, PinNotFound) else "upstream not available"
+        report.not_converted.append(Finding(plan.url, f"upstream {plan.pypi or plan.url}", f"{what}: {exc.message}"))
         return None
     report.contradictions += [f for f in findings if "contradicts" in f.reason]
     report.notes += [f for f in findings if "contradicts" not in f.reason]

@@ -19,7 +19,7 @@ from patchkit.importer.readme import SITE, Readme
 # too big to mirror here (drivingsdk-upstreams.md): their PyPI releases instead
 TOO_BIG = {"open-mmlab/mmdetection": "mmdet", "open-mmlab/mmsegmentation": "mmsegmentation",
            "ultralytics/ultralytics": "ultralytics", "vllm-project/vllm": "vllm"}
-_GITHUB = re.compile(r"^(?:https?://|git@)(?:www\.)?github\.com[/:]([^/]+)/([^/]+?)(?:\.git)?/?$", re.I)
+_GITHUB = re.compile(r"^(?:https?://|git@)(?:www\.)?github\.com[/:]([^/]+)/([^/]+?)(?:\.git)?/?(?:/tree/\S*)?$", re.I)
 _SELF = re.compile(r"gitcode\.com/Ascend/DrivingSDK|github\.com/Ascend/DrivingSDK", re.I)
 SHA_LIKE = re.compile(r"^[0-9a-f]{7,40}$")
 
