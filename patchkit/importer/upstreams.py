@@ -20,7 +20,7 @@ from patchkit.importer.readme import SITE, Readme
 TOO_BIG = {"open-mmlab/mmdetection": "mmdet", "open-mmlab/mmsegmentation": "mmsegmentation",
            "ultralytics/ultralytics": "ultralytics", "vllm-project/vllm": "vllm"}
 _GITHUB = re.compile(r"^(?:https?://|git@)(?:www\.)?github\.com[/:]([^/]+)/([^/]+?)(?:\.git)?/?(?:/tree/\S*)?$", re.I)
-_SELF = re.compile(r"gitcode\.com/Ascend/DrivingSDK|github\.com/Ascend/DrivingSDK", re.I)
+_SELF = re.compile(r"(gitcode\.com|gitee\.com|github\.com)/Ascend/DrivingSDK", re.I)
 SHA_LIKE = re.compile(r"^[0-9a-f]{7,40}$")
 
 
@@ -83,6 +83,10 @@ def _clone(step: Step, readme: Readme, result: Plans) -> None:
         result.findings.append(Finding(str(step.where), step.text, "a clone step without a URL"))
         return
     key = normalize(url)
+    if _SELF.search(key):
+        result.findings.append(Finding(str(step.where), step.text, "a clone of DrivingSDK itself (the port's own "
+                                       "repository): not an upstream"))
+        return
     plan = result.by_url.setdefault(key, UpstreamPlan(key, readme_mod.join(step.cwd, folder)))
     result.folders[readme_mod.join(step.cwd, folder)] = key
     branch = readme_mod.clone_branch(step.words)
