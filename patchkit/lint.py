@@ -25,6 +25,7 @@ _VALID = re.compile(rf"^(?:{'|'.join(DEP3_VALUES)})(?: \[.*\])?$")
 _HASH_SUFFIXES = {".py", ".pyx", ".sh", ".cfg", ".yaml", ".yml", ".toml", ".txt", ".cmake"}
 _C_SUFFIXES = {".c", ".cc", ".cpp", ".cu", ".h", ".hpp", ".cuh"}
 _NOT_COSMETIC = ("old mode ", "new mode ", "copy from ", "rename from ", "new file mode ", "deleted file mode ")
+_BUILD_OUTPUT = re.compile(r"(^|/)__pycache__/|\.(pyc|pyo|so|o)$")
 
 
 def lint(patch: Patch, parsed: ParsedPatch) -> list[Diagnostic]:
@@ -35,7 +36,16 @@ def lint(patch: Patch, parsed: ParsedPatch) -> list[Diagnostic]:
     if _cosmetic(parsed, "\n".join(lines)):
         found.append(Diagnostic(where, 0, "only changes whitespace or comments "
                                           "(cosmetic hunks are conflicts waiting to happen)"))
+    found += [Diagnostic(where, _diff_line(lines, change.path), f"{change.path}: a build output, not source "
+                         "(remove this file's section from the patch; ignore it in the workspace)")
+              for change in parsed.files if _BUILD_OUTPUT.search(change.path)]
     return found
+
+
+def _diff_line(lines: list[str], path: str) -> int:
+    """The 1-based line of PATH's `diff --git` header (0 when not found)."""
+    return next((i + 1 for i, line in enumerate(lines)
+                 if line.startswith("diff --git ") and line.rstrip("\r").endswith("/" + path)), 0)
 
 
 def upstream_status(patch: Patch) -> str | None:

@@ -117,3 +117,15 @@ def test_crlf_patch_file(tmp_path: Path, maker: PatchMaker, new: str, flagged: b
     data = maker.patch("crlf", {"lib/core.py": new}).replace(b"\n", b"\r\n")
     code, err = validate(tmp_path, data)
     assert (code, COSMETIC in err) == ((2, True) if flagged else (0, False)), err
+
+
+def test_build_output_in_a_patch_is_named_at_its_diff_line(tmp_path: Path, maker: PatchMaker) -> None:
+    """A compiled file that slipped into a format-patch (a shipped patch once carried a .pyc) is refused."""
+    data = maker.patch("lib: triple", {"lib/core.py": PY.replace("x * 2", "x * 3"),
+                                       "lib/__pycache__/core.cpython-311.pyc": "not really bytecode\n"},
+                       body="Why: speed.\n\nUpstream-Status: Pending")
+    code, err = validate(tmp_path, data)
+    assert code == 2
+    line = line_of(data, "diff --git a/lib/__pycache__/")
+    assert f"{WHERE}:{line}: lib/__pycache__/core.cpython-311.pyc: a build output, not source" in err
+    assert "lib/core.py: a build output" not in err
