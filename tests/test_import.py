@@ -320,6 +320,8 @@ def test_training_scripts_become_a_recipe_with_todos(tmp_path: Path, simple) -> 
                                  "    --work-dir $cur_path/out > train.log 2>&1 &\nwait\n"
                                  "avg=`grep -a 'mmdet - INFO - Epoch ' train.log | awk -F \"time: \" '{print $2}'`\n",
         "test/train_8p_performance.sh": "WORLD_SIZE=8\nMODEL_PERFORMANCE_FLAG=1\n"})
+    (port / "README.md").write_text((port / "README.md").read_text() + "\n| 芯片 | 卡数 | global batch size | epoch | FPS |\n"
+                                    "|---|---|---|---|---|\n| 竞品A | 8p | 16 | 12 | 9.1 |\n| Atlas 800T A2 | 8p | 16 | 12 | 8.7 |\n")
     git(port.parent.parent, "add", "-A")
     git(port.parent.parent, "commit", "-q", "-m", "scripts")
     report = import_into(tmp_path / "ports", port)
@@ -327,6 +329,7 @@ def test_training_scripts_become_a_recipe_with_todos(tmp_path: Path, simple) -> 
     assert (recipe.workdir, recipe.entry, recipe.config, recipe.cards) == ("model", "tools/train.py", "configs/m.py", 8)
     assert recipe.args[:3] == ("{config}", "--launcher", "pytorch") and "TODO($cur_path)/out" in recipe.args
     assert recipe.env["npu"] == {"TASK_QUEUE_ENABLE": "2"}
+    assert (recipe.global_batch, recipe.epochs) == (16, 12)  # the NPU row of the README's results table
     assert recipe.step_time and "time:" in recipe.step_time
     todos = " | ".join(report["todos"])
     assert "HCCL_IF_IP" in todos and "MODEL_PERFORMANCE_FLAG=1" in todos and "TODO($cur_path)" in todos

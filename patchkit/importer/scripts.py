@@ -244,5 +244,32 @@ def _published(readme: readme_mod.Readme, port: Path, out: RecipeOut) -> list[st
             re.search(r"Atlas|A2|NPU|竞品|GPU", line)]
     if not rows:
         return _todo("global_batch: the README has no results table", out)
-    return ["# The README's results table (the published figures):"] + [f"#   README.md:{n}: {line.strip()}" for n, line in rows] + \
-        _todo("global_batch and epochs: take them from the table above", out)
+    lines = ["# The README's results table (the published figures):"] + \
+        [f"#   README.md:{n}: {line.strip()}" for n, line in rows]
+    for key, header in (("global_batch", r"global\s*batch"), ("epochs", r"^\s*epochs?\s*$")):
+        found = _column(text, header)
+        if len(set(v for v, _ in found)) == 1:
+            lines += [f"# README.md:{found[0][1]}: the NPU row's {key.replace('_', ' ')}", f"{key}: {found[0][0]}"]
+        else:
+            lines += _todo(f"{key}: the README's tables say {', '.join(f'{v} (README.md:{n})' for v, n in found) or 'nothing'}",
+                           out)
+    return lines
+
+
+def _column(text: list[str], header: str) -> list[tuple[int, int]]:
+    """(value, line) of the column HEADER in each results table's NPU row (Atlas / A2 / NPU), where it is a number."""
+    found = []
+    columns: list[str] = []
+    for n, line in enumerate(text, 1):
+        if not line.strip().startswith("|"):
+            columns = []
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if any(re.search(header, c, re.I) for c in cells) and not columns:
+            columns = cells
+            continue
+        if columns and re.search(r"Atlas|A2|NPU", line) and len(cells) == len(columns):
+            at = next(i for i, c in enumerate(columns) if re.search(header, c, re.I))
+            if re.fullmatch(r"\d+", cells[at]):
+                found.append((int(cells[at]), n))
+    return found
