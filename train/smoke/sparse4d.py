@@ -147,8 +147,9 @@ def main() -> None:
     # DDP as the upstream trainer makes it (apis/mmdet_train.py: find_unused_parameters from the config,
     # False): every parameter gets a gradient each step, and the backbone's with_cp checkpointing
     # (reentrant) only works with DDP when unused parameters are not searched for.
-    # An overfit run primes the temporal instance bank with the fixed batch first: otherwise step 1 is a first
-    # frame (no cached instances: the temporal decoder's box terms are 0) and every later step is not.
+    # An overfit run primes the temporal instance bank with the fixed batch first, so step 1 already runs with
+    # cached instances as every later step does. (Step 1's box, centerness and yawness terms are 0 all the same,
+    # primed or not: measured, no positive match before the first update; see train/sparse4d.yaml.)
     smoke.run(ctx, model, batch=scene.batch, losses=lambda m, b: m(**b), lr=1e-4,
               find_unused_parameters=cfg.get("find_unused_parameters", False), prime=lambda m, b: m(**b))
 
