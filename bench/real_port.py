@@ -20,6 +20,7 @@ mirrors it says so and exits 0 with nothing measured (bench/all.py then leaves i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -35,7 +36,9 @@ GOAL_CPU, GOAL_PROCESSES = 1.5, 1.5
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--repeat", type=int, default=9, help="rounds (default 9)")
-    parser.add_argument("--baseline", type=Path, help="another checkout of patchkit to time as well (A/B)")
+    parser.add_argument("--baseline", type=Path, help="another checkout of patchkit to time as well (A/B); its "
+                        "upstreams.yaml, patches and overlays are then the port every case checks (older code may "
+                        "not read a newer manifest)")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args()
     cache_root = os.environ.get("PATCHKIT_CACHE")
@@ -47,16 +50,17 @@ def main() -> None:
     # would make every run compile patchkit again)
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "LC_ALL": "C"}
     check = [sys.executable, *PYTHON_FLAGS, "-m", "patchkit", "--quiet", "rebase", "--check", "--no-fetch", "--json", "--jobs", "1"]
-    first = Timed("patchkit", lambda _r: check, ROOT, env, codes=(0, 1))
+    port = (opts.baseline or ROOT).resolve()
+    first = Timed("patchkit", lambda _r: check, port, env, codes=(0, 1))
     loads_before = load()
     rounds([first], 1, "targets: ")
     with tempfile.TemporaryDirectory(prefix="patchkit-floor-") as tmp:
         raw = Path(tmp) / "floor.sh"
-        raw.write_text(script(ROOT / "upstreams.yaml", Path(cache_root), targets_of(first.outputs[0])))
-        cases = [Timed("raw floor", lambda _r: ["bash", str(raw)], ROOT, env),
-                 Timed("patchkit", lambda _r: check, ROOT, env, codes=(0, 1))]
+        raw.write_text(script(port / "upstreams.yaml", Path(cache_root), targets_of(first.outputs[0])))
+        cases = [Timed("raw floor", lambda _r: ["bash", str(raw)], port, env),
+                 Timed("patchkit", lambda _r: check, port, env, codes=(0, 1))]
         if opts.baseline:
-            cases.append(Timed("baseline", lambda _r: check, ROOT, baseline_env(env, opts.baseline), codes=(0, 1)))
+            cases.append(Timed("baseline", lambda _r: check, port, baseline_env(env, opts.baseline), codes=(0, 1)))
         counts = {c.name: count_git(c.args(0), c.cwd, c.env) for c in cases}
         log("git processes: " + ", ".join(f"{name} {n['total']}" for name, n in counts.items()))
         rounds(cases, opts.repeat)
@@ -74,8 +78,12 @@ def main() -> None:
              f"{'PASS' if rows[0].extra['process_ratio'] <= GOAL_PROCESSES else 'MISS'})"]
     if opts.baseline:
         notes.append(f"git processes of the baseline: {counts['baseline']['total']}")
-    if len({out for c in cases[1:] for out in c.outputs}) != 1:
+    documents = {json.dumps({k: v for k, v in json.loads(out).items() if k != "checked_at"}, sort_keys=True)
+                 for c in cases[1:] for out in c.outputs}
+    if len(documents) != 1:
         notes.append("the JSON documents differ between runs or between patchkit and the baseline")
+    else:
+        notes.append("every run of patchkit and of the baseline printed the same JSON document (but its time stamp)")
     report("real-port", rows, (loads_before, load()), opts.repeat, opts.json, git_processes=counts, notes=notes)
 
 
