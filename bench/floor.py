@@ -104,9 +104,16 @@ def count_git(args: list[str], cwd: Path, env: dict[str, str]) -> dict[str, int]
     return counts
 
 
-RSS_CODE = ("import atexit, resource, sys; atexit.register(lambda: sys.stderr.write("
-            "'\\nBENCH-RSS-KB %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); "
-            "sys.argv = ['patchkit', *sys.argv[1:]]; from patchkit.cli import main; main()")
+# VmHWM (the peak of this process's own memory map, new at exec): ru_maxrss would also count the
+# pages of the benchmark process it was forked from
+RSS_CODE = ("import atexit, sys\n"
+            "def hwm():\n"
+            "    kb = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+            "    sys.stderr.write('\\nBENCH-RSS-KB %s\\n' % (kb[0] if kb else 'nan'))\n"
+            "atexit.register(hwm)\n"
+            "sys.argv = ['patchkit', *sys.argv[1:]]\n"
+            "from patchkit.cli import main\n"
+            "main()\n")
 
 
 def own_rss_mb(python: list[str], patchkit_args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
@@ -114,4 +121,4 @@ def own_rss_mb(python: list[str], patchkit_args: list[str], cwd: Path, env: dict
     and that run's output."""
     proc = subprocess.run([*python, "-c", RSS_CODE, *patchkit_args], cwd=cwd, env=env, capture_output=True, text=True)
     found = [ln.split()[1] for ln in proc.stderr.splitlines() if ln.startswith("BENCH-RSS-KB ")]
-    return (round(int(found[-1]) / 1024, 1) if found else float("nan")), proc.stdout
+    return (round(int(found[-1]) / 1024, 1) if found and found[-1].isdigit() else float("nan")), proc.stdout
