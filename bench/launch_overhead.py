@@ -151,8 +151,13 @@ def main() -> None:
                                                   "train.py"], repo, env, check_torchrun)
         cases = [torchrun, launch("device-cpu", "cpu", env), launch("device-auto", "auto", env),
                  Timed("dry-run", lambda _r: [*train("cpu"), "--dry-run"], port, env, check_dry_run)]
-        if opts.baseline:
-            cases.append(launch("baseline-auto", "auto", baseline_env(env, opts.baseline)))
+        if opts.baseline:  # its own port and workspace, applied by that code (older code may not read ours)
+            (tmp / "base").mkdir()
+            base_env = baseline_env(env, opts.baseline)
+            base_port = build_port(tmp / "base", env)
+            sh([*patchkit, "--quiet", "apply", "toy"], base_env, base_port)
+            cases.append(Timed("baseline-auto", lambda r: [*train("auto"), "--work-dir", str(work_dir("baseline-auto", r))],
+                               base_port, base_env, check_patchkit("baseline-auto")))
         log(f"timing {opts.repeat} rounds, {opts.cards} workers per launch")
         rounds(cases, opts.repeat)
     by = {c.name: c for c in cases}
