@@ -416,11 +416,12 @@ def _commit_files(repo: Path, entry: Patch) -> None:
 
 def _save(plan: _Plan, model: str) -> backup.Saved | None:
     """Keep what rebuilding would drop: with --force, everything of the user's; in a repair, any
-    uncommitted change left (the commits above the base are the interrupted apply's own)."""
+    uncommitted change or untracked file left (a git am killed mid-patch leaves the new files it
+    wrote, which would block that patch next time; the commits above the base are its own)."""
     name = plan.upstream.name
     if plan.action == "repair":
         head = git.out(["rev-parse", "HEAD"], plan.dir)
-        return backup.save(plan.dir, model, name, head, untracked=False,
+        return backup.save(plan.dir, model, name, head, untracked=True,
                            why="uncommitted changes found after an interrupted apply")
     if plan.force:
         return backup.save(plan.dir, model, name, plan.applied_head, untracked=True, why="your work, before a forced rebuild")

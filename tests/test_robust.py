@@ -156,6 +156,24 @@ def test_repair_from_a_damaged_git_am(port: Port, damage: str) -> None:
         assert len(aside) == 1 and (Path(aside[0]["path"]) / "rebase-apply/author-script").read_bytes() == b"GIT_AUTHOR_NAME=x\n\x00garbage\n"
 
 
+def test_repair_keeps_and_clears_files_a_killed_git_am_wrote(port: Port) -> None:
+    """Found by the fault-injection run: git am stopped mid-patch leaves that patch's new file untracked."""
+    assert patchkit(port.root, "apply", "demo").code == 0
+    lib = port.repo("demo", "lib")
+    clean = git(lib, "rev-parse", "HEAD")
+    data = json.loads((port.root / "work/demo/.patchkit/state.json").read_text())
+    data["repos"]["lib"]["status"] = "building"
+    (port.root / "work/demo/.patchkit/state.json").write_text(json.dumps(data))
+    git(lib, "reset", "-q", "--hard", "HEAD~1")
+    (lib / "lib/demo.py").write_text("DEMO = Tr")  # half written when git am was killed
+    run = patchkit(port.root, "apply", "demo")
+    assert run.code == 0, run.text
+    assert git(lib, "rev-parse", "HEAD") == clean
+    assert "untracked: lib/demo.py" in run.out
+    ref = run.out.split("kept on ")[1].split(" ")[0]
+    assert git(lib, "show", f"{ref}^3:lib/demo.py") == "DEMO = Tr"
+
+
 # -- 3. Ctrl-C, SIGTERM, and a kill of patchkit alone -------------------------------------------
 
 def slow_first_patch(tmp_path: Path, seconds: int) -> Path:
