@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,7 @@ def _install_toolchain(env: Venv, tc: Toolchain, log: Path, progress: Progress) 
              f"(upstreams.yaml:{tc.line}; torch is large: minutes on a cold pip cache)")
     cmd = [env.python, "-m", "pip", "--disable-pip-version-check", "install", *tc.pip_args, *tc.requirements()]
     log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
     with open(log, "wb") as out:
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
@@ -124,6 +126,8 @@ def _install_toolchain(env: Venv, tc: Toolchain, log: Path, progress: Progress) 
                             details=log_excerpt(log, tail=30))
     env.versions = versions(env.python)
     env.toolchain_installed = True
+    progress(f"toolchain installed in {time.monotonic() - start:.1f} s: "
+             + ", ".join(f"{n} {env.versions[n]}" for n in PINNED if env.versions.get(n)))
     wrong = {n: (env.versions.get(n), v) for n, v in tc.pins.items() if not matches(env.versions.get(n), v)}
     if wrong:
         raise PatchkitError(f"the {tc.device} toolchain went in but the venv holds {_describe(wrong)}",
