@@ -214,7 +214,7 @@ def _step(up: str, recipe: dict[str, Any], source: _Source, venv: toolchain.Venv
         try:
             step = _build(up, recipe, source, pip, pip_args, constraints, env, out, log, cached, progress)
             if recipe.get("requires"):  # what the repo needs at run time: wheels go in --no-deps
-                _run(up, [*pip, "install", "-c", str(constraints), *recipe["requires"]], source.repo, env, out, log,
+                run_step(up, [*pip, "install", "-c", str(constraints), *recipe["requires"]], source.repo, env, out, log,
                      progress)
         except PatchkitError as exc:
             out.flush()
@@ -235,10 +235,10 @@ def _build(up: str, recipe: dict[str, Any], source: _Source, pip: list[str], pip
     if recipe.get("build") == "none":  # run from the workspace: nothing to build, only its requirements
         return Step(up, "installed" if recipe.get("requires") else "nothing to build", 0, log=display(log))
     if recipe.get("build") == "command":
-        _run(up, ["sh", "-c", recipe["command"]], repo, env, out, log, progress)
+        run_step(up, ["sh", "-c", recipe["command"]], repo, env, out, log, progress)
         return Step(up, "ran", 0, log=display(log))
     if recipe.get("build") == "editable":
-        _run(up, [*pip, "install", "-c", str(constraints), *pip_args, "-e", "."], repo, env, out, log, progress)
+        run_step(up, [*pip, "install", "-c", str(constraints), *pip_args, "-e", "."], repo, env, out, log, progress)
         return Step(up, "installed", 0, log=display(log))
     action = "cached"
     wheels = sorted(cached.glob("*.whl")) if cached and cached.is_dir() else []
@@ -247,7 +247,7 @@ def _build(up: str, recipe: dict[str, Any], source: _Source, pip: list[str], pip
             action = "built"
             target = Path(tmp) / "wheels"
             where = source.export(Path(tmp) / "src")
-            _run(up, [*pip, "wheel", "-v", "--no-deps", "-c", str(constraints), *pip_args, "-w", str(target), "."],
+            run_step(up, [*pip, "wheel", "-v", "--no-deps", "-c", str(constraints), *pip_args, "-w", str(target), "."],
                  where, env, out, log, progress)
             wheels = sorted(target.glob("*.whl"))
             if cached is not None:
@@ -257,12 +257,12 @@ def _build(up: str, recipe: dict[str, Any], source: _Source, pip: list[str], pip
                 shutil.copytree(target, staging)
                 os.replace(staging, cached)
                 wheels = sorted(cached.glob("*.whl"))
-        _run(up, [*pip, "install", "--no-deps", "--force-reinstall", "-c", str(constraints),
+        run_step(up, [*pip, "install", "--no-deps", "--force-reinstall", "-c", str(constraints),
                   *[str(w) for w in wheels]], repo, env, out, log, progress)
     return Step(up, action, 0, wheel=wheels[0].name if wheels else None, log=display(log))
 
 
-def _run(up: str, cmd: list[str], cwd: Path, env: dict[str, str], out: Any, log: Path,
+def run_step(up: str, cmd: list[str], cwd: Path, env: dict[str, str], out: Any, log: Path,
          progress: Progress = lambda _m: None) -> None:
     """Run CMD into LOG; every 30 s of a long build say it is still going (and how far the log got)."""
     out.write(f"$ {' '.join(cmd)}\n".encode())

@@ -10,6 +10,7 @@ that asked for another one. A venv that already holds another torch is refused u
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -112,18 +113,13 @@ def _interpreter(venv: Path | None, progress: Progress) -> tuple[str, bool]:
 def _install_toolchain(env: Venv, tc: Toolchain, log: Path, progress: Progress) -> None:
     progress(f"installing the {tc.device} toolchain: {' '.join(tc.requirements())} "
              f"(upstreams.yaml:{tc.line}; torch is large: minutes on a cold pip cache)")
-    cmd = [env.python, "-m", "pip", "--disable-pip-version-check", "install", *tc.pip_args, *tc.requirements()]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    with open(log, "wb") as out:
-        out.write(f"$ {' '.join(cmd)}\n".encode())
-        out.flush()
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        from patchkit.install import log_excerpt
+    from patchkit.install import run_step  # (install imports this module)
 
-        raise PatchkitError(f"installing the {tc.device} toolchain failed (pip exit {proc.returncode})",
-                            details=log_excerpt(log, tail=30))
+    cmd = [env.python, "-m", "pip", "--disable-pip-version-check", "install", *tc.pip_args, *tc.requirements()]
+    start = time.monotonic()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        run_step("toolchain", cmd, log.parent, dict(os.environ), out, log, progress)
     env.versions = versions(env.python)
     env.toolchain_installed = True
     progress(f"toolchain installed in {time.monotonic() - start:.1f} s: "
