@@ -44,7 +44,7 @@ SCHEMA_VERSION = 1
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 INSTALL_BUILDS = ("wheel", "editable", "command", "none")
 INSTALL_KEYS = ("after", "build", "env", "npu_env", "constraints", "pip_args", "command", "requires")
-DEVICES = ("cpu", "cuda", "npu")
+DEVICES = ("npu", "cuda", "cpu")  # every table per device (toolchain, recipe env, verification records)
 TOOLCHAIN_KEYS = ("torch", "torchvision", "torch_npu", "tools", "pip_args")
 _VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+!_-]*$")
 

@@ -25,11 +25,11 @@ from typing import Any
 from patchkit import __version__
 from patchkit.errors import BadInput
 from patchkit.lock import FileLock
+from patchkit.manifest import DEVICES
 from patchkit.paths import atomic_write, display
 
 FOLDER = "verified"
 CHECKS = ("apply", "compile", "smoke", "overfit")
-DEVICES = ("npu", "cuda", "cpu")
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,11 @@ from pathlib import Path
 import yaml
 
 from patchkit.errors import BadInput, Diagnostic, InvalidInput
+from patchkit.manifest import DEVICES
 from patchkit.paths import display
 from patchkit.train import overfit as overfit_mod
 from patchkit.yamlcheck import Checker
 
-DEVICES = ("npu", "cuda", "cpu")
 UNITS = ("s", "ms", "it/s")
 
 
