@@ -539,8 +539,8 @@ def report_store_now() -> str:
                    "repeated: the shards of one check, shown as one.")
 @click.option("--history", type=click.Path(), metavar="DIR", help="Draw the check history kept in DIR/history.jsonl.")
 @click.option("--runs", multiple=True, type=click.Path(exists=True), metavar="DIR",
-              help="Training runs: results.json files under DIR (repeatable; default: ./train-runs and "
-                   "train-runs beside upstreams.yaml).")
+              help="Training runs: results.json files under DIR (repeatable; default: WORKSPACE/MODEL/runs, "
+                   "where `patchkit train` writes them).")
 @workspace_option
 @click.pass_obj
 def report_cmd(obj: Ctx, models: tuple[str, ...], html_file: str | None, md_file: str | None,
@@ -555,7 +555,8 @@ def report_cmd(obj: Ctx, models: tuple[str, ...], html_file: str | None, md_file
     files = [Path(f) for f in check_files] or [store.latest_path(obj.workspace(workspace))]
     check = store.merge_checks([store.load_check(f) for f in files]) if check_files or files[0].exists() else None
     hist = store.load_history(Path(history)) if history else None
-    folders = [Path(r) for r in runs] or [p for p in (Path("train-runs"), m.root / "train-runs") if p.is_dir()]
+    root = obj.workspace(workspace)
+    folders = [Path(r) for r in runs] or [p for name in (models or m.models) if (p := root / name / "runs").is_dir()]
     sources = [f"{display(m.path)}", f"check {', '.join(display(f) for f in files)}" if check else "no check result",
                f"history {display(hist.path)} ({len(hist.entries)} checks)" if hist else "no history"]
     paths = data.find_runs(folders)

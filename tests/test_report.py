@@ -184,10 +184,12 @@ def test_check_keeps_its_json_and_history(history: History, tmp_path: Path) -> N
                                   "npu/0008-renamed.patch", "npu/0009-removed.patch"],
         "held": ["npu/0001-clean.patch", "npu/0002-offset.patch", "npu/0003-merged.patch", "npu/0007-upstreamed.patch",
                  "npu/0010-after.patch"], "overlays_holding": 0, "overlays_breaking": 0}
+    write_results(history.port / "work" / "m" / "runs" / "20261202-0400", results_doc("m", "smoke", 3))
     out = tmp_path / "r.html"
-    run = patchkit(history.port, "report", "--html", str(out), "--history", str(hist))  # latest.json by default
+    run = patchkit(history.port, "report", "--html", str(out), "--history", str(hist))  # latest.json, runs by default
     assert run.code == 0, run.text
     tree = Tree(out.read_text())
+    assert [r.attrs["data-model"] for r in tree.root.all("section")] == ["m"]  # from WORKSPACE/m/runs
     cell = tree.root.all("td", data_model="m", data_column="up")[0]
     assert cell.attrs["data-outcome"] == "conflict" and cell.attrs["data-broken"] == "5"
     got = {tr.attrs["data-patch"]: tr.attrs["data-outcome"] for tr in cell.all("tr") if tr.has_class("patch")}

@@ -272,7 +272,7 @@ def training_section(runs: list[d.Run]) -> list[str]:
     out = ['<h2 id="s-training">Training</h2>']
     if not runs:
         return out + ["<p>No training results: pass <code>--runs DIR</code> (a folder searched for results.json; "
-                      "<code>patchkit train</code> writes to <code>train-runs/</code>).</p>"]
+                      "by default <code>WORKSPACE/MODEL/runs/</code>, where <code>patchkit train</code> writes them).</p>"]
     out.append('<table class="grid" id="runs"><tr><th>model</th><th>kind</th><th>device</th><th class="num">cards</th>'
                '<th class="num">steps</th><th class="num">global batch (published)</th>'
                '<th class="num">step ms</th><th class="num">published ms</th>'
