@@ -35,7 +35,8 @@ def loss_chart(results: Any, width: int = 460, height: int = 220) -> svg.Chart:
     notes = [f"{len(names) - MAX_TERMS} more loss terms not drawn"] if len(names) > MAX_TERMS else []
     if not lines:
         notes.append("no loss logged")
-    return svg.Chart(f"loss: {title(results)}", lines, "step", "loss", width=width, height=height, notes=notes)
+    return svg.Chart(f"loss: {title(results)}", lines, "step", "loss", width=width, height=height, notes=notes,
+                     integer_x=True)
 
 
 def step_chart(results: Any, width: int = 460, height: int = 220) -> svg.Chart:
@@ -43,7 +44,7 @@ def step_chart(results: Any, width: int = 460, height: int = 220) -> svg.Chart:
     ms = [None if v is None else 1000 * v for v in s.step_s]
     lines = [svg.Line("step time", [float(x) for x in s.step], ms, STEP)] if any(v is not None for v in ms) else []
     return svg.Chart(f"step time: {title(results)}", lines, "step", "ms", width=width, height=height,
-                     notes=[] if lines else ["no step time logged"])
+                     notes=[] if lines else ["no step time logged"], integer_x=True)
 
 
 def curve_svg(results: Any) -> str:

@@ -33,6 +33,7 @@ class Chart:
     y_label: str = ""
     time_axis: bool = False  # xs are POSIX seconds: ticks show dates
     from_zero: bool = False  # counts: the y axis starts at 0
+    integer_x: bool = False  # steps: ticks only on whole numbers
     width: int = 460
     height: int = 220
     notes: list[str] = field(default_factory=list)
@@ -89,6 +90,8 @@ def _label(value: float, time_axis: bool) -> str:
     if time_axis:
         when = datetime.fromtimestamp(value, timezone.utc)
         return when.strftime("%m-%d %H:%M" if when.hour or when.minute else "%m-%d")
+    if abs(value) >= 1000 and value == int(value):
+        return f"{value:.0f}"
     return f"{value:.4g}"
 
 
@@ -108,7 +111,8 @@ def segments(line: Line, scale: tuple[float, float, float, float, float, float, 
 
 def line_chart(chart: Chart) -> str:
     """CHART as one <svg> element: axes with round ticks, one polyline per line, a legend."""
-    left, top, right, bottom = 56, 26, 12, 40
+    outside = len(chart.lines) > 2  # many lines: the legend goes right of the plot, not over it
+    left, top, right, bottom = 56, 26, (132 if outside else 12), 40 + 12 * len(chart.notes)
     width, height = chart.width - left - right, chart.height - top - bottom
     x0, x1, y0, y1 = domain(chart.lines, chart.from_zero)
     scale = (x0, x1, y0, y1, left, top, width, height)
@@ -121,11 +125,12 @@ def line_chart(chart: Chart) -> str:
         out.append(f'<line x1="{left}" x2="{left + width}" y1="{_num(py)}" y2="{_num(py)}" stroke="#e4e4e4"/>'
                    f'<text x="{left - 4}" y="{_num(py + 4)}" font-size="10" text-anchor="end">'
                    f'{esc(_label(value, False))}</text>')
-    for value in (time_ticks(x0, x1) if chart.time_axis else nice_ticks(x0, x1, 6)):
+    x_ticks = time_ticks(x0, x1) if chart.time_axis else nice_ticks(x0, x1, 6)
+    for value in [v for v in x_ticks if not chart.integer_x or v == int(v)]:
         px = left + (value - x0) / (x1 - x0) * width
         out.append(f'<text x="{_num(px)}" y="{top + height + 14}" font-size="10" text-anchor="middle">'
                    f'{esc(_label(value, chart.time_axis))}</text>')
-    out.append(f'<text x="{left + width / 2}" y="{chart.height - 6}" font-size="11" text-anchor="middle">'
+    out.append(f'<text x="{left + width / 2}" y="{top + height + 34}" font-size="11" text-anchor="middle">'
                f'{esc(chart.x_label)}</text>')
     out.append(f'<text x="12" y="{top + height / 2}" font-size="11" text-anchor="middle" '
                f'transform="rotate(-90 12 {top + height / 2})">{esc(chart.y_label)}</text>')
@@ -144,17 +149,22 @@ def line_chart(chart: Chart) -> str:
                 out.append(f'<polyline data-line="{esc(line.label)}" points="{points}" fill="none" '
                            f'stroke="{line.color}" stroke-width="1.6"{dash}/>')
     out.append("</g>")
-    out += _legend(chart.lines, left + width, top)
-    out += [f'<text x="{left}" y="{chart.height - 20 - 12 * i}" font-size="10" fill="#a00">{esc(n)}</text>'
+    out += _legend(chart.lines, left + width + (126 if outside else 0), top, height)
+    out += [f'<text x="{left}" y="{top + height + 48 + 12 * i}" font-size="10" fill="#a00">{esc(n)}</text>'
             for i, n in enumerate(chart.notes)]
     out.append("</svg>")
     return "\n".join(out)
 
 
-def _legend(lines: list[Line], right: float, top: float) -> list[str]:
-    """Line labels in the top right corner, inside the plot on a white background."""
+def _legend(lines: list[Line], right: float, top: float, height: float) -> list[str]:
+    """Line labels in the top right corner (of the plot, or of the margin right of it) on a white background;
+    as many as fit the plot's height, then how many more."""
     if not lines:
         return []
+    fit = max(int((height - 4) // 13), 1)
+    if len(lines) > fit:
+        more = len(lines) - fit + 1
+        lines = [*lines[:fit - 1], Line(f"+{more} more", [], [], "#fff")]
     rows = len(lines)
     out = [f'<rect x="{right - 124}" y="{top + 2}" width="122" height="{13 * rows + 4}" fill="#fff" '
            'fill-opacity="0.85" stroke="#ddd"/>']
