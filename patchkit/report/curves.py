@@ -19,9 +19,9 @@ STEP = "#6a3d9a"
 MAX_TERMS = 10  # more terms than this: the first ten by name are drawn, the chart says how many are left out
 
 
-def title(results: Any) -> str:
-    verdict = getattr(results, "overfit", None)
-    bar = f", overfit {'passed' if verdict.passed else 'FAILED'} x{verdict.ratio:.2f}" if verdict else ""
+def title(results: Any, verdict: bool = False) -> str:
+    found = getattr(results, "overfit", None) if verdict else None
+    bar = f", overfit {'passed' if found.passed else 'FAILED'} x{found.ratio:.2f}" if found else ""
     return f"{results.model} {results.kind} on {results.cards * results.nnodes} {results.device}{bar}"
 
 
@@ -35,7 +35,7 @@ def loss_chart(results: Any, width: int = 460, height: int = 220) -> svg.Chart:
     notes = [f"{len(names) - MAX_TERMS} more loss terms not drawn"] if len(names) > MAX_TERMS else []
     if not lines:
         notes.append("no loss logged")
-    return svg.Chart(f"loss: {title(results)}", lines, "step", "loss", width=width, height=height, notes=notes,
+    return svg.Chart(f"loss: {title(results, verdict=True)}", lines, "step", "loss", width=width, height=height, notes=notes,
                      integer_x=True)
 
 

@@ -240,10 +240,10 @@ def _patch_list(mt: d.Metrics) -> list[str]:
 
 def history_chart(h: d.UpstreamHistory) -> svg.Chart:
     xs = list(h.times)
-    return svg.Chart(f"{h.upstream}: distinct patches per check", [
+    return svg.Chart(h.upstream, [
         svg.Line("holding", xs, [None if v is None else float(v) for v in h.holding], d.colour("clean")),
         svg.Line("breaking", xs, [None if v is None else float(v) for v in h.breaking], d.colour("conflict"))],
-        "check date (UTC)", "patches", time_axis=True, from_zero=True, width=380, height=200)
+        "check date (UTC)", "distinct patches", time_axis=True, from_zero=True, width=380, height=200)
 
 
 def history_section(hist: list[d.UpstreamHistory]) -> list[str]:
@@ -314,7 +314,9 @@ def _run_tr(r: d.Run) -> str:
 
 
 def _fmt(value: object) -> str:
-    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else esc(value)
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return "-" if value is None else esc(value)
 
 
 def _fingerprint_text(fp: dict[str, object]) -> str:

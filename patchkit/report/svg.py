@@ -149,11 +149,24 @@ def line_chart(chart: Chart) -> str:
                 out.append(f'<polyline data-line="{esc(line.label)}" points="{points}" fill="none" '
                            f'stroke="{line.color}" stroke-width="1.6"{dash}/>')
     out.append("</g>")
-    out += _legend(chart.lines, left + width + (126 if outside else 0), top, height)
+    out += (_legend(chart.lines, left + width + 126, top, height) if outside
+            else _legend_row(chart.lines, left + width))
     out += [f'<text x="{left}" y="{top + height + 48 + 12 * i}" font-size="10" fill="#a00">{esc(n)}</text>'
             for i, n in enumerate(chart.notes)]
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _legend_row(lines: list[Line], right: float) -> list[str]:
+    """One or two line labels on the title's line, right-aligned over the plot (never over the data)."""
+    out, x = [], right
+    for line in reversed(lines):
+        label = line.label[:18]
+        x -= 22 + 6 * len(label)
+        dash = ' stroke-dasharray="5 3"' if line.dashed else ""
+        out.append(f'<line x1="{_num(x)}" x2="{_num(x + 14)}" y1="12" y2="12" stroke="{line.color}" stroke-width="2"'
+                   f'{dash}/><text x="{_num(x + 18)}" y="16" font-size="10">{esc(label)}</text>')
+    return out
 
 
 def _legend(lines: list[Line], right: float, top: float, height: float) -> list[str]:
