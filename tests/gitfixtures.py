@@ -115,6 +115,13 @@ def patchkit(cwd: Path, *args: str) -> Run:
     return Run(code, out.getvalue(), err.getvalue())
 
 
+# Ctrl-C as a terminal gives it: a shell without job control starts `cmd &` with SIGINT ignored, and
+# patchkit (rightly) keeps an inherited SIG_IGN; so a suite run in the background (CI, nohup) would
+# hand every test's patchkit an immune SIGINT. The child restores the default before patchkit starts.
+_AS_FROM_A_TERMINAL = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                       "sys.argv[0] = 'patchkit'; from patchkit.__main__ import run; run()")
+
+
 def patchkit_process(cwd: Path, *args: str, **kw: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "patchkit", *args], cwd=cwd,  # type: ignore[call-overload]
+    return subprocess.Popen([sys.executable, "-c", _AS_FROM_A_TERMINAL, *args], cwd=cwd,  # type: ignore[call-overload]
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
