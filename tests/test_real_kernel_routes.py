@@ -16,31 +16,15 @@ with the model's overlay sets active, as a training worker has them.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from patchkit import manifest
-from tests.gitfixtures import patchkit
+from tests.realstack import MARKS, run_program
 
-ROOT = Path(__file__).resolve().parent.parent
-MIRRORS = os.environ.get("PATCHKIT_REAL_MIRRORS")
-VENV = os.environ.get("PATCHKIT_STACK_VENV")
+pytestmark = MARKS
 
-pytestmark = [pytest.mark.skipif(not (MIRRORS and VENV),
-                                 reason="set PATCHKIT_REAL_MIRRORS and PATCHKIT_STACK_VENV (the installed mmcv stack)"),
-              pytest.mark.xdist_group("real-stack")]
-
-PRELUDE = r'''
-import json
-from patchkit.overlay.runtime import activate_from_env
-activate_from_env()
-from patchkit.train.bootstrap import torchvision_compat
-torchvision_compat()
-import torch
+PROGRAM_HEAD = r'''
 
 G = torch.Generator().manual_seed(0)
 
@@ -202,17 +186,8 @@ PROGRAMS = {"surroundocc": ("surroundocc", SURROUNDOCC), "fbocc": ("fb-bev", FBO
 
 
 def run_routes(workspace: Path, model: str) -> dict[str, dict]:
-    run = patchkit(ROOT, "apply", model, "--workspace", str(workspace))
-    assert run.code == 0, run.text
     repo, program = PROGRAMS[model]
-    sets = manifest.load(ROOT / "upstreams.yaml").model(model).overlays
-    env = {**os.environ, "PATCHKIT_OVERLAYS": os.pathsep.join(str(ROOT / "overlays" / s) for s in sets),
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(Path(VENV or "") / "bin" / "python"), "-c", PRELUDE + program],
-                          cwd=workspace / model / repo, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    reports = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("ROUTE ")]
-    return {r["check"]: r for r in reports}
+    return run_program(workspace, model, repo, PROGRAM_HEAD + program, "ROUTE", timeout=600)
 
 
 def assert_matches(report: dict, tol: float = 1e-5) -> None:

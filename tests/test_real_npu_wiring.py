@@ -23,33 +23,16 @@ must raise patchkit.train.dispatch.KernelMissing naming the kernel, never fall b
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
-import pytest
+from tests.realstack import MARKS, run_program
 
-from patchkit import manifest
-from tests.gitfixtures import patchkit
-
-ROOT = Path(__file__).resolve().parent.parent
-MIRRORS = os.environ.get("PATCHKIT_REAL_MIRRORS")  # read at import: the hermetic fixture clears PATCHKIT_*
-VENV = os.environ.get("PATCHKIT_STACK_VENV")
-
-pytestmark = [pytest.mark.skipif(not (MIRRORS and VENV),
-                                 reason="set PATCHKIT_REAL_MIRRORS and PATCHKIT_STACK_VENV (the installed mmcv stack)"),
-              pytest.mark.xdist_group("real-stack")]
+pytestmark = MARKS
 
 # Common to every program: the stand-in mx_driving, the device check answering 'npu' on demand, the
 # recording and the report (one `NPUWIRE {json}` line per check).
-PRELUDE = r'''
+PROGRAM_HEAD = r'''
 import json, sys, types, warnings
-from patchkit.overlay.runtime import activate_from_env
-activate_from_env()
-from patchkit.train.bootstrap import torchvision_compat
-torchvision_compat()
-import torch
 from patchkit.overlay import original
 from patchkit.train import dispatch
 
@@ -322,17 +305,8 @@ PROGRAMS = {
 
 def run_wiring(workspace: Path, model: str) -> dict[str, dict]:
     """Apply MODEL, run its program with its overlay sets active; {check: report}."""
-    run = patchkit(ROOT, "apply", model, "--workspace", str(workspace))
-    assert run.code == 0, run.text
     repo, program = PROGRAMS[model]
-    sets = manifest.load(ROOT / "upstreams.yaml").model(model).overlays
-    env = {**os.environ, "PATCHKIT_OVERLAYS": os.pathsep.join(str(ROOT / "overlays" / s) for s in sets),
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(Path(VENV or "") / "bin" / "python"), "-c", PRELUDE + program],
-                          cwd=workspace / model / repo, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    reports = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("NPUWIRE ")]
-    return {r["check"]: r for r in reports}
+    return run_program(workspace, model, repo, PROGRAM_HEAD + program, "NPUWIRE", timeout=300)
 
 
 def only_call(report: dict, op: str) -> dict:
