@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import ast
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from patchkit.importer.model import Finding, OverlayModuleOut
 from patchkit.importer.regen import Tree
 from patchkit.overlay import fingerprint as fp
+
+T = TypeVar("T")
 
 _MARKERS = ("mx_driving.patcher", "PatcherBuilder", "default_patcher")
 
@@ -122,14 +126,21 @@ def _local_imports(body: list[ast.stmt]) -> dict[str, str]:
 
 def _module_reads(body: list[ast.stmt], param: str, package: str) -> tuple[list[str], list[ast.stmt]]:
     """`X = module.X` (and `A, B = module.A, module.B`) made imports; the other statements."""
-    reads, rest = [], []
+    pairs, rest = _partition(body, lambda stmt: _reads(stmt, param))
+    return [f"from {package} import {attr}" + (f" as {name}" if name != attr else "") for name, attr in pairs], rest
+
+
+def _partition(body: list[ast.stmt], match: Callable[[ast.stmt], list[T] | None]) -> tuple[list[T], list[ast.stmt]]:
+    """What MATCH finds in each statement it recognises (it answers None for the others), and the others."""
+    found: list[T] = []
+    rest: list[ast.stmt] = []
     for stmt in body:
-        pairs = _reads(stmt, param)
-        if pairs is None:
+        items = match(stmt)
+        if items is None:
             rest.append(stmt)
         else:
-            reads += [f"from {package} import {attr}" + (f" as {name}" if name != attr else "") for name, attr in pairs]
-    return reads, rest
+            found += items
+    return found, rest
 
 
 def _reads(stmt: ast.stmt, param: str) -> list[tuple[str, str]] | None:
@@ -152,14 +163,7 @@ def _reads(stmt: ast.stmt, param: str) -> list[tuple[str, str]] | None:
 def _split(body: list[ast.stmt], roots: dict[str, str]) -> tuple[list[tuple[str, str, int]], list[ast.stmt]]:
     """(dotted target, assigned name, line) of `root.a.b = name` (also inside `if hasattr(...)` blocks whose
     else only raises), and the other statements."""
-    assigned, rest = [], []
-    for stmt in body:
-        found = _assignments(stmt, roots)
-        if found is None:
-            rest.append(stmt)
-        else:
-            assigned += found
-    return assigned, rest
+    return _partition(body, lambda stmt: _assignments(stmt, roots))
 
 
 def _assignments(stmt: ast.stmt, roots: dict[str, str]) -> list[tuple[str, str, int]] | None:
