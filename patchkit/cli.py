@@ -506,11 +506,13 @@ def export_cmd(obj: Ctx, model: str, upstream: str | None, check_only: bool, wor
     sys.exit(1 if check_only and stale else 0)
 
 
-def check_json(report: Any, checked_at: str | None = None) -> dict[str, Any]:
+def check_json(report: Any) -> dict[str, Any]:
     """The stable `rebase --check --json` document (schema: docs/rebase-check.md)."""
+    from patchkit.report.store import now
+
     return {
         "schema": "patchkit/rebase-check/1",
-        "checked_at": checked_at or report_store_now(),
+        "checked_at": now(),
         "ok": report.ok,
         "allow_fuzz": report.allow_fuzz,
         "upstreams": {name: dataclasses.asdict(t) for name, t in report.targets.items()},
@@ -520,12 +522,6 @@ def check_json(report: Any, checked_at: str | None = None) -> dict[str, Any]:
                     "broken": sum(p.broken for s in report.series for p in s.patches)},
         **({"shard": {"index": report.shard.index, "count": report.shard.count}} if report.shard else {}),
     }
-
-
-def report_store_now() -> str:
-    from patchkit.report.store import now
-
-    return now()
 
 
 @cli.command("report")
