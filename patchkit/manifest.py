@@ -16,6 +16,18 @@ problems are collected before anything is raised: a user fixes them in one pass.
           mmcv: [mmcv-npu, fbocc]
           fb-bev: [fbocc]
         overlays: [npu-common, fbocc]   # optional; default: overlays/<model>/ when it exists
+      bevdepth:                    # version 2: a model's own base of an upstream, and variants
+        upstreams:
+          mmcv:                    # the long form (the short form is a list of layers)
+            pin: 89abcdef0123456789abcdef0123456789abcdef   # optional; default: the upstream's pin
+            track: 1.x             # optional; default: the upstream's track
+            layers: [mmcv-npu, bevdepth]
+        variants:                  # hardware/toolchain variants of this one model
+          a5:
+            description: Atlas A5  # optional
+            upstreams: {mmcv: [mmcv-a5]}   # layers appended after the model's
+            overlays: [bevdepth-a5]        # overlay sets appended after the model's
+            requires: ["torch-npu==2.7.1"] # extra requirements of `install` for this variant
     toolchain:                     # optional; what `patchkit install` puts first into a new venv, per device
       cpu:
         torch: "2.13.0"            # exact versions (== each); torchvision and torch_npu optional
@@ -24,12 +36,16 @@ problems are collected before anything is raised: a user fixes them in one pass.
         pip_args: []               # index options of that call (--index-url ..., --extra-index-url ...)
 
 A layer's patches for an upstream live in `patches/<layer>/<upstream>/` with a `series` file.
+Version 1 (or no `version:`) is read as it always was; a file that says `version: 1` and uses a
+version-2 form is refused at that line. Every verb sees a model through `Manifest.effective(model,
+variant)`: its upstreams at their effective pins and tracks, its layers, patches and overlays with
+the variant's appended.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -40,7 +56,8 @@ from patchkit.paths import display
 from patchkit.yamlcheck import Checker, name_problem, short
 
 MANIFEST_NAME = "upstreams.yaml"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = ("1", "2")  # 1: no long form, no variants
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 INSTALL_BUILDS = ("wheel", "editable", "command", "none")
 INSTALL_KEYS = ("after", "build", "env", "npu_env", "constraints", "pip_args", "command", "requires")
@@ -61,6 +78,12 @@ class Upstream:
     pypi: str | None = None  # "name==version" for a PyPI release (then url is "pypi:name==version")
     sha256: str | None = None  # of the release file
     install: dict[str, object] | None = None  # how it is installed (see patchkit.install)
+    pinned_by: str | None = None  # in a model's effective view: the model whose block holds the pin
+
+    @property
+    def base(self) -> tuple[str, str]:
+        """(pin, track): what a series on this upstream is made against and checked towards."""
+        return self.pin, self.track
 
     @property
     def kind(self) -> str:
@@ -84,6 +107,19 @@ class PatchRef:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """What a hardware/toolchain variant adds to its model (only the additions)."""
+
+    name: str
+    line: int
+    description: str = ""
+    layers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # upstream -> layers appended
+    patches: dict[str, tuple[PatchRef, ...]] = field(default_factory=dict)  # upstream -> those layers' series
+    overlays: tuple[str, ...] = ()  # overlay sets appended
+    requires: tuple[str, ...] = ()  # pip requirements `install` adds
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     line: int
@@ -91,6 +127,47 @@ class Model:
     layers: dict[str, tuple[str, ...]]  # upstream -> ordered layers
     patches: dict[str, tuple[PatchRef, ...]] = field(default_factory=dict)  # upstream -> series
     overlays: tuple[str, ...] = ()  # overlay sets: folders under overlays/
+    pins: dict[str, str] = field(default_factory=dict)  # upstream -> the model's own pin (long form only)
+    tracks: dict[str, str] = field(default_factory=dict)  # upstream -> the model's own track (long form only)
+    pin_lines: dict[str, int] = field(default_factory=dict)  # upstream -> the line of the model's pin
+    variants: dict[str, Variant] = field(default_factory=dict)
+
+    def resolve(self, manifest: Manifest, variant: str | None = None) -> Effective:
+        return manifest.effective(self, variant)
+
+
+@dataclass(frozen=True)
+class Effective:
+    """A model as the verbs see it: its upstreams at its effective pins and tracks, and its layers,
+    patches and overlays with the variant's appended. Made only by `Manifest.effective`."""
+
+    model: Model
+    variant: str | None
+    upstreams: dict[str, Upstream]  # the model's upstreams, in its order
+    layers: dict[str, tuple[str, ...]]
+    patches: dict[str, tuple[PatchRef, ...]]
+    overlays: tuple[str, ...]
+    requires: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def line(self) -> int:
+        return self.model.line
+
+    @property
+    def description(self) -> str:
+        return self.model.description
+
+    @property
+    def label(self) -> str:
+        """`model` or `model[variant]`, for messages."""
+        return f"{self.name}[{self.variant}]" if self.variant else self.name
+
+    def base(self, upstream: str) -> tuple[str, str]:
+        return self.upstreams[upstream].base
 
 
 @dataclass(frozen=True)
@@ -132,11 +209,52 @@ class Manifest:
             raise BadInput(f"unknown model {name!r} in {display(self.path)} (models: {known})")
         return self.models[name]
 
+    def effective(self, model: str | Model | Effective, variant: str | None = None) -> Effective:
+        """THE view of MODEL (with VARIANT) every verb works from."""
+        if isinstance(model, Effective):
+            model = model.model
+        found = self.model(model) if isinstance(model, str) else model
+        if variant is not None and variant not in found.variants:
+            known = ", ".join(sorted(found.variants)) or "none"
+            raise BadInput(f"{display(self.path)}:{found.line}: model {found.name!r} has no variant {variant!r} "
+                           f"(variants: {known})")
+        ups = {up: self._effective_upstream(found, up) for up in found.layers}
+        if variant is None:
+            return Effective(found, None, ups, dict(found.layers), dict(found.patches), found.overlays)
+        v = found.variants[variant]
+        layers = {up: found.layers[up] + v.layers.get(up, ()) for up in found.layers}
+        patches = {up: found.patches.get(up, ()) + v.patches.get(up, ()) for up in found.layers}
+        return Effective(found, variant, ups, layers, patches, found.overlays + v.overlays, v.requires)
+
+    def views(self, models: list[Model] | None = None) -> list[Effective]:
+        """Every model (of MODELS, default all) as itself, then each of its variants, in manifest order."""
+        chosen = list(self.models.values()) if models is None else models
+        return [self.effective(m, v) for m in chosen for v in (None, *m.variants)]
+
+    def _effective_upstream(self, model: Model, up: str) -> Upstream:
+        upstream = self.upstreams[up]
+        if up not in model.pins and up not in model.tracks:
+            return upstream
+        pin = model.pins.get(up, upstream.pin)
+        return replace(upstream, pin=pin, track=model.tracks.get(up, upstream.track),
+                       pin_line=model.pin_lines.get(up, upstream.pin_line),
+                       pinned_by=model.name if up in model.pins else None)
+
     def upstream(self, name: str) -> Upstream:
         if name not in self.upstreams:
             known = ", ".join(sorted(self.upstreams)) or "none"
             raise BadInput(f"unknown upstream {name!r} in {display(self.path)} (upstreams: {known})")
         return self.upstreams[name]
+
+
+@dataclass
+class _Use:
+    """One upstream of a model as read: its layers (with their nodes), and the long form's pin and track."""
+
+    layers: list[tuple[str, yaml.Node]]
+    pin: str | None = None
+    track: str | None = None
+    pin_line: int = 0
 
 
 def series_dir(root: Path, layer: str, upstream: str) -> Path:
@@ -175,6 +293,7 @@ class _Checker(Checker):
         super().__init__(path, where)
         self._series: dict[tuple[str, str], list[PatchRef]] = {}  # a shared layer is read once
         self._broken: set[str] = set()  # upstreams declared with an error already reported
+        self._v1_line = 0  # the line of an explicit `version: 1`: version-2 forms are refused then
 
     # -- the schema -----------------------------------------------------------------------
 
@@ -190,9 +309,11 @@ class _Checker(Checker):
             return None
         if "version" in top:
             node = top["version"][1]
-            if not (isinstance(node, yaml.ScalarNode) and node.value == str(SCHEMA_VERSION)):
+            if not (isinstance(node, yaml.ScalarNode) and node.value in READABLE_VERSIONS):
                 self.error(node, f"unsupported manifest version {getattr(node, 'value', '?')!r} "
-                           f"(this patchkit reads version {SCHEMA_VERSION})")
+                           f"(this patchkit reads versions {', '.join(READABLE_VERSIONS)})")
+            elif node.value == "1":
+                self._v1_line = node.start_mark.line + 1
         upstreams: dict[str, Upstream] = {}
         node = self.required(top, "upstreams", root, "top level")
         if node is not None:
@@ -314,30 +435,132 @@ class _Checker(Checker):
         result: dict[str, Model] = {}
         for key, (knode, value) in self.mapping(node, "models", ()).items():
             name = self.name(knode, "model")
-            what = f"model {key!r}"
-            fields = self.mapping(value, what, ("description", "upstreams", "overlays"))
-            description = ""
-            if "description" in fields:
-                description = self.string(fields["description"][1], f"{what}: description") or ""
-            layers_node = self.required(fields, "upstreams", knode, what) if isinstance(value, yaml.MappingNode) else None
-            layers: dict[str, tuple[str, ...]] = {}
-            patches: dict[str, tuple[PatchRef, ...]] = {}
-            if layers_node is not None:
-                for up, (unode, lnode) in self.mapping(layers_node, f"{what}: upstreams", ()).items():
-                    if up in self._broken:
-                        continue  # its own error is reported; no second one here
-                    if up not in upstreams:
-                        hint = f" (declared: {', '.join(sorted(upstreams))})" if upstreams else ""
-                        self.error(unode, f"{what} names unknown upstream {up!r}{hint}")
-                        continue
-                    names = self.layer_list(lnode, f"{what}: layers of {up!r}")
-                    layers[up] = tuple(n for n, _ in names)
-                    patches[up] = tuple(ref for n, lnode_ in names for ref in self.layer_series(n, up, lnode_))
-            overlays = self.overlay_sets(fields["overlays"][1], what) if "overlays" in fields else (
-                (key,) if (self.path.parent / "overlays" / key).is_dir() else ())
+            model = self.model(key, knode, value, upstreams)
             if name:
-                result[name] = Model(name, knode.start_mark.line + 1, description, layers, patches, overlays)
+                result[name] = model
         return result
+
+    def model(self, key: str, knode: yaml.Node, value: yaml.Node, upstreams: dict[str, Upstream]) -> Model:
+        what = f"model {key!r}"
+        fields = self.mapping(value, what, ("description", "upstreams", "overlays", "variants"))
+        description = self.string(fields["description"][1], f"{what}: description") or "" \
+            if "description" in fields else ""
+        layers_node = self.required(fields, "upstreams", knode, what) if isinstance(value, yaml.MappingNode) else None
+        uses = self.uses(layers_node, what, upstreams) if layers_node is not None else {}
+        layers = {up: tuple(n for n, _ in use.layers) for up, use in uses.items()}
+        patches = {up: self.series_of(up, use.layers) for up, use in uses.items()}
+        overlays = self.overlay_sets(fields["overlays"][1], what) if "overlays" in fields else (
+            (key,) if (self.path.parent / "overlays" / key).is_dir() else ())
+        variants: dict[str, Variant] = {}
+        if "variants" in fields:
+            self.needs_v2(fields["variants"][0], f"{what}: variants")
+            variants = self.variants(fields["variants"][1], what, uses, overlays)
+        pins = {up: use.pin for up, use in uses.items() if use.pin}
+        tracks = {up: use.track for up, use in uses.items() if use.track}
+        pin_lines = {up: use.pin_line for up, use in uses.items() if use.pin}
+        return Model(key, knode.start_mark.line + 1, description, layers, patches, overlays, pins, tracks,
+                     pin_lines, variants)
+
+    def series_of(self, up: str, names: list[tuple[str, yaml.Node]]) -> tuple[PatchRef, ...]:
+        return tuple(ref for name, node in names for ref in self.layer_series(name, up, node))
+
+    def uses(self, node: yaml.Node, what: str, upstreams: dict[str, Upstream]) -> dict[str, _Use]:
+        """The model's upstreams: each one's layers, and in the long form its own pin and track."""
+        result: dict[str, _Use] = {}
+        for up, (unode, lnode) in self.mapping(node, f"{what}: upstreams", ()).items():
+            if up in self._broken:
+                continue  # its own error is reported; no second one here
+            if up not in upstreams:
+                hint = f" (declared: {', '.join(sorted(upstreams))})" if upstreams else ""
+                self.error(unode, f"{what} names unknown upstream {up!r}{hint}")
+                continue
+            if isinstance(lnode, yaml.MappingNode):
+                result[up] = self.long_form(up, unode, lnode, what, upstreams[up])
+            else:
+                result[up] = _Use(self.layer_list(lnode, f"{what}: layers of {up!r}"))
+        return result
+
+    def long_form(self, up: str, unode: yaml.Node, node: yaml.Node, what: str, upstream: Upstream) -> _Use:
+        """`up: {pin:, track:, layers: [...]}`: this model's own base of UP."""
+        where = f"{what}: upstream {up!r}"
+        self.needs_v2(unode, f"{where}: the long form ({{pin, track, layers}})")
+        fields = self.mapping(node, where, ("pin", "track", "layers"))
+        layers_node = self.required(fields, "layers", unode, where)
+        use = _Use(self.layer_list(layers_node, f"{what}: layers of {up!r}") if layers_node is not None else [])
+        if "track" in fields:
+            use.track = self.string(fields["track"][1], f"{where}: track")
+        if "pin" in fields:
+            use.pin = self.model_pin(fields["pin"][1], where, upstream)
+            use.pin_line = fields["pin"][1].start_mark.line + 1
+        return use
+
+    def model_pin(self, node: yaml.Node, where: str, upstream: Upstream) -> str | None:
+        pin = self.string(node, f"{where}: pin")
+        if pin and not _SHA_RE.match(pin):
+            self.error(node, f"{where}: pin {pin!r} is not a full 40-hex commit SHA "
+                       "(pin commits, not branches or tags; lower-case hex)")
+            return None
+        if pin and upstream.kind == "pypi":
+            self.error(node, f"{where}: {upstream.name!r} is a PyPI release, whose pin is the release itself; "
+                       "for another release declare another upstream (pypi: NAME==VERSION)")
+            return None
+        return pin
+
+    def needs_v2(self, node: yaml.Node, what: str) -> None:
+        if self._v1_line:
+            self.error(node, f"{what} needs `version: 2` (line {self._v1_line} says version 1)")
+
+    def variants(self, node: yaml.Node, what: str, uses: dict[str, _Use],
+                 overlays: tuple[str, ...]) -> dict[str, Variant]:
+        result: dict[str, Variant] = {}
+        for key, (knode, value) in self.mapping(node, f"{what}: variants", ()).items():
+            name = self.name(knode, "variant")
+            variant = self.variant(key, knode, value, f"{what}: variant {key!r}", uses, overlays)
+            if name:
+                result[name] = variant
+        return result
+
+    def variant(self, key: str, knode: yaml.Node, value: yaml.Node, what: str, uses: dict[str, _Use],
+                overlays: tuple[str, ...]) -> Variant:
+        keys = ("description", "upstreams", "overlays", "requires")
+        is_null = isinstance(value, yaml.ScalarNode) and value.tag == "tag:yaml.org,2002:null"
+        fields = {} if is_null else self.mapping(value, what, keys)
+        description = self.string(fields["description"][1], f"{what}: description") or "" \
+            if "description" in fields else ""
+        layers = self.variant_layers(fields["upstreams"][1], what, uses) if "upstreams" in fields else {}
+        patches = {up: self.series_of(up, names) for up, names in layers.items()}
+        sets = self.variant_overlays(fields["overlays"][1], what, overlays) if "overlays" in fields else ()
+        requires = tuple(v for v, _ in self.strings(fields["requires"][1], f"{what}: requires", unique=True)) \
+            if "requires" in fields else ()
+        return Variant(key, knode.start_mark.line + 1, description,
+                       {up: tuple(n for n, _ in names) for up, names in layers.items()}, patches, sets, requires)
+
+    def variant_layers(self, node: yaml.Node, what: str,
+                       uses: dict[str, _Use]) -> dict[str, list[tuple[str, yaml.Node]]]:
+        result = {}
+        for up, (unode, lnode) in self.mapping(node, f"{what}: upstreams", ()).items():
+            if up in self._broken:
+                continue
+            if up not in uses:
+                have = ", ".join(uses) or "none"
+                self.error(unode, f"{what} names upstream {up!r}, which the model does not have (its upstreams: "
+                           f"{have}); a variant appends layers to the model's upstreams")
+                continue
+            names = self.layer_list(lnode, f"{what}: layers of {up!r}")
+            own = {n: item for n, item in uses[up].layers}
+            for n, item in names:
+                if n in own:
+                    self.error(item, f"{what}: layer {n!r} of {up!r} is already the model's (line "
+                               f"{own[n].start_mark.line + 1}); appended it would be listed twice")
+            result[up] = [(n, item) for n, item in names if n not in own]
+        return result
+
+    def variant_overlays(self, node: yaml.Node, what: str, overlays: tuple[str, ...]) -> tuple[str, ...]:
+        sets = self.overlay_sets(node, what)
+        for name, item in self.strings(node, f"{what}: overlays"):
+            if name in overlays:
+                self.error(item, f"{what}: overlay set {name!r} is already the model's")
+        return tuple(s for s in sets if s not in overlays)
 
     def overlay_sets(self, node: yaml.Node, what: str) -> tuple[str, ...]:
         names = []

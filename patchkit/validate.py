@@ -14,7 +14,7 @@ from pathlib import Path
 from patchkit import cache, patchfile
 from patchkit.errors import Diagnostic, PatchkitError, UpstreamUnreachable
 from patchkit.lint import lint
-from patchkit.manifest import Manifest, PatchRef
+from patchkit.manifest import Manifest, PatchRef, Upstream
 from patchkit.paths import display
 
 
@@ -34,8 +34,8 @@ class ValidateReport:
 
 def all_patch_refs(manifest: Manifest) -> list[PatchRef]:
     seen: dict[Path, PatchRef] = {}
-    for model in manifest.models.values():
-        for refs in model.patches.values():
+    for view in manifest.views():
+        for refs in view.patches.values():
             for ref in refs:
                 seen.setdefault(ref.path, ref)
     return list(seen.values())
@@ -59,12 +59,13 @@ def validate(manifest: Manifest, *, remote: bool = False) -> ValidateReport:
 def _remote(manifest: Manifest, report: ValidateReport) -> None:
     where = display(manifest.path)
 
-    def one(name: str) -> list[Diagnostic]:
-        up = manifest.upstreams[name]
+    def one(up: Upstream) -> list[Diagnostic]:
+        name = up.name
         try:
             path, _ = cache.ensure_pin(up)
         except UpstreamUnreachable as exc:
-            report.unreachable.append(name)
+            if name not in report.unreachable:
+                report.unreachable.append(name)
             return [Diagnostic(where, up.line, " ".join(exc.lines()))]
         except PatchkitError as exc:
             return [Diagnostic(where, up.pin_line or up.line, exc.message)]
@@ -73,7 +74,11 @@ def _remote(manifest: Manifest, report: ValidateReport) -> None:
                                f"nor a tag of {up.url}")]
         return []
 
-    names = sorted(manifest.upstreams)
-    with ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
-        for found in pool.map(one, names):
+    bases = {(u.name, u.pin, u.track): u for u in manifest.upstreams.values()}
+    for view in manifest.views():  # a model's own pin or track of an upstream is checked too
+        for u in view.upstreams.values():
+            bases.setdefault((u.name, u.pin, u.track), u)
+    chosen = [bases[key] for key in sorted(bases)]
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(chosen)))) as pool:
+        for found in pool.map(one, chosen):
             report.diagnostics += found

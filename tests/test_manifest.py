@@ -78,7 +78,7 @@ def test_every_schema_error_with_its_line(tmp_path: Path) -> None:
         "patches/mmcv-npu/mmcv/series:6: unsupported option '-p0' for 0003-x.patch"
         " (git format-patch files apply with -p1 only)",
         "upstreams.yaml:24: model 'surroundocc': unknown key 'overlay' (expected one of: description, upstreams,"
-        " overlays)",
+        " overlays, variants)",
         "upstreams.yaml:26: model 'surroundocc': layers of 'mmcv': layer 'mmcv-npu' is listed twice",
         "upstreams.yaml:28: model 'bevdepth': upstreams must be a mapping",
         "upstreams.yaml:31: layer 'missing-layer' has no series for upstream 'mmcv'"
@@ -104,7 +104,7 @@ def test_cli_reports_all_errors_with_exit_2(tmp_path: Path) -> None:
     ("upstreams:\n\ta: 1\n", "upstreams.yaml:2: invalid YAML: found character '\\t' that cannot start any token"),
     ("", "upstreams.yaml:1: the manifest is empty"),
     ("- a\n- b\n", "upstreams.yaml:1: top level must be a mapping"),
-    ("version: 2\nupstreams: {}\nmodels: {}\n", "upstreams.yaml:1: unsupported manifest version '2'"),
+    ("version: 3\nupstreams: {}\nmodels: {}\n", "upstreams.yaml:1: unsupported manifest version '3'"),
     ("upstreams: {}\n", "upstreams.yaml:1: top level: missing required key 'models'"),
     (f"upstreams:\n  a:\n    url: x\n    pin: {SHA}\n    track: m\n  a:\n    url: y\n    pin: {SHA}\n"
      "    track: m\nmodels: {}\n", "upstreams.yaml:6: upstreams: duplicate key 'a' (first on line 2)"),
