@@ -14,6 +14,7 @@ the next apply waits for it instead of racing it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -226,20 +227,30 @@ class Batch:
         if "\n" in spec or not spec:
             return None
         if self._proc is None:
-            self._proc = subprocess.Popen(["git", "cat-file", "--batch-command"], cwd=self.repo, env=base_env(self.env),
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._start()
+        assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
         try:
             self._proc.stdin.write(f"{command} {spec}\n".encode())
             self._proc.stdin.flush()
             header = self._proc.stdout.readline().decode("utf-8", "replace").split()
         except (BrokenPipeError, OSError) as exc:
+            _check_stopped()
             raise GitError(f"git cat-file --batch-command stopped (in {self.repo})") from exc
         if len(header) != 3 or header[2] == "missing" or not header[2].isdigit():
             if not header:
+                _check_stopped()  # stop_all ended it: an interruption, not a git failure
                 raise GitError(f"git cat-file --batch-command stopped (in {self.repo})")
             return None
         return header[0], header[1], int(header[2])
+
+    def _start(self) -> None:
+        """The process, in its own process group and known to `stop_all` (a Ctrl-C stops it with the rest)."""
+        with _guard:
+            _check_stopped()
+            self._proc = subprocess.Popen(["git", "cat-file", "--batch-command"], cwd=self.repo, env=base_env(self.env),
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                          **_OWN_GROUP)  # type: ignore[call-overload]
+            _children.add(self._proc)
 
     def info(self, spec: str) -> tuple[str, str] | None:
         """(object id, type) of SPEC, or None when it names nothing."""
@@ -258,10 +269,13 @@ class Batch:
     def close(self) -> None:
         if self._proc is not None:
             assert self._proc.stdin is not None
-            self._proc.stdin.close()
+            with contextlib.suppress(OSError):  # BrokenPipeError: it was stopped
+                self._proc.stdin.close()
             self._proc.wait()
             if self._proc.stdout is not None:
                 self._proc.stdout.close()
+            with _guard:
+                _children.discard(self._proc)
             self._proc = None
 
     def __enter__(self) -> Batch:

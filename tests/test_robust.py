@@ -231,6 +231,37 @@ def test_kill_of_patchkit_alone_does_not_race_its_git(port: Port, tmp_path: Path
     assert states(port) == {"lib": "clean", "app": "clean"}
 
 
+
+def test_stop_ends_a_batch_reader_too(tmp_path: Path) -> None:
+    """A Ctrl-C while rebase --check holds a `git cat-file --batch-command` open stops that process
+    with the others (stop_all knows it), and the reader then says interrupted, not a git failure."""
+    from patchkit import git as gitmod
+    from patchkit.errors import GitError, Interrupted
+
+    up = tmp_path / "up"
+    head = make_upstream(up, {"a.py": "A = 1\n"})
+    reader = gitmod.Batch(up)
+    try:
+        assert reader.info("HEAD") == (head, "commit")
+        proc = reader._proc
+        assert proc is not None and proc.poll() is None
+        gitmod.stop_all(signal.SIGINT)
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+        with pytest.raises(Interrupted):
+            reader.info("HEAD")
+        with pytest.raises(Interrupted):
+            gitmod.Batch(up).info("HEAD")  # none starts after the stop
+    finally:
+        gitmod.reset_stop()
+        reader.close()
+    assert proc not in gitmod._children
+    with gitmod.Batch(up) as again:
+        assert again.info("HEAD") == (head, "commit")
+    (tmp_path / "not-a-repo").mkdir()
+    with pytest.raises(GitError), gitmod.Batch(tmp_path / "not-a-repo") as broken:
+        broken.info("HEAD")  # git itself failing stays a git failure
+
+
 # -- 4. and 6. paths given on the command line ---------------------------------------------------
 
 def test_workspace_that_is_a_file(port: Port) -> None:
