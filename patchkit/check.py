@@ -30,7 +30,7 @@ from patchkit.patchfile import ParsedPatch, Patch
 from patchkit.paths import display
 from patchkit.overlay import drift, fingerprint, static
 from patchkit.overlay.drift import HOLDING, FileState, TargetState, TreeReader
-from patchkit.scratch import Scratch, offsets, replay
+from patchkit.scratch import Scratch, offsets, replay, split_verbose
 from patchkit.shard import Shard, assign
 
 Progress = Callable[[str], None]
@@ -38,6 +38,7 @@ OUTCOMES = ("clean", "offset", "fuzz", "merged", "upstreamed", "conflict", "targ
 _BROKEN = {"conflict", "target-missing", "blocked"}
 _PATCH_FAILED = re.compile(r"^error: patch failed: (.+):(\d+)$", re.M)
 _CONTEXT = 3
+_RUN = 256  # patches given to one `git apply` at most
 
 
 @dataclass
@@ -379,26 +380,63 @@ class _Replayer:
             node, state, restore = pending.pop()
             if restore is not None:
                 self.new.reset(restore)
-            assert node.patch is not None
-            node.result = self._step(node.patch, state)
-            state.history.append(node.patch)
-            if read.intersection(node.ends):
-                node.tree = self.new.tree()
-            push_children(node, state)
+            chain = [node]  # on to where the series part or a tree is read
+            while len(chain[-1].children) == 1 and not read.intersection(chain[-1].ends):
+                chain.append(next(iter(chain[-1].children.values())))
+            self._chain(chain, state)
+            if read.intersection(chain[-1].ends):
+                chain[-1].tree = self.new.tree()
+            push_children(chain[-1], state)
+
+    def _chain(self, chain: list[_Node], state: _State) -> None:
+        """The patches of CHAIN in order: runs of them in one `git apply` (_strict_run); the first
+        that does not apply there, and a run whose report git's output cannot be cut into, through `_step`."""
+        i = 0
+        while i < len(chain):
+            run = chain[i:i + _RUN]
+            done = self._strict_run(run) if len(run) > 1 else 0
+            one_by_one = run if done is None else run[done:done + 1]
+            for node in run[:done or 0]:
+                state.history.append(node.patch)  # type: ignore[arg-type]
+            for node in one_by_one:
+                assert node.patch is not None
+                node.result = self._step(node.patch, state)
+                state.history.append(node.patch)
+            i += (done or 0) + len(one_by_one)
+
+    def _strict_run(self, run: list[_Node]) -> int | None:
+        """Apply RUN's patches in one process and set the result of each leading one that applied, as
+        `_step` would (clean or offset); how many (the index then holds exactly those), or None when
+        git's report could not be cut per patch (the index is then as before)."""
+        patches = [n.patch for n in run if n.patch is not None]
+        names = [[c.paths for c in _parsed(p).files] for p in patches]
+        paths = [str(p.ref.path) for p in patches]
+        start = self.new.at()
+        result = self.new.apply_files(paths)
+        parts = split_verbose(result.stderr, names)
+        expected = len(patches) if result.ok else 0
+        if not result.ok and parts:  # nothing was applied: again, those before the first that failed
+            expected = len(parts)
+            result = self.new.apply_files(paths[:expected])
+            if not result.ok:
+                return 0
+            parts = split_verbose(result.stderr, names[:expected])
+        if len(parts) != expected:
+            self.new.reset(start)
+            return None
+        for node, patch, part in zip(run, patches, parts):
+            node.result = self._clean(patch, _parsed(patch), git.Result(result.args, 0, "", part))
+        return len(parts)
 
     # one patch ------------------------------------------------------------------------------
 
     def _step(self, patch: Patch, state: _State) -> PatchCheck:
         parsed, _ = patchfile.parse(patch)
         assert parsed is not None
-        check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, display(patch.ref.path), "clean")
         strict = self.new.apply(patch.data)
         if strict.ok:
-            moved = offsets(strict)
-            if any(moved):
-                check.outcome, check.offset = "offset", max(moved, key=abs)
-                check.range_diff = _offset_lines(parsed, strict)
-            return check
+            return self._clean(patch, parsed, strict)
+        check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, display(patch.ref.path), "clean")
         if self.new.apply(patch.data, "--reverse", "--check").ok:
             check.outcome = "upstreamed"
             return check
@@ -413,6 +451,15 @@ class _Replayer:
             state.broken.append(patch)
             return check
         return self._merge_or_fuzz(patch, parsed, state, check, strict)
+
+    def _clean(self, patch: Patch, parsed: ParsedPatch, strict: git.Result) -> PatchCheck:
+        """PATCH applied as it is (STRICT: git's report): clean, or offset when a hunk moved."""
+        check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, display(patch.ref.path), "clean")
+        moved = offsets(strict)
+        if any(moved):
+            check.outcome, check.offset = "offset", max(moved, key=abs)
+            check.range_diff = _offset_lines(parsed, strict)
+        return check
 
     def _merge_or_fuzz(self, patch: Patch, parsed: ParsedPatch, state: _State, check: PatchCheck,
                        strict: git.Result) -> PatchCheck:
@@ -539,6 +586,12 @@ class _Replayer:
         old = patch.data.decode("utf-8", "replace")
         old = old[old.find("diff --git"):] if "diff --git" in old else old
         return _diff_of_diffs(old, new)
+
+
+def _parsed(patch: Patch) -> ParsedPatch:
+    parsed, _ = patchfile.parse(patch)
+    assert parsed is not None  # every series was checked to parse before the replay
+    return parsed
 
 
 def _files(parsed: ParsedPatch | None) -> set[str]:

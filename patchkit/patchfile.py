@@ -78,14 +78,14 @@ def _strip_prefix(path: str) -> str | None:
     if path == "/dev/null":
         return None
     if len(path) > 1 and path.startswith('"') and path.endswith('"'):
-        path = _unquote(path[1:-1])
+        path = unquote(path[1:-1])
     return path.split("/", 1)[1] if "/" in path else ""
 
 
 _ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
 
 
-def _unquote(text: str) -> str:
+def unquote(text: str) -> str:
     """Undo git's C-style path quoting (core.quotePath): octal bytes and backslash escapes."""
     out = bytearray()
     i = 0

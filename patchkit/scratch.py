@@ -3,8 +3,9 @@
 `rebase --check` never touches a user's workspace. It reads the target tree into a temporary
 index file, applies patches to that index with `git apply --cached`, and writes any new objects
 into a temporary object directory (the mirror's objects are an alternate), so the mirror is not
-given new objects (git may still refresh the mtime of a pack it reads). One git process per
-patch that applies; more only for patches that do not.
+given new objects (git may still refresh the mtime of a pack it reads). A run of patches is
+applied by one `git apply` (`apply_files`, cut back per patch by `split_verbose`); a patch that
+does not apply is looked at on its own.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from patchkit import git
+from patchkit import git, patchfile
 
 # commands that leave the index as it is (any other command run in a scratch forgets its tree)
 _READ_ONLY = {"write-tree", "ls-files", "ls-tree", "cat-file", "diff-tree", "diff", "rev-parse", "log", "grep"}
 _OFFSET = re.compile(r"^Hunk #(\d+) succeeded at (\d+) \(offset (-?\d+) lines?\)\.$", re.M)
+_CHECKING = re.compile(r"^Checking patch (.+)\.\.\.$")
+_APPLIED = re.compile(r"^Applied patch (.+) cleanly\.$")
 
 
 class Scratch:
@@ -36,6 +39,7 @@ class Scratch:
             "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(mirror / "objects"),
         })
         self._tree: str | None = None  # the index's tree while no patch changed it
+        self._at: str | None = None  # a tree-ish the index equals (what it was last reset to), or None
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -48,11 +52,12 @@ class Scratch:
 
     def run(self, args: list[str], *, check: bool = True, input_bytes: bytes | None = None) -> git.Result:
         if args[0] not in _READ_ONLY and "--check" not in args:
-            self._tree = None  # the index may change: its tree is written again when asked for
+            self._tree = self._at = None  # the index may change: its tree is written again when asked for
         return git.run(args, self.mirror, check=check, env=self.env, input_bytes=input_bytes)
 
     def reset(self, treeish: str) -> None:
         self.run(["read-tree", treeish])
+        self._at = treeish
 
     def tree(self) -> str:
         if self._tree is None:
@@ -60,9 +65,18 @@ class Scratch:
             self._tree = self.run(["write-tree", "--missing-ok"]).stdout.strip()
         return self._tree
 
+    def at(self) -> str:
+        """A tree-ish the index equals, to reset it to later: what it was last reset to, else its tree."""
+        return self._tree or self._at or self.tree()
+
     def apply(self, data: bytes, *options: str) -> git.Result:
         """`git apply --cached -v OPTIONS` of DATA; the index is unchanged when it fails (atomic)."""
         return self.run(["apply", "--cached", "--verbose", *options, "-"], check=False, input_bytes=data)
+
+    def apply_files(self, paths: list[str]) -> git.Result:
+        """`git apply --cached -v` of the patch files PATHS in one process, each on the ones before it;
+        the index is unchanged when one of them does not apply (the whole call is atomic)."""
+        return self.run(["apply", "--cached", "--verbose", "--", *paths], check=False)
 
 
 
@@ -78,3 +92,42 @@ def replay(scratch: Scratch, base: str, patches: list[bytes]) -> str | None:
         if not scratch.apply(data).ok:
             return None
     return scratch.tree()
+
+
+def split_verbose(stderr: str, names: list[list[tuple[str, ...]]]) -> list[str]:
+    """The stderr of `git apply -v` of several patches, cut into each patch's part, for the leading
+    patches that applied (every file checked and applied, no error), in order. NAMES: per patch,
+    per file in its order, the paths git may name that file by. It stops at the first patch whose
+    part is not certain, so a caller looks at the patches after that one by themselves."""
+    parts: list[str] = []
+    lines: list[str] = []
+    patch, checked, applied, failed = 0, 0, 0, False
+    for line in stderr.splitlines(keepends=True):
+        text = line.rstrip("\n")
+        found = _CHECKING.match(text)
+        if found and patch < len(names) and checked == len(names[patch]):  # the next patch begins
+            if failed or applied != checked:
+                return parts
+            parts.append("".join(lines))
+            lines, patch, checked, applied = [], patch + 1, 0, 0
+        if found:
+            if patch >= len(names) or checked >= len(names[patch]) or \
+                    not _named(found.group(1), names[patch][checked]):
+                return parts
+            checked += 1
+        elif _APPLIED.match(text):
+            if patch >= len(names) or checked != len(names[patch]):  # applied before all its files were checked
+                return parts
+            applied += 1
+        elif text.startswith(("error:", "fatal:")):
+            failed = True
+        lines.append(line)
+    if patch < len(names) and not failed and checked == applied == len(names[patch]):
+        parts.append("".join(lines))
+    return parts
+
+
+def _named(said: str, paths: tuple[str, ...]) -> bool:
+    """Whether git's name of a file in a patch (`a => b` for a rename, C-quoted when unusual) is one of PATHS."""
+    parts = [patchfile.unquote(p[1:-1]) if len(p) > 1 and p[0] == p[-1] == '"' else p for p in said.split(" => ")]
+    return all(part in paths for part in parts)

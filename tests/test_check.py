@@ -328,3 +328,131 @@ def test_scratch_tree_follows_every_index_change(tmp_path: Path) -> None:
         assert s.apply(_new_file_patch(2)).ok and s.tree() not in (first, second)
         s.reset(pin)
         assert s.tree() == first
+
+
+def _counted_applies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Patches given to each `git apply` process of the replay (one-by-one applies count 1)."""
+    calls: list[int] = []
+    real_one, real_many = scratch.Scratch.apply, scratch.Scratch.apply_files
+
+    def one(self: scratch.Scratch, data: bytes, *options: str):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real_one(self, data, *options)
+
+    def many(self: scratch.Scratch, paths: list[str]):  # type: ignore[no-untyped-def]
+        calls.append(len(paths))
+        return real_many(self, paths)
+
+    monkeypatch.setattr(scratch.Scratch, "apply", one)
+    monkeypatch.setattr(scratch.Scratch, "apply_files", many)
+    return calls
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """Twelve patches on three files, upstream moved on: clean, offset by different amounts (two hunks
+    of one patch moving differently, a patch on two files, a renamed file), a conflict in the middle
+    and patches after it that still apply, clean and offset."""
+    files = {f"{n}.py": numbered(n, 60) for n in ("a", "b", "c")}
+    up = tmp_path / "up"
+    pin = make_upstream(up, files)
+    mk = PatchMaker(up, pin, tmp_path / "scratch")
+    cur = dict(files)
+
+    def change(subject: str, edits: dict[str, tuple[str, str]]) -> bytes:
+        for name, (old, new) in edits.items():
+            cur[name] = edit(cur[name], old, new)
+        return mk.patch(subject, {name: cur[name] for name in edits})
+
+    patches = [
+        change("a top", {"a.py": ("a line 2\n", "a line 2 npu\n")}),
+        change("a bottom", {"a.py": ("a line 50\n", "a line 50 npu\n")}),
+        change("b two hunks", {"b.py": ("b line 5\n", "b line 5 npu\n")}),
+        change("a and b", {"a.py": ("a line 40\n", "a line 40 npu\n"), "b.py": ("b line 45\n", "b line 45 npu\n")}),
+        change("c conflict", {"c.py": ("c line 30\n", "c line 30 npu\n")}),
+        change("a after", {"a.py": ("a line 20\n", "a line 20 npu\n")}),
+        change("b after", {"b.py": ("b line 55\n", "b line 55 npu\n")}),
+        change("c clean", {"c.py": ("c line 3\n", "c line 3 npu\n")}),
+        change("a again", {"a.py": ("a line 58\n", "a line 58 npu\n")}),
+    ]
+    cur["b.py"] = edit(edit(cur["b.py"], "b line 8\n", "b line 8 npu\n"), "b line 50\n", "b line 50 npu\n")
+    patches.insert(3, mk.patch("b two moves", {"b.py": cur["b.py"]}))
+    git(mk.repo, "mv", "c.py", "d.py")
+    patches.append(mk.patch("rename c", {}))
+    cur["d.py"] = edit(cur.pop("c.py"), "c line 40\n", "c line 40 npu\n")
+    patches.append(mk.patch("d after rename", {"d.py": cur["d.py"]}))
+    port = tmp_path / "port"
+    write_layer(port, "npu", "up", {f"{i + 1:04d}-p.patch": data for i, data in enumerate(patches)})
+    write_one_upstream_port(port, up, pin)
+    a, b, c = (edit(numbered(n, 60), f"{n} line 25\n", f"{n} line 25\n" + f"{n} upstream\n" * k)
+               for n, k in (("a", 3), ("b", 1), ("c", 0)))
+    b = edit(b, "b line 30\n", "b line 30\n# up\n")
+    c = edit(c, "c line 30\n", "c line 30 upstream\n")
+    commit(up, {"a.py": a, "b.py": b, "c.py": c}, "upstream moves lines")
+    return port
+
+
+def test_runs_of_patches_classified_as_one_by_one(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of patches go through one `git apply` each, cut back per patch from git's report: every
+    outcome, offset and moved-hunk line is what applying them one by one gives (a patch's report
+    taken for its neighbour's would move an offset or a conflict)."""
+    from patchkit import check
+
+    calls = _counted_applies(monkeypatch)
+    batched = patchkit(runs, "rebase", "--check", "--json", "--no-fetch")
+    assert batched.code == 1, batched.text
+    assert calls[:2] == [12, 5], calls  # a run of 12 fails at the sixth: the five before it again, at once
+    monkeypatch.setattr(check, "_RUN", 1)
+    calls.clear()
+    alone = patchkit(runs, "rebase", "--check", "--json", "--no-fetch")
+    assert max(calls) == 1 and len(calls) >= 12, calls
+    doc, expected = json.loads(batched.out), json.loads(alone.out)
+    assert {**doc, "checked_at": ""} == {**expected, "checked_at": ""}
+    got = [(p["name"][:4], p["outcome"], p["offset"]) for p in doc["series"][0]["patches"]]
+    assert got == [("0001", "clean", 0), ("0002", "offset", 3), ("0003", "clean", 0), ("0004", "offset", 2),
+                   ("0005", "offset", 3), ("0006", "conflict", 0), ("0007", "clean", 0), ("0008", "offset", 2),
+                   ("0009", "clean", 0), ("0010", "offset", 3), ("0011", "clean", 0), ("0012", "clean", 0)], got
+    moved = {p["name"][:4]: p["range_diff"] for p in doc["series"][0]["patches"]}
+    assert moved["0004"] == ["b.py: hunk #2 @@ -47,7 +47,7 @@ b line 46 moved +2 lines"]
+    assert moved["0005"] == ["a.py: hunk #1 @@ -37,7 +37,7 @@ a line 36 moved +3 lines",
+                             "b.py: hunk #1 @@ -42,7 +42,7 @@ b line 41 moved +2 lines"]
+    assert doc["series"][0]["patches"][5]["files"][0]["path"] == "c.py"
+
+
+def test_a_report_that_cannot_be_cut_falls_back(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When git's report of a run cannot be told apart per patch, the run is undone and its patches
+    applied one by one: the same document."""
+    from patchkit import check
+
+    expected = patchkit(runs, "rebase", "--check", "--json", "--no-fetch")
+    monkeypatch.setattr(check, "split_verbose", lambda stderr, names: scratch.split_verbose(stderr, names)[:1])
+    calls = _counted_applies(monkeypatch)
+    again = patchkit(runs, "rebase", "--check", "--json", "--no-fetch")
+    assert {**json.loads(again.out), "checked_at": ""} == {**json.loads(expected.out), "checked_at": ""}
+    assert max(calls) > 1 and calls.count(1) >= 10, calls
+
+
+def test_split_verbose_attributes_each_patch(tmp_path: Path) -> None:
+    """`git apply -v A B C` reports per patch; a failed patch ends what can be attributed."""
+    up = tmp_path / "up"
+    pin = make_upstream(up, {"a.py": numbered("a"), "b c.py": numbered("b")})
+    mk = PatchMaker(up, pin, tmp_path / "scratch")
+    one = mk.patch("one", {"a.py": edit(numbered("a"), "a line 3\n", "a line 3 npu\n")})
+    git(mk.repo, "mv", "b c.py", "b\u00e9.py")
+    two = mk.patch("two", {"a.py": edit(edit(numbered("a"), "a line 3\n", "a line 3 npu\n"), "a line 20\n", "x\n")})
+    paths = []
+    for i, data in enumerate((one, two, one)):
+        paths.append(tmp_path / f"{i}.patch")
+        paths[-1].write_bytes(data)
+    names = [[("a.py",)], [("a.py",), ("b c.py", "b\u00e9.py")], [("a.py",)]]
+    with scratch.Scratch(up / ".git") as s:
+        s.reset(pin)
+        ok = s.apply_files([str(p) for p in paths[:2]])
+        assert ok.ok, ok.stderr
+        parts = scratch.split_verbose(ok.stderr, names[:2])
+        assert len(parts) == 2 and "b\\303\\251.py" in parts[1] and "a.py" in parts[0], parts
+        assert scratch.split_verbose(ok.stderr, [[("a.py",)], [("a.py",), ("other.py",)]]) == parts[:1]
+        s.reset(pin)
+        failed = s.apply_files([str(p) for p in paths])  # the third repeats the first: it does not apply
+        assert not failed.ok and scratch.split_verbose(failed.stderr, names) == parts
+        assert s.tree() == git(up, "rev-parse", f"{pin}^{{tree}}")  # nothing applied
