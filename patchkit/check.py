@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
+import os
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -410,7 +411,7 @@ class _Replayer:
         git's report could not be cut per patch (the index is then as before)."""
         patches = [n.patch for n in run if n.patch is not None]
         names = [[c.paths for c in _parsed(p).files] for p in patches]
-        paths = [str(p.ref.path) for p in patches]
+        paths = [os.path.abspath(p.ref.path) for p in patches]  # git runs in the mirror
         start = self.new.at()
         result = self.new.apply_files(paths)
         parts = split_verbose(result.stderr, names)
