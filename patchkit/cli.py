@@ -773,6 +773,9 @@ def _record(obj: Ctx, m: manifest_mod.Manifest, model: str, root: Path, check: s
             detail: dict[str, Any]) -> None:
     from patchkit import verify
 
+    if verify.disabled():
+        obj.progress(f"{model}: {check} on {device} not recorded ({verify.OFF} is set)")
+        return
     where = verify.record(m, model, root, check, device, ok, detail)
     obj.progress(f"{model}: {check} on {device} recorded in {where}" if where
                  else f"{model}: could not write the verification record into {m.root / verify.FOLDER}")

@@ -11,12 +11,16 @@ check: apply (device "any": a workspace is the same on every device), compile (`
 on D). fingerprint: a hash of the workspace fingerprint (pins, heads, series and overlay hashes), which
 `workspace` holds in full. `patchkit list` shows the newest record per device; a device with none is
 "never".
+
+PATCHKIT_NO_RECORD=1 turns recording off (the test suite sets it: its opt-in tests use this repository as
+the port, and a test run is not a verification of the port).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +33,7 @@ from patchkit.manifest import DEVICES
 from patchkit.paths import atomic_write, display
 
 FOLDER = "verified"
+OFF = "PATCHKIT_NO_RECORD"  # set (not "" or "0"): runs append no record
 CHECKS = ("apply", "compile", "smoke", "overfit")
 
 
@@ -109,10 +114,17 @@ def summary(records: dict[str, Record]) -> str:
            f"workspace {last.fingerprint}); {checks}"
 
 
+def disabled() -> bool:
+    """True when PATCHKIT_NO_RECORD turns recording off."""
+    return os.environ.get(OFF, "") not in ("", "0")
+
+
 def record(manifest: Any, model: str, workspace_root: Path, check: str, device: str, ok: bool,
            detail: dict[str, Any] | None = None) -> Path | None:
     """Append the record of a run that just ended; None when the port repository cannot be written
-    (a read-only checkout: the run itself still counts, it is only not recorded)."""
+    (a read-only checkout: the run itself still counts, it is only not recorded) or recording is off."""
+    if disabled():
+        return None
     from patchkit.train.launch import workspace_fingerprint
 
     workspace = workspace_fingerprint(manifest, manifest.model(model), workspace_root)

@@ -39,6 +39,15 @@ def _hermetic(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GIT_AUTHOR_DATE", "1700000000 +0000")
     monkeypatch.setenv("GIT_COMMITTER_DATE", "1700000000 +0000")
     monkeypatch.setenv("PATCHKIT_CACHE", str(root / "cache"))
+    # no verification records from test runs: the opt-in tests use this repository as the port, and its
+    # verified/ must only hold real runs (tests of recording itself take the `recording` fixture)
+    monkeypatch.setenv("PATCHKIT_NO_RECORD", "1")
+
+
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs append verification records again (the hermetic fixture turns them off)."""
+    monkeypatch.delenv("PATCHKIT_NO_RECORD")
 
 
 @pytest.fixture(autouse=True)

@@ -230,7 +230,7 @@ def test_a_model_that_cannot_learn_fails_the_bar(monkeypatch: pytest.MonkeyPatch
 
 @needs_torch
 @pytest.mark.processes
-def test_two_gloo_processes_overfit_the_toy_and_a_stuck_run_exits_1(toy: Path) -> None:  # noqa: F811
+def test_two_gloo_processes_overfit_the_toy_and_a_stuck_run_exits_1(toy: Path, recording: None) -> None:  # noqa: F811
     assert patchkit(toy, "apply", "toy").code == 0
     recipe = toy / "train/toy.yaml"
     recipe.write_text(recipe.read_text() + "  overfit: {steps: 40, lr: 3.0e-2}\n")

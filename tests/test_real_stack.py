@@ -149,14 +149,15 @@ def test_smoke_trains_the_real_model_on_cpu(real: Path, tmp_path: Path, model: s
 def test_overfit_learns_one_batch_on_cpu(real: Path, tmp_path: Path, model: str) -> None:
     """Issue 18: `patchkit train MODEL --smoke --overfit --device cpu --cards 2` with the installed stack:
     the total loss at most half its start, no loss term rising, within the recipe's 60 steps; the curve in
-    results.json and a verification record appended by the run."""
+    results.json. The run appends no verification record to this repository (the suite sets PATCHKIT_NO_RECORD:
+    a test run is not a verification of the port; `patchkit train` by hand records)."""
     from patchkit import verify
 
     assert patchkit(ROOT, "apply", model, "--workspace", str(real)).code == 0
     assert patchkit(ROOT, "install", model, "--workspace", str(real), "--venv", str(VENV)).code == 0
     before = len(verify.load(ROOT, model))
     work = tmp_path / "overfit"
-    proc = subprocess.run([_venv_python(), "-m", "patchkit", "train", model, "--smoke", "--overfit", "--device", "cpu",
+    proc = subprocess.run([sys.executable, "-m", "patchkit", "train", model, "--smoke", "--overfit", "--device", "cpu",
                            "--cards", "2", "--workspace", str(real), "--work-dir", str(work)],
                           capture_output=True, text=True, env={**os.environ, "PATCHKIT_MANIFEST": str(ROOT / "upstreams.yaml")})
     logs = "".join(p.read_text(errors="replace")[-3000:] for p in sorted(work.glob("rank*.log")))
@@ -165,5 +166,5 @@ def test_overfit_learns_one_batch_on_cpu(real: Path, tmp_path: Path, model: str)
     assert results["schema"] == 2 and results["kind"] == "overfit" and results["overfit"]["passed"]
     assert results["overfit"]["end"] <= 0.5 * results["overfit"]["start"] and not results["overfit"]["terms_rising"]
     assert len(results["series"]["loss"]) == results["overfit"]["steps"] <= 60
-    record = verify.load(ROOT, model)[before:][-1]
-    assert (record.check, record.device, record.ok) == ("overfit", "cpu", True)
+    assert len(verify.load(ROOT, model)) == before
+    assert f"{model}: overfit on cpu not recorded (PATCHKIT_NO_RECORD is set)" in proc.stderr, proc.stderr

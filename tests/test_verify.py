@@ -13,7 +13,7 @@ from tests.gitfixtures import make_upstream, patchkit, write_layer, write_one_up
 
 
 @pytest.fixture
-def port(tmp_path: Path) -> Path:
+def port(tmp_path: Path, recording: None) -> Path:
     up = tmp_path / "up"
     pin = make_upstream(up, {"a.py": "x = 1\n"})
     port = tmp_path / "port"
@@ -36,6 +36,19 @@ def test_apply_appends_a_record_and_list_shows_it(port: Path) -> None:
     assert "verified on npu: never" in listing.out and "verified on cuda: never" in listing.out
     assert "verified on cpu: never" in listing.out
     assert f"applied: apply ok {rec.date} (patchkit {__version__}, workspace {rec.fingerprint}); apply ok" in listing.out
+
+
+def test_no_record_switch_keeps_runs_from_appending(port: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PATCHKIT_NO_RECORD=1 (what the test suite sets): a run that would record appends nothing and says so;
+    "0" records as usual."""
+    monkeypatch.setenv("PATCHKIT_NO_RECORD", "1")
+    run = patchkit(port, "apply", "m")
+    assert run.code == 0 and "m: apply on any not recorded (PATCHKIT_NO_RECORD is set)" in run.err, run.text
+    assert not verify.path(port, "m").exists() and verify.load(port, "m") == []
+    assert "verified on cpu: never" in patchkit(port, "list").out and "applied:" not in patchkit(port, "list").out
+    monkeypatch.setenv("PATCHKIT_NO_RECORD", "0")
+    assert patchkit(port, "apply", "m", "--workspace", str(port / "ws2")).code == 0  # not a no-op: it records
+    assert [r.check for r in verify.load(port, "m")] == ["apply"]
 
 
 def test_the_newest_record_per_device_wins_and_bad_lines_name_file_and_line(port: Path) -> None:
