@@ -30,7 +30,7 @@ from patchkit.manifest import Manifest, Upstream
 from patchkit.patchfile import ParsedPatch, Patch
 from patchkit.paths import display
 from patchkit.overlay import drift, fingerprint, static
-from patchkit.overlay.drift import HOLDING, FileState, TargetState, TreeReader
+from patchkit.overlay.drift import OverlayResult, TreeReader
 from patchkit.scratch import Scratch, offsets, replay, split_verbose
 from patchkit.shard import Shard, assign
 
@@ -86,23 +86,11 @@ class Target:
 
 
 @dataclass
-class OverlayCheck:
-    model: str
-    upstream: str
-    targets: list[TargetState]
-    files: list[FileState]
-
-    @property
-    def broken(self) -> int:
-        return sum(t.state not in HOLDING for t in self.targets) + sum(f.state not in HOLDING for f in self.files)
-
-
-@dataclass
 class CheckReport:
     targets: dict[str, Target]
     series: list[SeriesCheck]
     allow_fuzz: bool
-    overlays: list[OverlayCheck] = field(default_factory=list)
+    overlays: list[OverlayResult] = field(default_factory=list)
     shard: Shard | None = None  # the part of the check this report covers (`--shard K/N`)
 
     @property
@@ -152,7 +140,7 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
                 for m in chosen if m.overlays}
     memo = fingerprint.Memo.in_cache(settings.cache_root())
 
-    def one(name: str) -> tuple[Target, dict[str, list[PatchCheck]], list[OverlayCheck]]:
+    def one(name: str) -> tuple[Target, dict[str, list[PatchCheck]], list[OverlayResult]]:
         up = manifest.upstreams[name]
         overlays = {model: ([t for t in ts if t.upstream == name], [f for f in fs if f.upstream == name])
                     for model, (ts, fs) in declared.items() if (model, name) in mine}
@@ -168,7 +156,7 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
         progress(f"{name}: done, {broken} broken" if broken else f"{name}: done, all hold")
         return target, results, overlay_checks
 
-    outcomes: dict[str, tuple[Target, dict[str, list[PatchCheck]], list[OverlayCheck]]] = {}
+    outcomes: dict[str, tuple[Target, dict[str, list[PatchCheck]], list[OverlayResult]]] = {}
     errors: list[PatchkitError] = []
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(names) or 1))) as pool:
         futures = {name: pool.submit(one, name) for name in names}
@@ -307,7 +295,7 @@ class _Replayer:
 
     def run(self, target: str, sequences: list[tuple[str, list[Patch]]],
             overlays: dict[str, tuple[list[static.Target], list[static.FileOverlay]]] | None = None,
-            ) -> tuple[dict[str, list[PatchCheck]], list[OverlayCheck]]:
+            ) -> tuple[dict[str, list[PatchCheck]], list[OverlayResult]]:
         self.target = target
         overlays = overlays or {}
         root = _Node(None, tree=target)
@@ -334,7 +322,7 @@ class _Replayer:
         return results, overlay_checks
 
     def _overlays(self, model: str, patches: list[Patch], end: _Node, targets: list[static.Target],
-                  files: list[static.FileOverlay]) -> OverlayCheck:
+                  files: list[static.FileOverlay]) -> OverlayResult:
         """The model's overlays against its series replayed on the target (broken patches left out).
         The pin side (what a drifted target is diffed against, where a file overlay's base blob may
         only exist) is replayed only when a reader asks for a file, and only as far as that file
@@ -343,8 +331,8 @@ class _Replayer:
         shared = {"objects": self.objects, "parsed": self._parsed, "memo": self.memo}
         new = TreeReader(self.mirror, end.tree, self.new.env, **shared)
         pin = _PinSide(lambda paths: self._pin_tree(patches, paths), self.mirror, self.old.env, **shared)
-        return OverlayCheck(model, self.up.name, [drift.classify(t, new, pin) for t in targets],
-                            [drift.check_file(f, new, [new, pin.reader(f.path)]) for f in files])
+        return OverlayResult(model, [drift.classify(t, new, pin) for t in targets],
+                             [drift.check_file(f, new, [new, pin.reader(f.path)]) for f in files], self.up.name)
 
     def _pin_tree(self, patches: list[Patch], paths: frozenset[str]) -> str | None:
         """The pin with those of PATCHES that PATHS need, in series order (None: one does not apply)."""

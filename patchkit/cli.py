@@ -517,7 +517,7 @@ def check_json(report: Any) -> dict[str, Any]:
         "allow_fuzz": report.allow_fuzz,
         "upstreams": {name: dataclasses.asdict(t) for name, t in report.targets.items()},
         "series": [dataclasses.asdict(s) for s in report.series],
-        "overlays": [dataclasses.asdict(o) for o in report.overlays],
+        "overlays": [o.as_json() for o in report.overlays],
         "summary": {**report.counts(), "patches": sum(report.counts().values()),
                     "broken": sum(p.broken for s in report.series for p in s.patches)},
         **({"shard": {"index": report.shard.index, "count": report.shard.count}} if report.shard else {}),
@@ -585,7 +585,7 @@ def overlay_list(obj: Ctx, model: str, workspace: str | None, as_json: bool) -> 
 
     report = list_overlays(obj.manifest(), model, obj.workspace(workspace))
     if as_json:
-        _emit_json({"ok": report.ok, **dataclasses.asdict(report)})
+        _emit_json({"ok": report.ok, **report.as_json()})
     else:
         for up, where in report.sources.items():
             click.echo(f"{model}/{up}: read from {where}")
@@ -606,7 +606,7 @@ def overlay_fingerprint(obj: Ctx, model: str, workspace: str | None, as_json: bo
 
     report = fingerprint(obj.manifest(), model, obj.workspace(workspace))
     if as_json:
-        _emit_json({"ok": True, **dataclasses.asdict(report)})
+        _emit_json({"ok": True, **report.as_json()})
     else:
         for line in overlay_lines(report.targets, []):
             click.echo(line)
@@ -630,7 +630,7 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
                              progress=obj.progress)
     broken = sum(o.broken for o in report.overlays)
     if as_json:
-        _emit_json({"ok": broken == 0, "overlays": [dataclasses.asdict(o) for o in report.overlays]})
+        _emit_json({"ok": broken == 0, "overlays": [o.as_json() for o in report.overlays]})
     else:
         for o in report.overlays:
             t = report.targets[o.upstream]

@@ -150,15 +150,15 @@ def from_parts(upstreams: dict[str, Any], series: list[dict[str, Any]], overlays
 
 def report_of(document: dict[str, Any]) -> Any:
     """The CheckReport a document describes, for the text and JUnit renderers."""
-    from patchkit.check import CheckReport, FileIssue, OverlayCheck, PatchCheck, SeriesCheck, Target
-    from patchkit.overlay.drift import FileState, TargetState
+    from patchkit.check import CheckReport, FileIssue, PatchCheck, SeriesCheck, Target
+    from patchkit.overlay.drift import FileState, OverlayResult, TargetState
 
     def patch(p: dict[str, Any]) -> PatchCheck:
         return PatchCheck(**{**p, "files": [FileIssue(**f) for f in p["files"]]})
 
     series = [SeriesCheck(s["model"], s["upstream"], [patch(p) for p in s["patches"]]) for s in document["series"]]
-    overlays = [OverlayCheck(o["model"], o["upstream"], [TargetState(**t) for t in o["targets"]],
-                             [FileState(**f) for f in o["files"]]) for o in document["overlays"]]
+    overlays = [OverlayResult(o["model"], [TargetState(**t) for t in o["targets"]],
+                              [FileState(**f) for f in o["files"]], o["upstream"]) for o in document["overlays"]]
     targets = {name: Target(**t) for name, t in document["upstreams"].items()}
     return CheckReport(targets, series, document["allow_fuzz"], overlays)
 

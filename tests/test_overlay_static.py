@@ -111,6 +111,25 @@ def test_fingerprint_then_holds(oport: OverlayPort) -> None:
     assert patchkit(oport.root, "rebase", "--check").code == 0
 
 
+def test_one_overlay_result_type_and_each_command_keeps_its_json(oport: OverlayPort) -> None:
+    """`overlay list|fingerprint` (the pinned code: `sources`) and `overlay check` / `rebase --check` (one
+    upstream: `upstream`) report the one drift.OverlayResult, each with the keys it always wrote; a check
+    document read back (shard.report_of, as `rebase --merge` does) gives the same results."""
+    from patchkit import shard
+    from patchkit.overlay.drift import OverlayResult
+
+    listed = json.loads(patchkit(oport.root, "overlay", "list", "m", "--json").out)
+    assert list(listed) == ["ok", "model", "sources", "targets", "files"] and list(listed["sources"]) == ["up"]
+    assert list(json.loads(patchkit(oport.root, "overlay", "fingerprint", "m", "--json").out)) == list(listed)
+    checked = json.loads(patchkit(oport.root, "overlay", "check", "m", "--json").out)
+    assert [list(o) for o in checked["overlays"]] == [["model", "upstream", "targets", "files"]]
+    doc = json.loads(patchkit(oport.root, "rebase", "--check", "--json").out)
+    assert doc["overlays"] == checked["overlays"]
+    back = shard.report_of(doc).overlays
+    assert all(isinstance(o, OverlayResult) for o in back) and [o.as_json() for o in back] == doc["overlays"]
+    assert back[0].ok and back[0].broken == 0 and back[0].upstream == "up"
+
+
 def test_fingerprint_ignores_formatting_and_comments(oport: OverlayPort) -> None:
     assert patchkit(oport.root, "overlay", "fingerprint", "m").code == 0
     reformatted = CORE.replace("def f(x):\n    return x + 1\n",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchkit import cache, patchfile, workspace
@@ -13,22 +12,9 @@ from patchkit.apply import OVERLAY_ID, model_dir
 from patchkit.errors import BadInput, PatchkitError
 from patchkit.manifest import Manifest, Model
 from patchkit.overlay import drift, static
-from patchkit.overlay.drift import FileState, TargetState, TreeReader
+from patchkit.overlay.drift import OverlayResult, TreeReader
 from patchkit.scratch import Scratch, replay
 from patchkit.status import model_status
-
-
-@dataclass
-class OverlayReport:
-    model: str
-    sources: dict[str, str]  # upstream -> what the targets were read from
-    targets: list[TargetState] = field(default_factory=list)
-    files: list[FileState] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(t.state in drift.HOLDING for t in self.targets) and \
-            all(f.state in drift.HOLDING for f in self.files)
 
 
 def _declared(manifest: Manifest, model: Model) -> tuple[list[static.Target], list[static.FileOverlay]]:
@@ -72,24 +58,24 @@ def pinned_sources(manifest: Manifest, model: Model, workspace_root: Path) -> It
         yield readers
 
 
-def list_overlays(manifest: Manifest, model_name: str, workspace_root: Path) -> OverlayReport:
+def list_overlays(manifest: Manifest, model_name: str, workspace_root: Path) -> OverlayResult:
     return _pinned_report(manifest, manifest.model(model_name), workspace_root)[0]
 
 
 def _pinned_report(manifest: Manifest, model: Model, workspace_root: Path, *,
-                   with_files: bool = True) -> tuple[OverlayReport, list[static.Target]]:
+                   with_files: bool = True) -> tuple[OverlayResult, list[static.Target]]:
     """Every declaration of MODEL (WITH_FILES: whole-file overlays too) classified against the pinned
     code, and the runtime declarations."""
     targets, files = _declared(manifest, model)
     files = files if with_files else []
     with pinned_sources(manifest, model, workspace_root) as sources:
-        report = OverlayReport(model.name, {up: desc for up, (_, desc) in sources.items()})
+        report = OverlayResult(model.name, sources={up: desc for up, (_, desc) in sources.items()})
         report.targets = [drift.classify(t, sources[t.upstream][0]) for t in targets]
         report.files = [drift.check_file(f, sources[f.upstream][0], [sources[f.upstream][0]]) for f in files]
     return report, targets
 
 
-def fingerprint(manifest: Manifest, model_name: str, workspace_root: Path) -> OverlayReport:
+def fingerprint(manifest: Manifest, model_name: str, workspace_root: Path) -> OverlayResult:
     """Compute every target's fingerprint from the pinned code and write it into the overlay files."""
     report, targets = _pinned_report(manifest, manifest.model(model_name), workspace_root, with_files=False)
     missing = [t for t in report.targets if t.state == "missing"]

@@ -14,7 +14,8 @@ import difflib
 import re
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from typing import Any
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from patchkit import git
@@ -120,6 +121,33 @@ class FileState:
     path: str
     state: str
     detail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OverlayResult:
+    """One model's overlay declarations classified against one code base: the pinned code (`overlay list`,
+    `overlay fingerprint`; SOURCES: what was read, per upstream) or one upstream's newest commit
+    (`overlay check` and `rebase --check`, one result per model and UPSTREAM)."""
+    model: str
+    targets: list[TargetState] = field(default_factory=list)
+    files: list[FileState] = field(default_factory=list)
+    upstream: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def broken(self) -> int:
+        return sum(t.state not in HOLDING for t in self.targets) + sum(f.state not in HOLDING for f in self.files)
+
+    @property
+    def ok(self) -> bool:
+        return not self.broken
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON the commands write: {model, upstream, targets, files} for a check against an upstream,
+        {model, sources, targets, files} for the pinned code."""
+        where: dict[str, Any] = {"upstream": self.upstream} if self.upstream is not None else {"sources": self.sources}
+        return {"model": self.model, **where, "targets": [asdict(t) for t in self.targets],
+                "files": [asdict(f) for f in self.files]}
 
 
 def module_file(reader: TreeReader, module: str) -> str | None:
