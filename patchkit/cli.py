@@ -700,15 +700,18 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
                 click.echo(line)
         return
     check = "overfit" if overfit else "smoke" if smoke else None
+    # an overfit run's record says how it was set up (lr, warmup, schedule, config overrides: the recipe's)
+    setup = {"settings": recipe.smoke.overfit.settings()} if overfit and recipe.smoke else {}
     try:
         result = launch.run(plan, progress=obj.progress)
     except launch.TrainFailed as exc:
         if check:
-            _record(obj, m, model, obj.workspace(workspace), check, plan.device.kind, False, {"error": exc.message})
+            _record(obj, m, model, obj.workspace(workspace), check, plan.device.kind, False,
+                    {"error": exc.message, **setup})
         raise
     ok = result.overfit.passed if overfit and result.overfit else not overfit
     if check:
-        _record(obj, m, model, obj.workspace(workspace), check, plan.device.kind, ok, _run_detail(result))
+        _record(obj, m, model, obj.workspace(workspace), check, plan.device.kind, ok, {**_run_detail(result), **setup})
     if as_json:
         _emit_json({"ok": ok, **dataclasses.asdict(result)})
     else:

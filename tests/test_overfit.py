@@ -137,6 +137,22 @@ def test_overfit_section_errors_name_file_and_line(toy: Path, steps: str, lr: st
     assert run.code == 2 and message in run.err, run.err
 
 
+@pytest.mark.parametrize(("extra", "message"), [
+    ("    warmup_steps: 0\n", "train/toy.yaml:8: smoke: overfit: warmup_steps must be a positive whole number"),
+    ("    warmup_ratio: 2\n", "train/toy.yaml:8: smoke: overfit: warmup_ratio must be at most 1"),
+    ("    schedule: step\n", "train/toy.yaml:8: smoke: overfit: schedule must be one of constant, cosine"),
+    ("    cfg_options: {model..x: 1}\n", "train/toy.yaml:8: smoke: overfit: cfg_options: 'model..x' is not a dotted"),
+    ("    cfg_options: {model.x: [1]}\n", "train/toy.yaml:8: smoke: overfit: cfg_options: model.x must be a number"),
+    ("    cfg_options: {model.x: null}\n", "train/toy.yaml:8: smoke: overfit: cfg_options: model.x must be a number"),
+    ("    momentum: 0.9\n", "train/toy.yaml:8: "),
+])
+def test_overfit_setup_keys_errors_name_file_and_line(toy: Path, extra: str, message: str) -> None:  # noqa: F811
+    assert patchkit(toy, "apply", "toy").code == 0
+    (toy / "train/toy.yaml").write_text(OVERFIT_RECIPE.format(steps=10, lr="1e-3") + extra)
+    run = patchkit(toy, "train", "toy", "--smoke", "--overfit", "--dry-run")
+    assert run.code == 2 and message in run.err, run.err
+
+
 @pytest.mark.parametrize(("section", "message"), [
     ("published: {cards: 8}", "train/toy.yaml:4: published: missing required key 'chip'"),
     ("published: {chip: x, cards: 8, fps: fast}", "train/toy.yaml:4: published: fps must be a positive number"),
@@ -166,6 +182,28 @@ def test_overfit_dry_run_and_bad_requests(toy: Path) -> None:  # noqa: F811
     assert alone.code == 2 and "--overfit belongs to a --smoke run" in alone.err
     plain = json.loads(patchkit(toy, "train", "toy", "--smoke", "--dry-run", "--json").out)["env"]
     assert "PATCHKIT_SMOKE_OVERFIT" not in plain and plain["PATCHKIT_SMOKE_STEPS"] == "4"
+    assert "PATCHKIT_SMOKE_CFG_OPTIONS" not in env and env["PATCHKIT_SMOKE_SCHEDULE"] == "constant"
+    # the optional set-up: warmup, schedule and config overrides go to the workers and into the run's note
+    (toy / "train/toy.yaml").write_text(OVERFIT_RECIPE.format(steps=30, lr="2.5e-2") + (
+        "    warmup_steps: 5\n    warmup_ratio: 0.3333\n    schedule: cosine\n"
+        "    cfg_options: {model.head.cls_threshold_to_reg: -1, model.name: x, model.on: true}\n"))
+    data = json.loads(patchkit(toy, "train", "toy", "--smoke", "--overfit", "--dry-run", "--json").out)
+    env = data["env"]
+    assert env["PATCHKIT_SMOKE_WARMUP"] == "5:0.3333" and env["PATCHKIT_SMOKE_SCHEDULE"] == "cosine"
+    assert json.loads(env["PATCHKIT_SMOKE_CFG_OPTIONS"]) == {"model.head.cls_threshold_to_reg": -1,
+                                                             "model.name": "x", "model.on": True}
+    assert any("up to 30 steps at lr 0.025 (warmup 5 steps from 0.3333 x lr, cosine schedule, config "
+               "model.head.cls_threshold_to_reg=-1, config model.name='x', config model.on=True)" in n
+               for n in data["notes"]), data["notes"]
+
+
+def test_lr_factor_is_mmcv_linear_warmup_times_the_schedule() -> None:
+    # mmcv LrUpdaterHook, linear warmup: lr = regular * (1 - (1 - i / W) * (1 - ratio)) for iteration i < W
+    assert [overfit.lr_factor(s, 10, 4, 0.2) for s in (1, 3, 5, 10)] == pytest.approx([0.2, 0.6, 1.0, 1.0])
+    cosine = [overfit.lr_factor(s, 11, schedule="cosine") for s in range(1, 12)]
+    assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5 + overfit.MIN_LR_RATIO / 2)
+    assert cosine[-1] == pytest.approx(overfit.MIN_LR_RATIO) and cosine == sorted(cosine, reverse=True)
+    assert overfit.lr_factor(2, 11, 4, 0.2, "cosine") == pytest.approx(0.4 * cosine[1])
 
 
 # --- the loop ---------------------------------------------------------------------------------------------
@@ -212,6 +250,32 @@ def test_the_loop_overfits_one_fixed_batch_and_stops_at_the_bar(monkeypatch: pyt
     assert made == [1] and len(set(seen)) == 1 and seen[0] != 0  # one batch, made once, a fresh copy each step
     assert opt.param_groups[0]["lr"] == 0.2  # the overfit lr, not the script's
     assert 10 <= len(out["losses"]) < 60 and overfit.verdict(out["losses"], out["terms"]).passed  # type: ignore[union-attr]
+
+
+@needs_torch
+def test_the_loop_follows_the_warmup_and_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step runs at set_lr's rates times overfit.lr_factor; a group at 0.5x (a backbone) keeps its ratio."""
+    import torch
+
+    monkeypatch.setenv("PATCHKIT_SMOKE_WARMUP", "3:0.25")
+    monkeypatch.setenv("PATCHKIT_SMOKE_SCHEDULE", "cosine")
+    smoke, ctx = _ctx(monkeypatch, steps=12, lr=0.1)
+    assert (ctx.warmup_steps, ctx.warmup_ratio, ctx.schedule) == (3, 0.25, "cosine")
+    head, body = torch.nn.Linear(4, 1), torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW([{"params": head.parameters()}, {"params": body.parameters(), "lr": 5e-4}], lr=1e-3)
+    used: list[tuple[float, float]] = []
+
+    def losses(model, x):
+        used.append((opt.param_groups[0]["lr"], opt.param_groups[1]["lr"]))
+        return {"loss": (model(x) - 5).pow(2).mean()}
+
+    smoke.run(ctx, torch.nn.Sequential(body, head), lambda s: torch.ones(8, 4), losses, optimizer=opt)
+    expected = [overfit.lr_factor(s, 12, 3, 0.25, "cosine") for s in range(1, len(used) + 1)]
+    assert [u[0] for u in used] == pytest.approx([0.1 * f for f in expected])
+    assert [u[1] for u in used] == pytest.approx([0.05 * f for f in expected])
+    monkeypatch.setenv("PATCHKIT_SMOKE_WARMUP", "three")
+    with pytest.raises(smoke.SmokeFailed, match="PATCHKIT_SMOKE_WARMUP='three' is not STEPS:RATIO"):
+        smoke.init()
 
 
 @needs_torch

@@ -30,7 +30,7 @@ from patchkit.report import curves
 from patchkit.status import model_status
 from patchkit.train import overfit as overfit_mod, results as results_mod
 from patchkit.train.device import Device
-from patchkit.train.recipe import Recipe, Smoke
+from patchkit.train.recipe import OverfitRun, Recipe, Smoke
 
 Progress = Callable[[str], None]
 PATH_LINK = ".patchkit-path"  # under the work dir: a folder holding a link to this patchkit package
@@ -207,11 +207,21 @@ def _smoke_env(smoke: Smoke, options: Options, notes: list[str]) -> dict[str, st
         steps = options.steps or smoke.steps
         notes.append(f"smoke run: the real model on a synthetic batch for {steps} steps ({smoke.script})")
         return {**env, "PATCHKIT_SMOKE_STEPS": str(steps)}
-    steps = options.steps or smoke.overfit.steps
+    steps, run = options.steps or smoke.overfit.steps, smoke.overfit
     notes.append(f"overfit run: the real model on one fixed synthetic batch, up to {steps} steps at lr "
-                 f"{smoke.overfit.lr:g}, until {overfit_mod.BAR} ({smoke.script})")
+                 f"{run.lr:g}{overfit_setup(run)}, until {overfit_mod.BAR} ({smoke.script})")
     return {**env, "PATCHKIT_SMOKE_STEPS": str(steps), "PATCHKIT_SMOKE_OVERFIT": "1",
-            "PATCHKIT_SMOKE_LR": repr(smoke.overfit.lr)}
+            "PATCHKIT_SMOKE_LR": repr(run.lr), "PATCHKIT_SMOKE_WARMUP": f"{run.warmup_steps}:{run.warmup_ratio!r}",
+            "PATCHKIT_SMOKE_SCHEDULE": run.schedule,
+            **({"PATCHKIT_SMOKE_CFG_OPTIONS": json.dumps(run.cfg_options, sort_keys=True)} if run.cfg_options else {})}
+
+
+def overfit_setup(run: OverfitRun) -> str:
+    """The recipe's overfit settings beyond the lr, as the run's note says them ("" when there are none)."""
+    parts = [f"warmup {run.warmup_steps} steps from {run.warmup_ratio:g} x lr"] if run.warmup_steps else []
+    parts += [f"{run.schedule} schedule"] if run.schedule != "constant" else []
+    parts += [f"config {k}={v!r}" for k, v in run.cfg_options.items()]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def dry_run(plan: Plan) -> list[str]:

@@ -14,6 +14,9 @@ WINDOW = 5  # steps averaged at the start and at the end of the curve
 BAR = "total <= 0.5 x start; no term's last-5 mean above its first-5 mean"
 RATIO = 0.5
 MAX_STEPS = 60
+SCHEDULES = ("constant", "cosine")
+MIN_LR_RATIO = 1e-3  # cosine: the last step's lr over the base lr (mmcv CosineAnnealing's min_lr_ratio, as the
+# Sparse4D config sets it)
 
 
 @dataclass
@@ -55,6 +58,27 @@ def verdict(totals: Sequence[float | None], terms: Mapping[str, Sequence[float |
     up = rising(terms)
     passed = math.isfinite(end) and start > 0 and end <= RATIO * start and not up
     return Overfit(passed, BAR, start, end, round(ratio, 6), len(known), up)
+
+
+def lr_factor(step: int, steps: int, warmup_steps: int = 0, warmup_ratio: float = 0.1,
+              schedule: str = "constant") -> float:
+    """The lr of STEP (1-based) of STEPS over the base lr, as mmcv's runner hooks compute it per iteration:
+    a linear warmup from WARMUP_RATIO over the first WARMUP_STEPS, times the schedule (cosine: from 1 down to
+    MIN_LR_RATIO at the last step).
+
+    >>> [round(lr_factor(s, 5, warmup_steps=2, warmup_ratio=0.5), 3) for s in range(1, 6)]
+    [0.5, 0.75, 1.0, 1.0, 1.0]
+    >>> [round(lr_factor(s, 5, schedule="cosine"), 3) for s in (1, 3, 5)]
+    [1.0, 0.5, 0.001]
+    """
+    i = step - 1
+    factor = 1.0
+    if schedule == "cosine":
+        last = max(1, steps - 1)
+        factor = MIN_LR_RATIO + (1 - MIN_LR_RATIO) * (1 + math.cos(math.pi * min(i, last) / last)) / 2
+    if i < warmup_steps:
+        factor *= 1 - (1 - i / warmup_steps) * (1 - warmup_ratio)
+    return factor
 
 
 def reached(totals: Sequence[float], terms: Mapping[str, Sequence[float]]) -> bool:

@@ -33,6 +33,10 @@ r"""`train/<model>.yaml`: how a model trains. Checked like the manifest: file, l
       overfit:                      # `--smoke --overfit`: one fixed batch, the loss must fall (patchkit/train/overfit.py)
         steps: 40                   # at most this many steps (60 at most; the run stops once the bar is reached)
         lr: 1.0e-3                  # every parameter group's lr scaled so the base lr is this
+        warmup_steps: 10            # optional: the lr rises linearly over these steps, from warmup_ratio x lr
+        warmup_ratio: 0.3333        # optional (default 0.1, as mmcv's linear warmup)
+        schedule: cosine            # optional: constant (default) or cosine (down to 1e-3 x lr at the last step)
+        cfg_options: {model.head.x: 0}  # optional: overrides of the upstream config for this run (smoke.mm_config)
 """
 
 from __future__ import annotations
@@ -91,6 +95,15 @@ class Published:
 class OverfitRun:
     steps: int = 60
     lr: float = 1e-3
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.1
+    schedule: str = "constant"
+    cfg_options: dict[str, object] = field(default_factory=dict)  # dotted config key -> value
+
+    def settings(self) -> dict[str, object]:
+        """What the run was set up with, for its record and its note."""
+        return {"lr": self.lr, "warmup_steps": self.warmup_steps, "warmup_ratio": self.warmup_ratio,
+                "schedule": self.schedule, "cfg_options": dict(self.cfg_options)}
 
 
 @dataclass(frozen=True)
@@ -208,7 +221,8 @@ class _RecipeChecker(Checker):
         return Published(**values)  # type: ignore[arg-type]
 
     def overfit(self, node: yaml.Node) -> OverfitRun:
-        fields = self.mapping(node, "smoke: overfit", ("steps", "lr"))
+        fields = self.mapping(node, "smoke: overfit",
+                              ("steps", "lr", "warmup_steps", "warmup_ratio", "schedule", "cfg_options"))
         values: dict[str, object] = {}
         if "steps" in fields:
             steps = self.positive(fields["steps"][1], "smoke: overfit: steps")
@@ -220,7 +234,33 @@ class _RecipeChecker(Checker):
             lr = self.real(fields["lr"][1], "smoke: overfit: lr")
             if lr is not None:
                 values["lr"] = lr
-        return OverfitRun(**values)  # type: ignore[arg-type]
+        if "warmup_steps" in fields:
+            values["warmup_steps"] = self.positive(fields["warmup_steps"][1], "smoke: overfit: warmup_steps")
+        if "warmup_ratio" in fields:
+            ratio = self.real(fields["warmup_ratio"][1], "smoke: overfit: warmup_ratio")
+            if ratio is not None and ratio > 1:
+                self.error(fields["warmup_ratio"][1], "smoke: overfit: warmup_ratio must be at most 1")
+            values["warmup_ratio"] = ratio
+        if "schedule" in fields:
+            schedule = self.string(fields["schedule"][1], "smoke: overfit: schedule")
+            if schedule not in overfit_mod.SCHEDULES:
+                self.error(fields["schedule"][1], f"smoke: overfit: schedule must be one of {', '.join(overfit_mod.SCHEDULES)}")
+            values["schedule"] = schedule
+        if "cfg_options" in fields:
+            values["cfg_options"] = self.cfg_options(fields["cfg_options"][1])
+        return OverfitRun(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+
+    def cfg_options(self, node: yaml.Node) -> dict[str, object]:
+        """`dotted.config.key: value` pairs (mmcv's --cfg-options), each value a number, true/false or a string."""
+        out: dict[str, object] = {}
+        for key, (knode, vnode) in self.mapping(node, "smoke: overfit: cfg_options", ()).items():
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
+                self.error(knode, f"smoke: overfit: cfg_options: {key!r} is not a dotted config key (such as model.head.x)")
+            elif not isinstance(vnode, yaml.ScalarNode) or vnode.tag == "tag:yaml.org,2002:null":
+                self.error(vnode, f"smoke: overfit: cfg_options: {key} must be a number, true/false or a string")
+            else:
+                out[key] = yaml.safe_load(yaml.serialize(vnode))
+        return out
 
     def real(self, node: yaml.Node, what: str) -> float | None:
         try:

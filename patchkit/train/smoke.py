@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import logging
 import math
 import os
@@ -47,6 +48,9 @@ class Context:
     batch: int = 1  # per-card samples of the synthetic input (the recipe's smoke: batch)
     overfit: bool = False  # one fixed batch, every step; stop once the overfit bar is reached
     lr: float | None = None  # an overfit run's base learning rate (the recipe's smoke: overfit: lr)
+    warmup_steps: int = 0  # an overfit run's lr warmup and schedule (smoke: overfit: warmup_*, schedule)
+    warmup_ratio: float = 0.1
+    schedule: str = "constant"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -74,8 +78,25 @@ def init(seed: int = 0) -> Context:
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     overfit = os.environ.get("PATCHKIT_SMOKE_OVERFIT", "0") not in ("", "0")
-    return Context(device, kind, backend, rank, local_rank, world_size, steps, amp, generator, max(1, batch),
-                   overfit, _env_float("PATCHKIT_SMOKE_LR") if overfit else None)
+    ctx = Context(device, kind, backend, rank, local_rank, world_size, steps, amp, generator, max(1, batch),
+                  overfit, _env_float("PATCHKIT_SMOKE_LR") if overfit else None)
+    if overfit:
+        ctx.warmup_steps, ctx.warmup_ratio = _warmup(os.environ.get("PATCHKIT_SMOKE_WARMUP", ""))
+        ctx.schedule = os.environ.get("PATCHKIT_SMOKE_SCHEDULE") or "constant"
+        if ctx.schedule not in overfit_mod.SCHEDULES:
+            raise SmokeFailed(f"PATCHKIT_SMOKE_SCHEDULE={ctx.schedule!r} is not one of {', '.join(overfit_mod.SCHEDULES)}")
+    return ctx
+
+
+def _warmup(value: str) -> tuple[int, float]:
+    """PATCHKIT_SMOKE_WARMUP=STEPS:RATIO (set by the launcher from the recipe); empty: no warmup."""
+    if not value:
+        return 0, 0.1
+    try:
+        steps, ratio = value.split(":")
+        return int(steps), float(ratio)
+    except ValueError:
+        raise SmokeFailed(f"PATCHKIT_SMOKE_WARMUP={value!r} is not STEPS:RATIO") from None
 
 
 def _env_float(name: str) -> float | None:
@@ -104,12 +125,15 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def mm_config(path: str) -> Any:
     """An upstream mmcv config (mmcv.Config.fromfile) as a smoke run uses it: the model's plugin registered
     (cfg.plugin_dir, imported as the upstream tools/train.py does, from the repository root that is the
-    working directory) and nothing to load -- no load_from / resume_from checkpoint, no `pretrained` weights
+    working directory), an overfit run's `cfg_options` merged in, and nothing to load -- no load_from / resume_from checkpoint, no `pretrained` weights
     and no `Pretrained` init_cfg anywhere in the model (those files would have to be downloaded; the
     weights come from the model's own init_weights()). Sizes are the script's to shrink."""
     from mmcv import Config
 
     cfg = Config.fromfile(path)
+    options = os.environ.get("PATCHKIT_SMOKE_CFG_OPTIONS")
+    if options:  # an overfit run's overrides (the recipe's smoke: overfit: cfg_options), as --cfg-options merges them
+        cfg.merge_from_dict(json.loads(options))
     cfg.load_from = None
     cfg.resume_from = None
     _drop_checkpoints(cfg.model)
@@ -222,15 +246,20 @@ def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
     if ctx.overfit:
         batch = fixed(batch)
         set_lr(optimizer, ctx.lr or lr)
+        scheduled = _Schedule(ctx, optimizer)
         if prime is not None:
             with torch.no_grad():
                 prime(model, to_device(batch(0), ctx.device))
     step_once = _Step(ctx, wrapped, params, optimizer, losses, grad_clip)
     _say(ctx, f"start model={type(model).__name__} parameters={sum(p.numel() for p in params)} device={ctx.device} "
               f"backend={ctx.backend if ctx.world_size > 1 else 'none'} world_size={ctx.world_size} "
-              f"steps={ctx.steps} amp={ctx.amp}" + (f" overfit lr={ctx.lr or lr:g}" if ctx.overfit else ""))
+              f"steps={ctx.steps} amp={ctx.amp}" + (f" overfit lr={ctx.lr or lr:g}" if ctx.overfit else "")
+              + (f" warmup={ctx.warmup_steps}:{ctx.warmup_ratio:g}" if ctx.overfit and ctx.warmup_steps else "")
+              + (f" schedule={ctx.schedule}" if ctx.overfit and ctx.schedule != "constant" else ""))
     curve = Curve()
     for step in range(1, ctx.steps + 1):
+        if ctx.overfit:
+            scheduled(step)
         total, terms, elapsed, reached = step_once(to_device(batch(step), ctx.device), step)
         curve.totals.append(total)
         curve.times.append(elapsed)
@@ -261,6 +290,20 @@ def _finish(ctx: Context, curve: Curve) -> None:
             _say(ctx, f"overfit {'passed' if found.passed else 'FAILED'}: loss {found.start:.4f} -> {found.end:.4f} "
                       f"(x{found.ratio:.3f}) in {found.steps} steps; bar: {found.bar}"
                       + (f"; rising: {', '.join(found.terms_rising)}" if found.terms_rising else ""))
+
+
+class _Schedule:
+    """An overfit run's lr per step: every group's rate (after set_lr) times overfit.lr_factor."""
+
+    def __init__(self, ctx: Context, optimizer: torch.optim.Optimizer) -> None:
+        self.ctx, self.optimizer = ctx, optimizer
+        self.base = [group["lr"] for group in optimizer.param_groups]
+
+    def __call__(self, step: int) -> None:
+        ctx = self.ctx
+        factor = overfit_mod.lr_factor(step, ctx.steps, ctx.warmup_steps, ctx.warmup_ratio, ctx.schedule)
+        for group, base in zip(self.optimizer.param_groups, self.base):
+            group["lr"] = base * factor
 
 
 class _Step:
