@@ -24,7 +24,7 @@ from patchkit import am, backup, cache, git, patchfile, settings, state, workspa
 from patchkit.am import PatchFailure
 from patchkit.errors import Diagnostic, GitError, InvalidInput, LocalEdits, PatchkitError, UnsafePatch
 from patchkit.lock import FileLock
-from patchkit.manifest import Manifest, Model, PatchRef, Upstream
+from patchkit.manifest import Effective, Manifest, PatchRef, Upstream
 from patchkit.patchfile import Patch
 from patchkit.paths import display
 
@@ -52,6 +52,8 @@ class ApplyReport:
     model: str
     workspace: str
     repos: list[RepoResult]
+    variant: str | None = None
+    renamed: list[state.Renamed] = field(default_factory=list)  # repos an older import named <up>-<model>
 
     @property
     def failed(self) -> bool:
@@ -95,8 +97,9 @@ def overlay_ref(up: str, where: Path) -> PatchRef:
     return PatchRef(layer, up, name, where, where, 0)
 
 
-def model_series(manifest: Manifest, model: Model) -> dict[str, list[Patch]]:
-    """What each repo of MODEL is made of: its patch series, then its whole-file overlays as one entry."""
+def model_series(manifest: Manifest, model: Effective) -> dict[str, list[Patch]]:
+    """What each repo of MODEL (a model's effective view) is made of: its patch series, then its
+    whole-file overlays as one entry."""
     from patchkit.overlay import static
 
     series = {up: patchfile.load_series(model.patches[up]) for up in model.layers}
@@ -113,18 +116,22 @@ def model_series(manifest: Manifest, model: Model) -> dict[str, list[Patch]]:
     return series
 
 
-def apply(manifest: Manifest, model_name: str, workspace_root: Path, *, force: bool = False,
-          progress: Progress = lambda _msg: None, lock_timeout: float | None = None) -> ApplyReport:
-    model = manifest.model(model_name)
+def apply(manifest: Manifest, model_name: str, workspace_root: Path, *, variant: str | None = None,
+          force: bool = False, progress: Progress = lambda _msg: None,
+          lock_timeout: float | None = None) -> ApplyReport:
+    """Build MODEL's workspace as VARIANT (None: the model itself) describes it."""
+    model = manifest.effective(model_name, variant)
     series = model_series(manifest, model)
     mdir = model_dir(workspace_root, model.name)
-    _check_static(series, _plan_all(manifest, model, series, mdir, inspect=False))
+    _check_static(series, _plan_all(model, series, mdir, inspect=False))
     lock = FileLock(state.meta_dir(mdir) / "lock", timeout=lock_timeout, inherit=True,
                     on_wait=lambda who: progress(f"waiting for the workspace lock held by {who}"))
     with lock:
         _clean_tmp(mdir)
+        renamed = _migrate(mdir, model, progress)
+        _refuse_variant(mdir, model, force)
         recovered = _recover(mdir, model)
-        plans = _plan_all(manifest, model, series, mdir, inspect=True)
+        plans = _plan_all(model, series, mdir, inspect=True)
         for plan in plans:
             plan.force, plan.recovered = force, recovered.get(plan.upstream.name, [])
         _check_static(series, plans)
@@ -132,11 +139,39 @@ def apply(manifest: Manifest, model_name: str, workspace_root: Path, *, force: b
         work = [p for p in plans if p.action != "unchanged"]
         mirrors = _ensure_mirrors(work, progress)
         _check_symlinks(work, mirrors)
+        if state.load_all(mdir).variant != model.variant:
+            state.save_variant(mdir, model.name, model.variant)
         results = _build_all(model, mdir, plans, mirrors, progress)
-    return ApplyReport(model.name, display(mdir), results)
+    return ApplyReport(model.name, display(mdir), results, model.variant, renamed)
 
 
-def _recover(mdir: Path, model: Model) -> dict[str, list[str]]:
+def _migrate(mdir: Path, model: Effective, progress: Progress) -> list[state.Renamed]:
+    """Once: a repo an older import recorded as `<up>-<model>` (then an upstream of its own, at the
+    model's pin) becomes `<up>`, now that the manifest gives the model `<up>` at that pin."""
+    ups = {up: (u.url, u.pin) for up, u in model.upstreams.items() if u.pinned_by == model.name}
+    renamed = state.migrate_names(mdir, model.name, ups) if ups else []
+    for r in renamed:
+        git.run(["remote", "set-url", "origin", str(cache.mirror_path(model.upstreams[r.new]))], mdir / r.new)
+        progress(f"{r.new}: renamed {display(mdir / r.old)} to {display(mdir / r.new)} (recorded under the name "
+                 f"an older import gave {model.name}'s own {r.new}; the manifest now pins it in {model.name}'s block)")
+    return renamed
+
+
+def _refuse_variant(mdir: Path, model: Effective, force: bool) -> None:
+    """Building another variant than the one recorded rebuilds repos: like any rebuild over work, --force only."""
+    recorded = state.load_all(mdir)
+    if force or not recorded.repos or recorded.variant == model.variant:
+        return
+    def name(v: str | None) -> str:
+        return f"variant {v!r}" if v else "the model itself (no variant)"
+    again = f"patchkit apply {model.name}" + (f" --variant {recorded.variant}" if recorded.variant else "")
+    raise LocalEdits(f"{display(mdir)} is built as {name(recorded.variant)}, not {name(model.variant)}",
+                     details=[f"`{again}` updates it as it is;",
+                              "`--force` switches it, keeping any work of yours on backup branches first "
+                              "(`patchkit backups`)"])
+
+
+def _recover(mdir: Path, model: Effective) -> dict[str, list[str]]:
     """End what an apply killed midway left in its repos (we hold the lock: it is all ours); say what."""
     notes: dict[str, list[str]] = {}
     for up, rec in state.load(mdir).items():
@@ -151,11 +186,11 @@ def _recover(mdir: Path, model: Model) -> dict[str, list[str]]:
 
 # -- planning ------------------------------------------------------------------------------
 
-def _plan_all(manifest: Manifest, model: Model, series: dict[str, list[Patch]], mdir: Path, *,
+def _plan_all(model: Effective, series: dict[str, list[Patch]], mdir: Path, *,
               inspect: bool) -> list[_Plan]:
     """What each repo needs. Without INSPECT only the state file is read (no git at all)."""
     recorded = state.load(mdir)
-    return [_plan(manifest.upstreams[up], series[up], mdir / up, model.name, recorded.get(up), inspect)
+    return [_plan(model.upstreams[up], series[up], mdir / up, model.name, recorded.get(up), inspect)
             for up in model.layers]
 
 
@@ -316,7 +351,7 @@ def _ensure_mirrors(plans: list[_Plan], progress: Progress) -> dict[str, Path]:
 
 # -- building ------------------------------------------------------------------------------
 
-def _build_all(model: Model, mdir: Path, plans: list[_Plan], mirrors: dict[str, Path],
+def _build_all(model: Effective, mdir: Path, plans: list[_Plan], mirrors: dict[str, Path],
                progress: Progress) -> list[RepoResult]:
     recorder = _Recorder(mdir, model.name)
     work = [p for p in plans if p.action != "unchanged"]

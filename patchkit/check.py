@@ -26,7 +26,7 @@ from typing import Any
 
 from patchkit import cache, git, patchfile, settings
 from patchkit.errors import BadInput, Diagnostic, InvalidInput, PatchkitError
-from patchkit.manifest import Manifest, Upstream
+from patchkit.manifest import Effective, Manifest, Model, Upstream
 from patchkit.patchfile import ParsedPatch, Patch
 from patchkit.paths import display
 from patchkit.overlay import drift, fingerprint, static
@@ -71,6 +71,12 @@ class SeriesCheck:
     model: str
     upstream: str
     patches: list[PatchCheck]
+    variant: str | None = None  # the model's variant whose series this is (None: the model itself)
+    target: str = ""  # the key in CheckReport.targets it was checked against ("" read as the upstream's name)
+
+    @property
+    def target_key(self) -> str:
+        return self.target or self.upstream
 
 
 @dataclass
@@ -120,43 +126,83 @@ def parse_onto(items: tuple[str, ...], manifest: Manifest) -> dict[str, str]:
     return onto
 
 
+@dataclass
+class _Unit:
+    """One (model or variant, upstream) series of the check."""
+
+    view: Effective
+    upstream: str
+    patches: list[Patch]
+    report: bool  # a series entry of its own (a variant's series identical to the model's is not repeated)
+    overlays: tuple[list[static.Target], list[static.FileOverlay]] | None = None  # checked on this series
+
+    @property
+    def label(self) -> str:
+        return self.view.label
+
+
+def target_key(manifest: Manifest, up: Upstream) -> str:
+    """The name of the target a series on UP (a model's effective view of it) is checked against:
+    the upstream's own name at its own pin and track, else `up@pin12` (and `~track` when that differs)."""
+    own = manifest.upstreams[up.name]
+    if up.base == own.base:
+        return up.name
+    return f"{up.name}@{up.pin[:12]}" + (f"~{up.track}" if up.track != own.track else "")
+
+
+def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None) -> list[_Unit]:
+    """Every series to check: each model's, then each variant's where it differs from the model's or
+    where the variant's own overlay sets need its tree. With SHARD, only that shard's part."""
+    views = manifest.views(chosen)
+    sets = static.load_each(manifest.root, list(dict.fromkeys(n for v in views for n in v.overlays)))
+    units = []
+    base: dict[str, Effective] = {}
+    for view in views:
+        base.setdefault(view.name, view)
+        declared = ([t for s in view.overlays for t in sets[s][0]], [f for s in view.overlays for f in sets[s][1]])
+        own = {x.upstream for s in view.overlays if s not in base[view.name].overlays for x in [*sets[s][0], *sets[s][1]]}
+        for up in view.layers:
+            differs = view.variant is None or view.patches[up] != base[view.name].patches[up]
+            mine = ([t for t in declared[0] if t.upstream == up], [f for f in declared[1] if f.upstream == up])
+            adds = up in own  # the variant's own overlay sets have targets on UP
+            if differs or adds:
+                units.append(_Unit(view, up, patchfile.load_series(view.patches[up]), differs,
+                                   mine if (mine[0] or mine[1]) and (differs or adds) else None))
+    if shard:
+        keep = assign({(u.label, u.upstream): len(u.patches) for u in units}, shard.count)[shard.index - 1]
+        units = [u for u in units if (u.label, u.upstream) in keep]
+    return units
+
+
 def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None = None, allow_fuzz: bool = False,
           fetch: bool = True, jobs: int = 4, progress: Progress = lambda _m: None,
           shard: Shard | None = None) -> CheckReport:
+    """Every series of MODELS (default all) and of their variants, replayed on each upstream's target:
+    one trie per upstream and base (pin, track), so a model with its own pin of an upstream is checked
+    from that pin towards its own track."""
     chosen = [manifest.model(m) for m in models] if models else list(manifest.models.values())
     onto = onto or {}
-    mine = {(model.name, up) for model in chosen for up in model.layers}
-    if shard:
-        mine = assign({(m.name, up): len(m.patches[up]) for m in chosen for up in m.layers}, shard.count)[shard.index - 1]
-    sequences: dict[str, list[tuple[str, list[Patch]]]] = {}
-    for model in chosen:
-        for up in model.layers:
-            if (model.name, up) in mine:
-                sequences.setdefault(up, []).append((model.name, patchfile.load_series(model.patches[up])))
-    _check_parse(sequences)
-    names = sorted(sequences)
-    sets = static.load_each(manifest.root, [name for m in chosen for name in m.overlays])
-    declared = {m.name: ([t for s in m.overlays for t in sets[s][0]], [f for s in m.overlays for f in sets[s][1]])
-                for m in chosen if m.overlays}
+    units = _units(manifest, chosen, shard)
+    _check_parse(units)
+    groups: dict[str, dict[str, list[_Unit]]] = {}  # upstream -> target key -> its series
+    for unit in units:
+        key = target_key(manifest, unit.view.upstreams[unit.upstream])
+        groups.setdefault(unit.upstream, {}).setdefault(key, []).append(unit)
+    names = sorted(groups)
     memo = fingerprint.Memo.in_cache(settings.cache_root())
 
-    def one(name: str) -> tuple[Target, dict[str, list[PatchCheck]], list[OverlayResult]]:
-        up = manifest.upstreams[name]
-        overlays = {model: ([t for t in ts if t.upstream == name], [f for f in fs if f.upstream == name])
-                    for model, (ts, fs) in declared.items() if (model, name) in mine}
-        overlays = {model: o for model, o in overlays.items() if o[0] or o[1]}
-        with _Replayer(cache.mirror_path(up), up, allow_fuzz, memo) as replayer:
-            target = _resolve(up, onto.get(name), fetch, progress, replayer.objects)
-            n = sum(len(p) for _, p in sequences[name])
-            progress(f"{name}: replaying {n} patches of {len(sequences[name])} series on {target.ref} "
-                     f"({target.commit[:12]}, {target.commits_since_pin} commits ahead of the pin"
-                     + (f", {target.commits_behind} behind)" if target.commits_behind else ")"))
-            results, overlay_checks = replayer.run(target.commit, sequences[name], overlays)
-        broken = sum(p.broken for checks in results.values() for p in checks) + sum(o.broken for o in overlay_checks)
-        progress(f"{name}: done, {broken} broken" if broken else f"{name}: done, all hold")
-        return target, results, overlay_checks
+    def one(name: str) -> tuple[dict[str, Target], list[tuple[_Unit, list[PatchCheck]]], list[OverlayResult]]:
+        targets, results, overlay_checks = {}, [], []
+        for i, (key, members) in enumerate(groups[name].items()):
+            up = members[0].view.upstreams[name]
+            target, found, checks = _check_base(up, members, onto.get(name), fetch and i == 0, allow_fuzz, memo,
+                                                progress)
+            targets[key] = target
+            results += found
+            overlay_checks += checks
+        return targets, results, overlay_checks
 
-    outcomes: dict[str, tuple[Target, dict[str, list[PatchCheck]], list[OverlayResult]]] = {}
+    outcomes: dict[str, tuple[dict[str, Target], list[tuple[_Unit, list[PatchCheck]]], list[OverlayResult]]] = {}
     errors: list[PatchkitError] = []
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(names) or 1))) as pool:
         futures = {name: pool.submit(one, name) for name in names}
@@ -171,19 +217,50 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
         first = errors[0]
         first.details += [line for exc in errors[1:] for line in exc.lines()]
         raise first
-    series = [SeriesCheck(model.name, up, outcomes[up][1][model.name]) for model in chosen for up in model.layers
-              if (model.name, up) in mine]
+    checked = {id(unit): found for n in names for unit, found in outcomes[n][1]}
+    series = [SeriesCheck(u.view.name, u.upstream, checked[id(u)], u.view.variant,
+                          target_key(manifest, u.view.upstreams[u.upstream])) for u in units if u.report]
+    labels = list(dict.fromkeys(u.label for u in units))
     overlay_checks = sorted((o for n in names for o in outcomes[n][2]),
-                            key=lambda o: ([m.name for m in chosen].index(o.model), o.upstream))
-    return CheckReport({n: outcomes[n][0] for n in names}, series, allow_fuzz, overlay_checks, shard)
+                            key=lambda o: (labels.index(_label(o.model, o.variant)), o.upstream))
+    for o in overlay_checks:
+        unit = next(u for u in units if u.label == _label(o.model, o.variant) and u.upstream == o.upstream)
+        o.target = target_key(manifest, unit.view.upstreams[o.upstream])
+    targets = {key: t for n in names for key, t in outcomes[n][0].items()}
+    return CheckReport(dict(sorted(targets.items())), series, allow_fuzz, overlay_checks, shard)
 
 
-def _check_parse(sequences: dict[str, list[tuple[str, list[Patch]]]]) -> None:
+def _label(model: str, variant: str | None) -> str:
+    return f"{model}[{variant}]" if variant else model
+
+
+def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: bool, allow_fuzz: bool,
+                memo: fingerprint.Memo, progress: Progress,
+                ) -> tuple[Target, list[tuple[_Unit, list[PatchCheck]]], list[OverlayResult]]:
+    """The series of MEMBERS, all made against UP's effective pin, replayed in one trie on its target."""
+    sequences = [(u.label, u.patches) for u in members]
+    overlays = {u.label: u.overlays for u in members if u.overlays}
+    at = f" (pin {up.pin[:12]} of {up.pinned_by})" if up.pinned_by else ""
+    with _Replayer(cache.mirror_path(up), up, allow_fuzz, memo) as replayer:
+        target = _resolve(up, onto, fetch, progress, replayer.objects)
+        n = sum(len(p) for _, p in sequences)
+        progress(f"{up.name}{at}: replaying {n} patches of {len(sequences)} series on {target.ref} "
+                 f"({target.commit[:12]}, {target.commits_since_pin} commits ahead of the pin"
+                 + (f", {target.commits_behind} behind)" if target.commits_behind else ")"))
+        results, overlay_checks = replayer.run(target.commit, sequences, overlays)
+    by_label = {u.label: u for u in members}
+    for o in overlay_checks:  # the replayer names series by label: give each its model and variant
+        o.model, o.variant = by_label[o.model].view.name, by_label[o.model].view.variant
+    broken = sum(p.broken for checks in results.values() for p in checks) + sum(o.broken for o in overlay_checks)
+    progress(f"{up.name}{at}: done, {broken} broken" if broken else f"{up.name}{at}: done, all hold")
+    return target, [(u, results[u.label]) for u in members], overlay_checks
+
+
+def _check_parse(units: list[_Unit]) -> None:
     problems: list[Diagnostic] = []
-    for seqs in sequences.values():
-        for _, patches in seqs:
-            for patch in patches:
-                problems += patchfile.check(patch)[1]
+    for unit in units:
+        for patch in unit.patches:
+            problems += patchfile.check(patch)[1]
     if problems:
         raise InvalidInput(list(dict.fromkeys(problems)))
 

@@ -132,9 +132,12 @@ def list_cmd(obj: Ctx, as_json: bool) -> None:
     m = obj.manifest()
     data: dict[str, Any] = {
         "upstreams": [{"name": u.name, "url": u.url, "pin": u.pin, "track": u.track} for u in m.upstreams.values()],
-        "models": [{"name": md.name, "description": md.description,
-                    "upstreams": {up: {"layers": list(layers), "patches": len(md.patches.get(up, ()))}
-                                  for up, layers in md.layers.items()},
+        "models": [{"name": md.name, "description": md.description, "upstreams": _list_upstreams(m.effective(md)),
+                    "variants": {v: {"description": md.variants[v].description,
+                                     "upstreams": {up: {"layers": list(layers), "patches": len(md.variants[v].patches[up])}
+                                                   for up, layers in md.variants[v].layers.items()},
+                                     "overlays": list(md.variants[v].overlays),
+                                     "requires": list(md.variants[v].requires)} for v in md.variants},
                     "verified": verify.newest(verify.load(m.root, md.name))}
                    for md in m.models.values()],
     }
@@ -146,7 +149,14 @@ def list_cmd(obj: Ctx, as_json: bool) -> None:
         click.echo(f"  {md['name']}" + (f"  {md['description']}" if md["description"] else ""))
         for up, info in md["upstreams"].items():
             layers = " + ".join(info["layers"]) or "(no patches)"
-            click.echo(f"    {up:<20} {layers}  [{info['patches']} patches]")
+            own = f"  (own pin {info['pin'][:12]}, track {info['track']})" if "pin" in info else ""
+            click.echo(f"    {up:<20} {layers}  [{info['patches']} patches]{own}")
+        for name, v in md["variants"].items():
+            click.echo(f"    variant {name}" + (f"  {v['description']}" if v["description"] else "") + ": " +
+                       "; ".join([f"{up} + {' + '.join(i['layers'])} [{i['patches']} patches]"
+                                  for up, i in v["upstreams"].items()]
+                                 + ([f"overlays + {', '.join(v['overlays'])}"] if v["overlays"] else [])
+                                 + ([f"requires {', '.join(v['requires'])}"] if v["requires"] else [])))
         for device, records in md["verified"].items():
             if device != "any" or records:
                 click.echo(f"    {'applied' if device == 'any' else f'verified on {device}'}: "
@@ -154,6 +164,16 @@ def list_cmd(obj: Ctx, as_json: bool) -> None:
     click.echo("upstreams:")
     for u in data["upstreams"]:
         click.echo(f"  {u['name']:<20} {u['pin'][:12]}  track {u['track']:<12} {u['url']}")
+
+
+def _list_upstreams(view: manifest_mod.Effective) -> dict[str, dict[str, Any]]:
+    """Each upstream of a model: its layers and patch count, and its own pin and track where the model has one."""
+    out: dict[str, dict[str, Any]] = {}
+    for up, layers in view.layers.items():
+        out[up] = {"layers": list(layers), "patches": len(view.patches.get(up, ()))}
+        if up in view.model.pins or up in view.model.tracks:
+            out[up].update(pin=view.upstreams[up].pin, track=view.upstreams[up].track)
+    return out
 
 
 @cli.command()
@@ -198,18 +218,20 @@ def fetch(obj: Ctx, upstreams: tuple[str, ...], jobs: int, as_json: bool) -> Non
 @click.option("--device", type=click.Choice(["auto", "cpu", "npu", "cuda"]), default="auto", show_default=True,
               help="Whose toolchain and build (npu adds the recipes' npu_env); auto: the machine's driver.")
 @click.option("--force", is_flag=True, help="Use a venv whose torch differs from the toolchain's (kept as it is).")
+@click.option("--variant", metavar="NAME", help="The variant the workspace is built as (`apply --variant`): "
+              "its requirements are installed too (default: whatever the workspace records).")
 @workspace_option
 @json_option
 @click.pass_obj
-def install_cmd(obj: Ctx, model: str, venv: str | None, device: str, force: bool, workspace: str | None,
-                as_json: bool) -> None:
+def install_cmd(obj: Ctx, model: str, venv: str | None, device: str, force: bool, variant: str | None,
+                workspace: str | None, as_json: bool) -> None:
     """Install MODEL's stack from its workspace in dependency order, reusing cached wheels."""
     from patchkit.install import install
 
     m, root = obj.manifest(), obj.workspace(workspace)
     try:
         report = install(m, model, root, venv=Path(venv) if venv else None, device=device, force=force,
-                         progress=obj.progress)
+                         variant=variant, progress=obj.progress)
     except PatchkitError as exc:
         _record(obj, m, model, root, "compile", device, False, {"error": exc.message})
         raise
@@ -258,24 +280,27 @@ def pin_cmd(obj: Ctx, upstream: str, check_only: bool) -> None:
 @cli.command("apply")
 @click.argument("model")
 @workspace_option
-@click.option("--force", is_flag=True, help="Rebuild repos with local edits, keeping the edits on a backup branch.")
+@click.option("--variant", metavar="NAME", help="Build the model's variant NAME (its layers, overlays and "
+              "requirements added); recorded in the workspace.")
+@click.option("--force", is_flag=True, help="Rebuild repos with local edits, or switch the variant, keeping the "
+              "edits on a backup branch.")
 @click.option("--lock-timeout", type=float, metavar="SECONDS",
               help="Give up when another apply holds the workspace this long (default: wait).")
 @json_option
 @click.pass_obj
-def apply_cmd(obj: Ctx, model: str, workspace: str | None, force: bool, lock_timeout: float | None,
-              as_json: bool) -> None:
+def apply_cmd(obj: Ctx, model: str, workspace: str | None, variant: str | None, force: bool,
+              lock_timeout: float | None, as_json: bool) -> None:
     """Build or update MODEL's workspace: every upstream at its pin plus its patch series."""
     from patchkit.apply import apply
 
     m, root = obj.manifest(), obj.workspace(workspace)
-    report = apply(m, model, root, force=force, progress=obj.progress, lock_timeout=lock_timeout)
+    report = apply(m, model, root, variant=variant, force=force, progress=obj.progress, lock_timeout=lock_timeout)
     if not report.noop:  # a no-op apply ran nothing new
         _record(obj, m, model, root, "apply", "any", not report.failed,
                 {"repos": {r.upstream: r.total for r in report.repos}})
     if as_json:
-        _emit_json({"model": report.model, "workspace": report.workspace, "noop": report.noop,
-                    "ok": not report.failed, "repos": report.repos})
+        _emit_json({"model": report.model, "variant": report.variant, "workspace": report.workspace,
+                    "noop": report.noop, "ok": not report.failed, "repos": report.repos, "renamed": report.renamed})
     else:
         from patchkit.report import apply_lines
 
@@ -449,7 +474,7 @@ def _rebase_merge(obj: Ctx, files: tuple[str, ...], junit: str | None, as_json: 
         _output_file(junit, "--junit")
     try:  # the manifest, when there is one, gives the merged report its usual order
         m = obj.manifest()
-        order = [(model.name, up) for model in m.models.values() for up in model.layers]
+        order = [(view.label, up) for view in m.views() for up in view.layers]
     except PatchkitError:
         order = None
     merged = shard_mod.merge([Path(f) for f in files], order)
@@ -633,7 +658,7 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
         _emit_json({"ok": broken == 0, "overlays": [o.as_json() for o in report.overlays]})
     else:
         for o in report.overlays:
-            t = report.targets[o.upstream]
+            t = report.targets[o.target_key]
             click.echo(f"{model}/{o.upstream}: against {t.ref} {t.commit[:12]}")
             for line in overlay_lines(o.targets, o.files):
                 click.echo(line)

@@ -16,8 +16,9 @@ from pathlib import Path
 from patchkit import git, patchfile, state, workspace
 from patchkit.errors import BadInput, PatchkitError
 from patchkit.apply import OVERLAY_ID, OVERLAY_SUBJECT, overlay_ref
-from patchkit.manifest import Manifest, Model, PatchRef, series_dir
+from patchkit.manifest import Effective, Manifest, PatchRef, series_dir
 from patchkit.patchfile import Patch
+from patchkit.status import workspace_view
 from patchkit.paths import atomic_write, display
 
 FORMAT = ["format-patch", "-1", "--stdout", "--zero-commit", "--no-signature", "--full-index", "--no-stat"]
@@ -50,17 +51,22 @@ class _Planned:
     action: str
 
 
-def own_layer(model: Model, upstream: str) -> str:
+def own_layer(model: Effective, upstream: str) -> str:
+    """Where new commits go: the variant's last layer on UPSTREAM (a variant's workspace is worked on for
+    that variant), else the model's layer of its own name, else its last."""
     layers = model.layers[upstream]
     if not layers:
         raise BadInput(f"model {model.name!r} has no layer for upstream {upstream!r} to put new patches in; "
                        f"add one (e.g. [{model.name}]) to upstreams.yaml")
+    added = model.model.variants[model.variant].layers.get(upstream, ()) if model.variant else ()
+    if added:
+        return added[-1]
     return model.name if model.name in layers else layers[-1]
 
 
 def export(manifest: Manifest, model_name: str, workspace_root: Path, *, upstream: str | None = None,
            check: bool = False) -> list[RepoExport]:
-    model = manifest.model(model_name)
+    model = workspace_view(manifest, model_name, workspace_root)  # as built: with its variant's layers
     ups = [upstream] if upstream else list(model.layers)
     for up in ups:
         if up not in model.layers:
@@ -86,12 +92,12 @@ def _commits(repo: Path, pin: str, branch: str) -> list[tuple[str, str, str]]:
     return [tuple(line.split("\0", 2)) for line in out.splitlines() if line]  # type: ignore[misc]
 
 
-def _plan(manifest: Manifest, model: Model, up: str, repo: Path,
+def _plan(manifest: Manifest, model: Effective, up: str, repo: Path,
           rec: state.RepoState | None) -> tuple[list[_Planned], RepoExport]:
     if rec is None or not (repo / ".git").is_dir():
         raise BadInput(f"{display(repo)} is not applied; run `patchkit apply {model.name}` first")
     branch = workspace.branch_name(model.name)
-    pin = manifest.upstreams[up].pin
+    pin = model.upstreams[up].pin
     if rec.status != state.APPLIED:
         raise BadInput(f"{display(repo)} is not fully applied ({rec.status}{': ' + rec.failed_patch if rec.failed_patch else ''}); "
                        "fix the series and apply first, so that no patch is taken for dropped")
@@ -134,8 +140,8 @@ def _plan(manifest: Manifest, model: Model, up: str, repo: Path,
                       if p.action != "overlays"]
     for p in plan:
         if p.action not in ("unchanged", "overlays") and p.ref.layer != layer:
-            users = [m.name for m in manifest.models.values() if m.name != model.name
-                     and p.ref.layer in m.layers.get(up, ())]
+            users = list(dict.fromkeys(v.label for v in manifest.views() if v.name != model.name
+                                       and p.ref.layer in v.layers.get(up, ())))
             if users:
                 report.warnings.append(f"{p.ref.id} is in the shared layer {p.ref.layer!r}, also used by "
                                        f"{', '.join(users)}: {p.action} there too")
@@ -178,7 +184,7 @@ def _slug(subject: str) -> str:
     return slug[:52].rstrip("-.") or "patch"
 
 
-def _new_ref(manifest: Manifest, model: Model, up: str, layer: str, subject: str, plan: list[_Planned]) -> PatchRef:
+def _new_ref(manifest: Manifest, model: Effective, up: str, layer: str, subject: str, plan: list[_Planned]) -> PatchRef:
     folder = series_dir(manifest.root, layer, up)
     names = {p.name for p in model.patches[up] if p.layer == layer} | {p.ref.name for p in plan if p.ref.layer == layer}
     numbers = [int(m.group(1)) for n in names if (m := re.match(r"^(\d+)-", n))]
@@ -199,7 +205,7 @@ def _check_order(plan: list[_Planned], layers: tuple[str, ...], report: RepoExpo
         seen = max(seen, index)
 
 
-def _write(manifest: Manifest, model: Model, up: str, plan: list[_Planned], report: RepoExport) -> None:
+def _write(manifest: Manifest, model: Effective, up: str, plan: list[_Planned], report: RepoExport) -> None:
     for p in plan:
         if p.action in ("refreshed", "added"):
             atomic_write(p.ref.path, p.data)

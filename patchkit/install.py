@@ -39,9 +39,9 @@ from typing import Any
 
 from patchkit import git, settings, state, toolchain
 from patchkit.errors import BadInput, PatchkitError
-from patchkit.manifest import Manifest, Model
+from patchkit.manifest import Effective, Manifest
 from patchkit.paths import display
-from patchkit.status import model_status
+from patchkit.status import model_status, workspace_view
 
 Progress = Callable[[str], None]
 
@@ -68,9 +68,9 @@ class InstallReport:
     warnings: list[str] = field(default_factory=list)  # what `pip check` says is missing (wheels go in --no-deps)
 
 
-def order(model: Model, manifest: Manifest) -> list[str]:
+def order(model: Effective, manifest: Manifest | None = None) -> list[str]:
     """The model's upstreams that install, each after those it names in `after`."""
-    todo = [up for up in model.layers if manifest.upstreams[up].install is not None]
+    todo = [up for up in model.layers if model.upstreams[up].install is not None]
     done: list[str] = []
     visiting: list[str] = []
 
@@ -80,11 +80,11 @@ def order(model: Model, manifest: Manifest) -> list[str]:
         if up in visiting:
             raise BadInput(f"install order of {model.name} has a cycle: {' -> '.join(visiting + [up])}")
         visiting.append(up)
-        recipe: dict[str, Any] = manifest.upstreams[up].install or {}
+        recipe: dict[str, Any] = model.upstreams[up].install or {}
         for dep in recipe.get("after", []):
             if dep not in model.layers:
                 raise BadInput(f"upstream {up!r} installs after {dep!r}, which model {model.name!r} does not have")
-            if manifest.upstreams[dep].install is not None:
+            if model.upstreams[dep].install is not None:
                 visit(dep)
         visiting.pop()
         done.append(up)
@@ -92,6 +92,31 @@ def order(model: Model, manifest: Manifest) -> list[str]:
     for up in todo:
         visit(up)
     return done
+
+
+def _view(manifest: Manifest, model: str, workspace_root: Path, variant: str | None) -> Effective:
+    """The model as its workspace is built; --variant V only confirms it (installing another variant's
+    requirements over a workspace built without its layers would train neither)."""
+    view = workspace_view(manifest, model, workspace_root)
+    if variant is not None and variant != view.variant:
+        manifest.effective(view.model, variant)  # an unknown variant is named as such
+        built = f"variant {view.variant!r}" if view.variant else "the model itself (no variant)"
+        raise BadInput(f"{display(workspace_root / model)} is built as {built}, not variant {variant!r}",
+                       details=[f"run `patchkit apply {model} --variant {variant}` first (with --force to switch)"])
+    return view
+
+
+def _variant_step(model: Effective, env: toolchain.Venv, device: str, log: Path, where: Path,
+                  progress: Progress) -> Step:
+    """The variant's own requirements, held to the venv's torch like every other step."""
+    start = time.monotonic()
+    name = f"variant {model.variant}"
+    step = _step(name, {"build": "none", "requires": list(model.requires)},
+                 _Source(where, None), env, device, log, None, progress)
+    toolchain.check_unchanged(env, name, log)
+    step.seconds = round(time.monotonic() - start, 2)
+    progress(f"installed {', '.join(model.requires)} in {step.seconds:.1f} s")
+    return step
 
 
 def resolve_device(device: str) -> tuple[str, str]:
@@ -113,10 +138,13 @@ def cache_key(upstream: str, head: str, recipe: dict[str, object], versions: dic
 
 
 def install(manifest: Manifest, model_name: str, workspace_root: Path, *, venv: Path | None = None,
-            device: str = "auto", force: bool = False, progress: Progress = lambda _m: None) -> InstallReport:
-    model = manifest.model(model_name)
+            device: str = "auto", force: bool = False, variant: str | None = None,
+            progress: Progress = lambda _m: None) -> InstallReport:
+    """Install the stack of MODEL's workspace, as the variant it is built as (VARIANT, when given, must
+    be that one); a variant's `requires` go in last."""
+    model = _view(manifest, model_name, workspace_root, variant)
     status = {r.upstream: r for r in model_status(manifest, model, workspace_root).repos}
-    steps = order(model, manifest)
+    steps = order(model)
     bad = [f"{up}: {status[up].state}" for up in steps if status[up].state not in ("clean", "edited")]
     if bad:
         raise BadInput(f"{model.name}: the workspace is not applied and current", details=bad +
@@ -129,17 +157,18 @@ def install(manifest: Manifest, model_name: str, workspace_root: Path, *, venv: 
     python = env.python
     versions = {"python": env.versions["python"], "torch": env.versions["torch"]}  # the wheel key's (unchanged)
     report = InstallReport(model.name, python, device, why, env.created, env.toolchain_installed, dict(env.versions))
+    total = len(steps) + bool(model.requires)
     for i, up in enumerate(steps, 1):
-        recipe: dict[str, Any] = manifest.upstreams[up].install or {}
+        recipe: dict[str, Any] = model.upstreams[up].install or {}
         repo = workspace_root / model.name / up
         head = git.out(["rev-parse", "HEAD"], repo)
         clean = status[up].state == "clean"
         key = cache_key(up, head, recipe, versions, device)
-        label = f"[{i}/{len(steps)}] {up}"
+        label = f"[{i}/{total}] {up}"
         progress(f"{label}: {recipe.get('build')}" +
                  ("" if clean or recipe.get("build") != "wheel" else " (local edits: built from the work tree, not cached)"))
         start = time.monotonic()
-        source = _Source(repo, head if clean else None, manifest.upstreams[up].exclude)
+        source = _Source(repo, head if clean else None, model.upstreams[up].exclude)
         log = logs / f"{i:02d}-{up}.log"
         step = _step(up, recipe, source, env, device, log,
                      settings.cache_root() / "wheels" / up / key if clean else None, _prefixed(progress, label))
@@ -147,6 +176,10 @@ def install(manifest: Manifest, model_name: str, workspace_root: Path, *, venv: 
         step.seconds = round(time.monotonic() - start, 2)
         progress(f"{label}: {step.action} in {step.seconds:.1f} s")
         report.steps.append(step)
+    if model.requires:
+        report.steps.append(_variant_step(model, env, device, logs / f"{total:02d}-variant.log",
+                                          workspace_root / model.name,
+                                          _prefixed(progress, f"[{total}/{total}] variant {model.variant}")))
     check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
     if check.returncode:
         report.warnings = [line for line in check.stdout.splitlines() if line.strip()]

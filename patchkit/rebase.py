@@ -20,7 +20,7 @@ from patchkit.errors import BadInput, PatchkitError
 from patchkit.lock import FileLock
 from patchkit.manifest import Manifest
 from patchkit.paths import atomic_write, display
-from patchkit.status import model_status
+from patchkit.status import model_status, workspace_view
 
 _EDITOR = {"GIT_EDITOR": "true", "GIT_SEQUENCE_EDITOR": "true"}
 
@@ -56,7 +56,7 @@ def _journal(mdir: Path) -> Path:
 
 def start(manifest: Manifest, model_name: str, workspace_root: Path, *, onto: dict[str, str],
           fetch: bool = True, progress: Progress = lambda _m: None) -> RebaseResult:
-    model = manifest.model(model_name)
+    model = workspace_view(manifest, model_name, workspace_root)  # its own pins, its variant's layers
     mdir = workspace_root / model.name
     with FileLock(state.meta_dir(mdir) / "lock", inherit=True):
         if _journal(mdir).exists():
@@ -75,7 +75,7 @@ def start(manifest: Manifest, model_name: str, workspace_root: Path, *, onto: di
         for up in model.layers:
             if onto and up not in onto:
                 continue
-            upstream = manifest.upstreams[up]
+            upstream = model.upstreams[up]
             if fetch:
                 progress(f"{up}: fetching {upstream.url}")
                 cache.fetch(upstream)
@@ -153,8 +153,10 @@ def _stopped(manifest: Manifest, name: str, mdir: Path, steps: list[Step], step:
 
 def _finish(manifest: Manifest, name: str, mdir: Path, steps: list[Step]) -> RebaseResult:
     text = manifest.path.read_text(encoding="utf-8")
+    view = workspace_view(manifest, name, mdir.parent)
+    lines = {step.upstream: view.upstreams[step.upstream].pin_line for step in steps}  # the model's own pin, if any
     for step in steps:
-        text = set_pin(text, manifest.upstreams[step.upstream].pin_line, step.old_pin, step.target)
+        text = set_pin(text, lines[step.upstream], step.old_pin, step.target)
     # the recorded state moves to the new pins, then export refreshes the series from the commits
     repos = state.load(mdir)
     for step in steps:
@@ -168,8 +170,8 @@ def _finish(manifest: Manifest, name: str, mdir: Path, steps: list[Step]) -> Reb
     exports = [r for step in steps
                for r in export_mod.export(moved, name, mdir.parent, upstream=step.upstream)]
     _journal(mdir).unlink()
-    others = sorted({m.name for m in moved.models.values() if m.name != name
-                     for step in steps if step.upstream in m.layers})
+    others = sorted({v.name for v in moved.views() if v.name != name for step in steps  # who shares a moved pin
+                     if step.upstream in v.upstreams and v.upstreams[step.upstream].pin_line == lines[step.upstream]})
     return RebaseResult(name, "done", steps, exports=exports, others=others)
 
 

@@ -120,13 +120,18 @@ def merge(paths: list[Path], order: list[tuple[str, str]] | None = None) -> Merg
                                details=[f"{display(path)}: {target.get('commit')}", f"before: {upstreams[name].get('commit')}"])
     series = [s for _, d in docs for s in d["series"]]
     overlays = [o for _, d in docs for o in d["overlays"]]
-    if order:
+    if order:  # (model or model[variant], upstream)
         rank = {key: i for i, key in enumerate(order)}
-        series.sort(key=lambda s: rank.get((s["model"], s["upstream"]), len(rank)))
+        series.sort(key=lambda s: rank.get((_label(s), s["upstream"]), len(rank)))
         models = list(dict.fromkeys(m for m, _ in order))
-        overlays.sort(key=lambda o: (models.index(o["model"]) if o["model"] in models else len(models), o["upstream"]))
+        overlays.sort(key=lambda o: (models.index(_label(o)) if _label(o) in models else len(models), o["upstream"]))
     started = min((d["checked_at"] for _, d in docs if d.get("checked_at")), default=None)
     return Merged(from_parts(upstreams, series, overlays, fuzz.pop(), started), count)
+
+
+def _label(entry: dict[str, Any]) -> str:
+    """A series or overlay entry's model, with its variant when it has one: `model[variant]`."""
+    return entry["model"] + (f"[{entry['variant']}]" if entry.get("variant") else "")
 
 
 def from_parts(upstreams: dict[str, Any], series: list[dict[str, Any]], overlays: list[dict[str, Any]],
@@ -156,9 +161,11 @@ def report_of(document: dict[str, Any]) -> Any:
     def patch(p: dict[str, Any]) -> PatchCheck:
         return PatchCheck(**{**p, "files": [FileIssue(**f) for f in p["files"]]})
 
-    series = [SeriesCheck(s["model"], s["upstream"], [patch(p) for p in s["patches"]]) for s in document["series"]]
+    series = [SeriesCheck(s["model"], s["upstream"], [patch(p) for p in s["patches"]], s.get("variant"),
+                          s.get("target", "")) for s in document["series"]]
     overlays = [OverlayResult(o["model"], [TargetState(**t) for t in o["targets"]],
-                              [FileState(**f) for f in o["files"]], o["upstream"]) for o in document["overlays"]]
+                              [FileState(**f) for f in o["files"]], o["upstream"], variant=o.get("variant"),
+                              target=o.get("target", "")) for o in document["overlays"]]
     targets = {name: Target(**t) for name, t in document["upstreams"].items()}
     return CheckReport(targets, series, document["allow_fuzz"], overlays)
 

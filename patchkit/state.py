@@ -6,8 +6,13 @@ before patchkit changes it and `applied` (or `failed`) after, so a run killed mi
 by the next one. The file is replaced atomically.
 
 Version 2 adds `env`, the virtual environment `patchkit install` last filled for the model (so
-`patchkit train MODEL` uses it without --venv), and `variant` (reserved, null). A version-1 file
-reads as env=None, variant=None; the next save writes version 2. Saving the repos keeps the env.
+`patchkit train MODEL` uses it without --venv), and `variant`, the variant `patchkit apply MODEL
+--variant V` built (null: the model itself). A version-1 file reads as env=None, variant=None; the
+next save writes version 2. Saving the repos keeps the env and the variant.
+
+Repos are keyed by upstream name, and each records the pin it was built at: the model's effective
+pin (its own in the manifest's long form, else the upstream's). `migrate_names` renames, once, a
+repo an older import recorded as `<upstream>-<model>` (its own upstream then) to `<upstream>`.
 """
 
 from __future__ import annotations
@@ -120,6 +125,40 @@ def save_env(model_dir: Path, model: str, env: EnvState) -> None:
     """Record ENV as the model's environment, keeping the repos on disk."""
     old = load_all(model_dir)
     _write(model_dir, model, State(old.repos, env, old.variant))
+
+
+def save_variant(model_dir: Path, model: str, variant: str | None) -> None:
+    """Record VARIANT as what the workspace is built as, keeping the repos and env on disk."""
+    old = load_all(model_dir)
+    _write(model_dir, model, State(old.repos, old.env, variant))
+
+
+@dataclass(frozen=True)
+class Renamed:
+    old: str  # the repo's key and folder before
+    new: str  # the upstream's name: its key and folder now
+
+
+def migrate_names(model_dir: Path, model: str, urls: dict[str, tuple[str, str]]) -> list[Renamed]:
+    """Rename each repo `<up>-<model>` that URLS (upstream -> (url, effective pin)) says is the model's
+    own base of `<up>` (same url, same pin) and that has no `<up>` beside it: the folder first, then the
+    state key, each atomic; a run killed between the two is finished by the next. The caller holds the lock."""
+    st = load_all(model_dir)
+    done = []
+    for up, (url, pin) in urls.items():
+        old = f"{up}-{model}"
+        rec = st.repos.get(old)
+        if rec is None or up in st.repos or rec.url != url or rec.pin != pin:
+            continue
+        source, target = model_dir / old, model_dir / up
+        if source.exists() and not target.exists():
+            source.rename(target)
+        if target.exists() and not source.exists():
+            repos = {(up if k == old else k): v for k, v in st.repos.items()}
+            st = State(repos, st.env, st.variant)
+            _write(model_dir, model, st)
+            done.append(Renamed(old, up))
+    return done
 
 
 def _write(model_dir: Path, model: str, st: State) -> None:

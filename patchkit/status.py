@@ -17,7 +17,8 @@ from pathlib import Path
 
 from patchkit import lock, patchfile, state, workspace
 from patchkit.apply import model_dir, model_series
-from patchkit.manifest import Manifest, Model
+from patchkit.errors import BadInput
+from patchkit.manifest import Effective, Manifest, Model
 from patchkit.paths import display
 
 
@@ -38,15 +39,17 @@ class ModelStatus:
     model: str
     workspace: str
     repos: list[RepoStatus]
+    variant: str | None = None  # what the workspace is built as (the state's variant)
+    problem: str | None = None  # a workspace state the manifest no longer describes (a person is needed)
 
     @property
     def clean(self) -> bool:
-        return all(r.state == "clean" for r in self.repos)
+        return all(r.state == "clean" for r in self.repos) and not self.problem
 
     @property
     def exit_code(self) -> int:
         found = {r.state for r in self.repos}
-        if found & NEEDS_A_PERSON:
+        if found & NEEDS_A_PERSON or self.problem:
             return 1
         return 4 if found - {"clean"} else 0
 
@@ -54,22 +57,49 @@ class ModelStatus:
 NEEDS_A_PERSON = {"failed", "edited", "busy"}  # exit 1; any other state but clean: exit 4
 
 
-def model_status(manifest: Manifest, model: Model, workspace_root: Path, *, locked: bool = False) -> ModelStatus:
-    """LOCKED: the caller holds the workspace lock itself (so it is not "busy")."""
-    mdir = model_dir(workspace_root, model.name)
+def workspace_view(manifest: Manifest, model: str | Model | Effective, workspace_root: Path) -> Effective:
+    """MODEL as its workspace was built: with the variant its state records. A variant the manifest
+    no longer has is an error saying how to rebuild."""
+    view, problem = recorded_view(manifest, model, workspace_root)
+    if problem:
+        raise BadInput(problem)
+    return view
+
+
+def recorded_view(manifest: Manifest, model: str | Model | Effective,
+                  workspace_root: Path) -> tuple[Effective, str | None]:
+    """MODEL with the variant its workspace state records, and the problem when the manifest lacks it
+    (then the model itself)."""
+    base = manifest.effective(model)
+    variant = state.load_all(model_dir(workspace_root, base.name)).variant
+    if variant is None:
+        return base, None
+    if variant not in base.model.variants:
+        return base, (f"{display(model_dir(workspace_root, base.name))} is built as variant {variant!r}, which "
+                      f"{display(manifest.path)} no longer has; `patchkit apply {base.name} --force` rebuilds it "
+                      "as the model (your work kept on backup branches)")
+    return manifest.effective(base.model, variant), None
+
+
+def model_status(manifest: Manifest, model: str | Model | Effective, workspace_root: Path, *,
+                 locked: bool = False) -> ModelStatus:
+    """MODEL's workspace against the manifest, as the variant its state records. LOCKED: the caller
+    holds the workspace lock itself (so it is not "busy")."""
+    view, problem = recorded_view(manifest, model, workspace_root)
+    mdir = model_dir(workspace_root, view.name)
     busy = None if locked else lock.holder(state.meta_dir(mdir) / "lock")
     recorded = state.load(mdir)
     repos = []
-    series = model_series(manifest, model)
-    for up in model.layers:
-        patches = series[up]
-        repos.append(_repo(manifest, model, up, patches, mdir / up, recorded.get(up), busy))
-    return ModelStatus(model.name, display(mdir), repos)
+    series = model_series(manifest, view)
+    for up in view.layers:
+        repos.append(_repo(view, up, series[up], mdir / up, recorded, busy))
+    return ModelStatus(view.name, display(mdir), repos, view.variant, problem)
 
 
-def _repo(manifest: Manifest, model: Model, up: str, patches: list[patchfile.Patch], path: Path,
-          rec: state.RepoState | None, busy: str | None) -> RepoStatus:
-    pin = manifest.upstreams[up].pin
+def _repo(model: Effective, up: str, patches: list[patchfile.Patch], path: Path,
+          recorded: dict[str, state.RepoState], busy: str | None) -> RepoStatus:
+    rec = recorded.get(up)
+    pin = model.upstreams[up].pin
     status = RepoStatus(up, display(path), pin, "not-applied", 0, len(patches))
     if busy and busy.startswith("git left running"):  # the apply was killed; state and repo say the rest
         status.state, status.reasons = "interrupted", [f"{busy}; the next apply waits for it, then repairs"]
@@ -80,6 +110,9 @@ def _repo(manifest: Manifest, model: Model, up: str, patches: list[patchfile.Pat
     if rec is None or not path.exists():
         if path.exists():
             status.reasons = ["the folder exists but patchkit did not make it"]
+        old = f"{up}-{model.name}"
+        if old in recorded and rec is None:
+            status.reasons.append(f"recorded as {old} by an older import; `patchkit apply {model.name}` renames it")
         return status
     status.applied, status.head = len(rec.patches), rec.head
     check = workspace.inspect(path, model.name)

@@ -8,8 +8,8 @@ appended to (never edited by hand, never by rewriting the commented recipes); co
 
 check: apply (device "any": a workspace is the same on every device), compile (`patchkit install
 --device D`: the stack's extensions built for D), smoke, overfit (`patchkit train --smoke [--overfit]`
-on D). fingerprint: a hash of the workspace fingerprint (pins, heads, series and overlay hashes), which
-`workspace` holds in full. `patchkit list` shows the newest record per device; a device with none is
+on D). fingerprint: a hash of the workspace fingerprint (pins, heads, series and overlay hashes, and the
+variant when the workspace is built as one), which `workspace` holds in full. `patchkit list` shows the newest record per device; a device with none is
 "never".
 
 PATCHKIT_NO_RECORD=1 turns recording off (the test suite sets it: its opt-in tests use this repository as
@@ -127,7 +127,7 @@ def record(manifest: Any, model: str, workspace_root: Path, check: str, device: 
         return None
     from patchkit.train.launch import workspace_fingerprint
 
-    workspace = workspace_fingerprint(manifest, manifest.model(model), workspace_root)
+    workspace = workspace_fingerprint(manifest, model, workspace_root)
     try:
         return append(manifest.root, make(model, check, device, ok, workspace, detail))
     except OSError:

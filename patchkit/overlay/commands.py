@@ -10,14 +10,14 @@ from patchkit import cache, patchfile, workspace
 from patchkit import state as state_mod
 from patchkit.apply import OVERLAY_ID, model_dir
 from patchkit.errors import BadInput, PatchkitError
-from patchkit.manifest import Manifest, Model
+from patchkit.manifest import Effective, Manifest
 from patchkit.overlay import drift, static
 from patchkit.overlay.drift import OverlayResult, TreeReader
 from patchkit.scratch import Scratch, replay
-from patchkit.status import model_status
+from patchkit.status import model_status, workspace_view
 
 
-def _declared(manifest: Manifest, model: Model) -> tuple[list[static.Target], list[static.FileOverlay]]:
+def _declared(manifest: Manifest, model: Effective) -> tuple[list[static.Target], list[static.FileOverlay]]:
     if not model.overlays:
         raise BadInput(f"model {model.name!r} has no overlays (overlays/{model.name}/ or an `overlays:` list)")
     targets, files = static.load_sets(manifest.root, model.overlays)
@@ -30,9 +30,10 @@ def _declared(manifest: Manifest, model: Model) -> tuple[list[static.Target], li
 
 
 @contextlib.contextmanager
-def pinned_sources(manifest: Manifest, model: Model, workspace_root: Path) -> Iterator[dict[str, tuple[TreeReader, str]]]:
-    """A reader per upstream of the code the overlays were written against: the pin with the
-    model's series, read from the workspace when it is applied and clean, else replayed."""
+def pinned_sources(manifest: Manifest, model: Effective, workspace_root: Path) -> Iterator[dict[str, tuple[TreeReader, str]]]:
+    """A reader per upstream of the code the overlays were written against: the model's pin with its
+    series (MODEL: a model's effective view), read from the workspace when it is applied and clean,
+    else replayed."""
     status = {r.upstream: r for r in model_status(manifest, model, workspace_root).repos}
     recorded = state_mod.load(model_dir(workspace_root, model.name))
     with contextlib.ExitStack() as stack:
@@ -46,7 +47,7 @@ def pinned_sources(manifest: Manifest, model: Model, workspace_root: Path) -> It
                     tip = f"{applied[-1].commit}^"
                 readers[up] = (stack.enter_context(TreeReader(repo, tip)), f"the workspace {repo}")
                 continue
-            upstream = manifest.upstreams[up]
+            upstream = model.upstreams[up]
             mirror, _ = cache.ensure_pin(upstream)
             scratch = stack.enter_context(Scratch(mirror))
             patches = [p.data for p in patchfile.load_series(model.patches[up])]
@@ -59,10 +60,10 @@ def pinned_sources(manifest: Manifest, model: Model, workspace_root: Path) -> It
 
 
 def list_overlays(manifest: Manifest, model_name: str, workspace_root: Path) -> OverlayResult:
-    return _pinned_report(manifest, manifest.model(model_name), workspace_root)[0]
+    return _pinned_report(manifest, workspace_view(manifest, model_name, workspace_root), workspace_root)[0]
 
 
-def _pinned_report(manifest: Manifest, model: Model, workspace_root: Path, *,
+def _pinned_report(manifest: Manifest, model: Effective, workspace_root: Path, *,
                    with_files: bool = True) -> tuple[OverlayResult, list[static.Target]]:
     """Every declaration of MODEL (WITH_FILES: whole-file overlays too) classified against the pinned
     code, and the runtime declarations."""
@@ -77,7 +78,8 @@ def _pinned_report(manifest: Manifest, model: Model, workspace_root: Path, *,
 
 def fingerprint(manifest: Manifest, model_name: str, workspace_root: Path) -> OverlayResult:
     """Compute every target's fingerprint from the pinned code and write it into the overlay files."""
-    report, targets = _pinned_report(manifest, manifest.model(model_name), workspace_root, with_files=False)
+    report, targets = _pinned_report(manifest, workspace_view(manifest, model_name, workspace_root), workspace_root,
+                                     with_files=False)
     missing = [t for t in report.targets if t.state == "missing"]
     if missing:
         raise PatchkitError("cannot fingerprint targets that are not in the upstream",

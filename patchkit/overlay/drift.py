@@ -133,6 +133,12 @@ class OverlayResult:
     files: list[FileState] = field(default_factory=list)
     upstream: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    variant: str | None = None  # against an upstream: the model's variant whose series this is (None: the model)
+    target: str = ""  # against an upstream: the key of the check's target ("" read as the upstream's name)
+
+    @property
+    def target_key(self) -> str:
+        return self.target or self.upstream or ""
 
     @property
     def broken(self) -> int:
@@ -143,9 +149,10 @@ class OverlayResult:
         return not self.broken
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON the commands write: {model, upstream, targets, files} for a check against an upstream,
+        """The JSON the commands write: {model, upstream, variant, target, targets, files} for a check against an upstream,
         {model, sources, targets, files} for the pinned code."""
-        where: dict[str, Any] = {"upstream": self.upstream} if self.upstream is not None else {"sources": self.sources}
+        where: dict[str, Any] = {"upstream": self.upstream, "variant": self.variant, "target": self.target_key} \
+            if self.upstream is not None else {"sources": self.sources}
         return {"model": self.model, **where, "targets": [asdict(t) for t in self.targets],
                 "files": [asdict(f) for f in self.files]}
 

@@ -76,14 +76,15 @@ def history_entry(document: dict[str, Any], run: str | None = None) -> dict[str,
     for name, target in document.get("upstreams", {}).items():
         ups[name] = _new_upstream(target)
     models: dict[str, dict[str, int]] = {}
-    for series in document.get("series", []):
-        up = ups.setdefault(series["upstream"], _new_upstream({}))
-        counts = models.setdefault(series["model"], {"holding": 0, "breaking": 0})
+    for series in document.get("series", []):  # counted by target (`up@pin12` for a model's own pin of up)
+        up = ups.setdefault(series.get("target") or series["upstream"], _new_upstream({}))
+        counts = models.setdefault(series["model"] + (f"[{series['variant']}]" if series.get("variant") else ""),
+                                   {"holding": 0, "breaking": 0})
         for p in series["patches"]:
             up["broken" if p["broken"] else "held"].append(p["patch"])
             counts["breaking" if p["broken"] else "holding"] += 1
     for o in document.get("overlays", []):
-        up = ups.setdefault(o["upstream"], _new_upstream({}))
+        up = ups.setdefault(o.get("target") or o["upstream"], _new_upstream({}))
         states = [t["state"] for t in o.get("targets", [])] + [f["state"] for f in o.get("files", [])]
         bad = sum(s not in ("holds", "merged") for s in states)
         up["overlays_holding"] += len(states) - bad

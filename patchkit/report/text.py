@@ -16,13 +16,14 @@ def _plural(n: int, word: str) -> str:
 def apply_lines(report: ApplyReport) -> list[str]:
     total = sum(r.total for r in report.repos)
     if report.noop:
+        variant = f", variant {report.variant}" if report.variant else ""
         lines = [f"{report.model}: up to date, nothing to do ({_plural(len(report.repos), 'repo')}, "
-                 f"{_plural(total, 'patch')}, in {report.workspace})"]
+                 f"{_plural(total, 'patch')}, in {report.workspace}{variant})"]
         for repo in report.repos:
             lines += [f"  {repo.upstream}: {note}" for note in repo.notes]
         return lines
     width = max(len(r.upstream) for r in report.repos)
-    lines = [f"{report.model} in {report.workspace}:"]
+    lines = [f"{report.model} in {report.workspace}" + (f" (variant {report.variant}):" if report.variant else ":")]
     for repo in report.repos:
         lines += _repo_lines(repo, width)
     failed = [r for r in report.repos if r.failure]
@@ -60,7 +61,10 @@ def _repo_lines(repo: RepoResult, width: int) -> list[str]:
 def status_lines(models: list[ModelStatus]) -> list[str]:
     lines = []
     for model in models:
-        lines.append(f"{model.model} ({model.workspace})")
+        variant = f", variant {model.variant}" if model.variant else ""
+        lines.append(f"{model.model} ({model.workspace}{variant})")
+        if model.problem:
+            lines.append(f"  PROBLEM: {model.problem}")
         width = max((len(r.upstream) for r in model.repos), default=0)
         for repo in model.repos:
             lines.append(f"  {repo.upstream:<{width}}  {repo.state:<11} pin {repo.pin[:12]}  "
@@ -76,10 +80,10 @@ def check_lines(report: CheckReport) -> list[str]:
     lines: list[str] = []
     current = None
     for series in report.series:
-        if series.model != current:
-            current = series.model
-            lines.append(series.model)
-        t = report.targets[series.upstream]
+        if (series.model, series.variant) != current:
+            current = (series.model, series.variant)
+            lines.append(series.model + (f" (variant {series.variant})" if series.variant else ""))
+        t = report.targets[series.target_key]
         moved = f"{t.commits_since_pin} commits ahead"
         if not t.pin_is_ancestor:
             moved += f", {t.commits_behind} behind: the pin is not an ancestor of the target"
@@ -88,13 +92,15 @@ def check_lines(report: CheckReport) -> list[str]:
         for p in series.patches:
             lines += _patch_lines(p)
     for overlay in report.overlays:
-        lines.append(f"{overlay.model}: overlays on {overlay.upstream}")
+        variant = f" (variant {overlay.variant})" if overlay.variant else ""
+        lines.append(f"{overlay.model}{variant}: overlays on {overlay.upstream}")
         lines += overlay_lines(overlay.targets, overlay.files)
     counts = {k: v for k, v in report.counts().items() if v}
     total = sum(counts.values())
     broken = sum(p.broken for s in report.series for p in s.patches) + sum(o.broken for o in report.overlays)
     verdict = "all hold" if report.ok else f"{broken} broken"
     models = len({s.model for s in report.series})
+    variants = len({(s.model, s.variant) for s in report.series if s.variant})
     overlays = ""
     if report.overlays:
         states: dict[str, int] = {}
@@ -104,6 +110,7 @@ def check_lines(report: CheckReport) -> list[str]:
         overlays = "; overlays: " + ", ".join(f"{v} {k}" for k, v in states.items())
     detail = ", ".join(f"{v} {k}" for k, v in counts.items()) + overlays
     lines.append(f"{total} patches in {models} model{'s' if models != 1 else ''}"
+                 + (f" and {variants} variant{'s' if variants != 1 else ''}" if variants else "")
                  + (f": {detail}" if detail else "") + f" -- {verdict}")
     return lines
 
@@ -152,10 +159,11 @@ def junit_xml(report: CheckReport) -> bytes:
     root = ET.Element("testsuites", name="patchkit rebase --check")
     for series in report.series:
         failures = sum(p.broken for p in series.patches)
-        suite = ET.SubElement(root, "testsuite", name=f"{series.model}/{series.upstream}",
+        model = series.model + (f"[{series.variant}]" if series.variant else "")
+        suite = ET.SubElement(root, "testsuite", name=f"{model}/{series.upstream}",
                               tests=str(len(series.patches)), failures=str(failures))
         for p in series.patches:
-            case = ET.SubElement(suite, "testcase", classname=f"{series.model}.{series.upstream}", name=p.patch)
+            case = ET.SubElement(suite, "testcase", classname=f"{model}.{series.upstream}", name=p.patch)
             detail = "\n".join(_patch_lines(p))
             if p.broken:
                 ET.SubElement(case, "failure", message=p.outcome, type=p.outcome).text = detail
@@ -164,10 +172,11 @@ def junit_xml(report: CheckReport) -> bytes:
     for overlay in report.overlays:
         items = [(t.target, t.state, overlay_lines([t], [])) for t in overlay.targets]
         items += [(f.path, f.state, overlay_lines([], [f])) for f in overlay.files]
-        suite = ET.SubElement(root, "testsuite", name=f"{overlay.model}/{overlay.upstream}/overlays",
+        model = overlay.model + (f"[{overlay.variant}]" if overlay.variant else "")
+        suite = ET.SubElement(root, "testsuite", name=f"{model}/{overlay.upstream}/overlays",
                               tests=str(len(items)), failures=str(overlay.broken))
         for name, state, lines in items:
-            case = ET.SubElement(suite, "testcase", classname=f"{overlay.model}.overlays", name=name)
+            case = ET.SubElement(suite, "testcase", classname=f"{model}.overlays", name=name)
             if state not in HOLDING:
                 ET.SubElement(case, "failure", message=state, type=state).text = "\n".join(lines)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)

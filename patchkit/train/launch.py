@@ -24,10 +24,10 @@ from pathlib import Path
 
 from patchkit import state
 from patchkit.errors import BadInput, PatchkitError
-from patchkit.manifest import Manifest, Model
+from patchkit.manifest import Effective, Manifest, Model
 from patchkit.paths import display
 from patchkit.report import curves
-from patchkit.status import model_status
+from patchkit.status import model_status, recorded_view, workspace_view
 from patchkit.train import overfit as overfit_mod, results as results_mod
 from patchkit.train.device import Device
 from patchkit.train.recipe import OverfitRun, Recipe, Smoke
@@ -81,8 +81,11 @@ class Plan:
                 "-m", "patchkit.train.bootstrap", self.recipe.entry, *self.args]
 
 
-def workspace_fingerprint(manifest: Manifest, model: Model, workspace_root: Path) -> dict[str, object]:
-    """What code a run trains: upstream pins and heads, series and overlay hashes."""
+def workspace_fingerprint(manifest: Manifest, model: str | Model | Effective,
+                          workspace_root: Path) -> dict[str, object]:
+    """What code a run trains: upstream pins and heads, series and overlay hashes, and the variant the
+    workspace is built as (only when it is one: a model's own fingerprint is what it always was)."""
+    model, _ = recorded_view(manifest, model, workspace_root)
     recorded = state.load(workspace_root / model.name)
     repos = {}
     for up, rec in recorded.items():
@@ -93,7 +96,11 @@ def workspace_fingerprint(manifest: Manifest, model: Model, workspace_root: Path
         for file in sorted((manifest.root / "overlays" / name).rglob("*")):
             if file.is_file() and "__pycache__" not in file.parts:
                 digest.update(str(file.relative_to(manifest.root)).encode() + b"\0" + file.read_bytes())
-    return {"model": model.name, "repos": repos, "overlays": digest.hexdigest()[:16] if model.overlays else None}
+    found: dict[str, object] = {"model": model.name, "repos": repos,
+                                "overlays": digest.hexdigest()[:16] if model.overlays else None}
+    if model.variant:
+        found["variant"] = model.variant
+    return found
 
 
 def _free_port() -> int:
@@ -123,7 +130,7 @@ def _merge_env(base: dict[str, dict[str, str]], over: dict[str, dict[str, str]])
 
 
 def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Path, options: Options) -> Plan:
-    model = manifest.model(recipe.model)
+    model = workspace_view(manifest, recipe.model, workspace_root)  # with the variant the workspace is built as
     if options.smoke:
         if options.performance:
             raise BadInput("--smoke and --performance are two different runs: give one")
@@ -182,6 +189,8 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
         "PATCHKIT_TRAIN_CONFIG": str(repo / recipe.config) if recipe.config else "",
         "PATCHKIT_TRAIN_FINGERPRINT": json.dumps(fingerprint, sort_keys=True),
     })
+    if model.variant:  # the workspace's variant, for the entry script (and the recipe, should it key on it)
+        env["PATCHKIT_TRAIN_VARIANT"] = model.variant
     if options.smoke and recipe.smoke:
         env.update(_smoke_env(recipe.smoke, options, notes))
     if options.python:
