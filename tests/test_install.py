@@ -222,6 +222,28 @@ def test_requires_brings_runtime_dependencies(tmp_path: Path, venv: Path, wheelh
         in bad.err, bad.err
 
 
+@pytest.mark.processes
+def test_a_variants_requires_go_in_last(tmp_path: Path, venv: Path, wheelhouse: Path) -> None:
+    """`install` of a workspace built as a variant adds the variant's `requires`, held to the venv's torch."""
+    dep = wheel(tmp_path, "a5runtime", "1.0", "CHIP = 'a5'\n")
+    pin = make_upstream(tmp_path / "model", {"train.py": "print('train')\n"})
+    port = tmp_path / "port"
+    write_layer(port, "npu", "model", {})
+    (port / "upstreams.yaml").write_text(
+        f"version: 2\nupstreams:\n  model:\n    url: {tmp_path / 'model'}\n    pin: {pin}\n    track: main\n"
+        "    install:\n      build: none\n"
+        "models:\n  m:\n    upstreams:\n      model: [npu]\n"
+        f"    variants:\n      a5:\n        requires: ['{dep}']\n" + toolchain(wheelhouse))
+    assert patchkit(port, "apply", "m", "--variant", "a5").code == 0
+    run = patchkit(port, "install", "m", "--venv", str(venv), "--json", "--device", "cpu", "--variant", "a5")
+    assert run.code == 0, run.text
+    assert [(s["upstream"], s["action"]) for s in json.loads(run.out)["steps"]] == [
+        ("model", "nothing to build"), ("variant a5", "installed")]
+    out = subprocess.run([str(venv / "bin/python"), "-c", "import a5runtime; print(a5runtime.CHIP)"],
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "a5", out.stderr
+
+
 def test_run_time_requirements_are_not_part_of_the_wheel_key() -> None:
     from patchkit.install import cache_key
 
