@@ -149,8 +149,8 @@ class OverlayResult:
         return not self.broken
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON the commands write: {model, upstream, variant, target, targets, files} for a check against an upstream,
-        {model, sources, targets, files} for the pinned code."""
+        """The JSON the commands write: {model, upstream, variant, target, targets, files} for a check against
+        an upstream, {model, sources, targets, files} for the pinned code."""
         where: dict[str, Any] = {"upstream": self.upstream, "variant": self.variant, "target": self.target_key} \
             if self.upstream is not None else {"sources": self.sources}
         return {"model": self.model, **where, "targets": [asdict(t) for t in self.targets],
