@@ -122,7 +122,7 @@ def test_one_overlay_result_type_and_each_command_keeps_its_json(oport: OverlayP
     assert list(listed) == ["ok", "model", "sources", "targets", "files"] and list(listed["sources"]) == ["up"]
     assert list(json.loads(patchkit(oport.root, "overlay", "fingerprint", "m", "--json").out)) == list(listed)
     checked = json.loads(patchkit(oport.root, "overlay", "check", "m", "--json").out)
-    assert [list(o) for o in checked["overlays"]] == [["model", "upstream", "targets", "files"]]
+    assert [list(o) for o in checked["overlays"]] == [["model", "upstream", "variant", "target", "targets", "files"]]  # variant, target: issue 16
     doc = json.loads(patchkit(oport.root, "rebase", "--check", "--json").out)
     assert doc["overlays"] == checked["overlays"]
     back = shard.report_of(doc).overlays
