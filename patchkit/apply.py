@@ -165,8 +165,10 @@ def _refuse_variant(mdir: Path, model: Effective, force: bool) -> None:
     def name(v: str | None) -> str:
         return f"variant {v!r}" if v else "the model itself (no variant)"
     again = f"patchkit apply {model.name}" + (f" --variant {recorded.variant}" if recorded.variant else "")
+    known = recorded.variant is None or recorded.variant in model.model.variants
     raise LocalEdits(f"{display(mdir)} is built as {name(recorded.variant)}, not {name(model.variant)}",
-                     details=[f"`{again}` updates it as it is;",
+                     details=[f"`{again}` updates it as it is;" if known else
+                              f"upstreams.yaml no longer has variant {recorded.variant!r};",
                               "`--force` switches it, keeping any work of yours on backup branches first "
                               "(`patchkit backups`)"])
 

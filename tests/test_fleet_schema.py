@@ -255,3 +255,32 @@ def test_a_rename_cut_short_after_the_folder_is_finished(fleet: Fleet) -> None:
     renamed = state.migrate_names(mdir, "old", {"lib": (rec.url, rec.pin)})
     assert renamed == [state.Renamed("lib-old", "lib")] and set(state.load(mdir)) == {"lib"}
     assert patchkit(fleet.port, "status", "old").code == 0
+
+
+def test_report_gives_a_variant_its_own_row_and_history_its_own_target(fleet: Fleet, tmp_path: Path) -> None:
+    assert patchkit(fleet.port, "rebase", "--check", "--history", str(tmp_path / "h")).code == 1
+    run = patchkit(fleet.port, "report", "--html", str(tmp_path / "r.html"))
+    assert run.code == 0, run.text
+    page = (tmp_path / "r.html").read_text()
+    assert 'data-model="acc[a5]"' in page and 'data-model="acc"' in page and "acc-a5/0001-b25.patch" in page
+    entry = json.loads((tmp_path / "h" / "history.jsonl").read_text().splitlines()[-1])
+    assert set(entry["upstreams"]) == {"lib", f"lib@{fleet.c1[:12]}"} and "acc[a5]" in entry["models"]
+    assert len(entry["upstreams"][f"lib@{fleet.c1[:12]}"]["broken"]) == 1
+
+
+def test_validate_remote_checks_a_models_own_pin_at_its_line(fleet: Fleet) -> None:
+    assert patchkit(fleet.port, "validate", "--remote").code == 0
+    fleet.manifest(old=f"      lib:\n        pin: {'d' * 40}\n        layers: [old-b]\n")
+    run = patchkit(fleet.port, "validate", "--remote")
+    assert run.code == 2 and f"upstreams.yaml:11: upstream 'lib': pin {'d' * 40} is not in" in run.err, run.text
+
+
+def test_a_variant_gone_from_the_manifest_needs_a_person(fleet: Fleet) -> None:
+    assert patchkit(fleet.port, "apply", "acc", "--variant", "a5").code == 0
+    fleet.manifest(acc_variants="")
+    status = patchkit(fleet.port, "status", "acc")
+    assert status.code == 1 and "PROBLEM: " in status.out and "no longer has" in status.out, status.text
+    refused = patchkit(fleet.port, "apply", "acc")
+    assert refused.code == 1 and "upstreams.yaml no longer has variant 'a5'" in refused.err, refused.text
+    assert patchkit(fleet.port, "apply", "acc", "--force").code == 0
+    assert patchkit(fleet.port, "status", "acc").code == 0
