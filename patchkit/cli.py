@@ -754,19 +754,63 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
 @cli.command("import")
 @click.argument("port_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--name", help="The model's name in the port repository (default: the folder's name, lower-case).")
+@click.option("--all", "every", is_flag=True,
+              help="PORT_DIR is a folder of port folders (DrivingSDK model_examples): import each into this one "
+                   "port repository, with shared layers and variants, and write imports/fleet.json.")
 @json_option
 @click.pass_obj
-def import_cmd(obj: Ctx, port_dir: str, name: str | None, as_json: bool) -> None:
-    """Bring the DrivingSDK-style port folder PORT_DIR into this port repository as one model."""
+def import_cmd(obj: Ctx, port_dir: str, name: str | None, every: bool, as_json: bool) -> None:
+    """Bring the DrivingSDK-style port folder PORT_DIR into this port repository as one model.
+
+    \b
+    patchkit import PORT_DIR [--name NAME]        one port folder, one model
+    patchkit import --all MODEL_EXAMPLES_DIR      every folder in it; exit 1 when one failed
+    """
     from patchkit.importer import import_port
 
     root = Path(obj.manifest_path).parent if obj.manifest_path else _port_root()
+    if every:
+        if name:
+            raise BadInput("--name names one model: it does not go with --all (each folder's name is its model's)")
+        _import_all(obj, Path(port_dir), root, as_json)
+        return
     report = import_port(Path(port_dir), root, name, progress=obj.progress)
     if as_json:
         _emit_json({"ok": True, **dataclasses.asdict(report)})
         return
     for line in import_lines(report):
         click.echo(line)
+
+
+def _import_all(obj: Ctx, examples: Path, root: Path, as_json: bool) -> None:
+    from patchkit.importer import fleet
+
+    report = fleet.import_all(examples, root, progress=obj.progress)
+    if as_json:
+        _emit_json({"ok": not report.failed, "seconds": report.seconds, "changed": report.changed,
+                    **fleet.report_data(report)})
+    else:
+        for line in fleet_lines(report):
+            click.echo(line)
+    sys.exit(1 if report.failed else 0)
+
+
+def fleet_lines(report: Any) -> list[str]:
+    t = report.totals
+    lines = [f"{f.folder}: {f.status}" + (f" ({f.reason})" if f.reason else "") +
+             (f"; {f.patches} patches" + (f", shared layers {', '.join(f.shared_layers)}" if f.shared_layers else "") +
+              (f", variants {', '.join(f.variants)}" if f.variants else "") if f.status == "added" else "")
+             for f in report.folders]
+    lines += [f"shared layer {d['name']} ({d['upstream']} at {str(d['pin'])[:12]}): {d['hunks']} hunks from "
+              f"{len(d['models'])} models ({', '.join(d['models'])})" for d in report.shared_layers]
+    lines += [f"variant {v['model']}/{v['name']}: {v['summary']}" for v in report.variants]
+    lines += [f"not converted, {len(items)} x {reason}" for reason, items in report.not_converted.items()]
+    lines.append(f"{t['folders']} folders: {t['added']} added, {t['not_added']} not added, {t['failed']} failed; "
+                 f"{t['patches']} patches in the models' own layers, {t['shared_layers']} shared layers absorbing "
+                 f"{t['hunks_absorbed']} hunks, {t['variants']} variants; "
+                 + (f"{len(report.changed)} files changed" if report.changed else "nothing changed")
+                 + f"; {report.seconds:.0f} s (imports/fleet.json)")
+    return lines
 
 
 def _port_root() -> Path:

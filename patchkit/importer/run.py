@@ -53,13 +53,20 @@ class Outputs:
     file_overlays: list[FileOverlayOut] = field(default_factory=list)
     overlay_modules: list[OverlayModuleOut] = field(default_factory=list)
     recipe: str | None = None
+    pins: dict[str, tuple[str, str]] = field(default_factory=dict)  # upstream -> the model's own (pin, track)
+    bases: dict[str, tuple[Path, str]] = field(default_factory=dict)  # upstream -> (mirror, the model's pin)
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)  # port patch -> (upstream, folder prefix)
+    variants: dict[str, dict[str, object]] = field(default_factory=dict)  # the manifest's `variants:` entries
 
 
 def model_name(port: Path) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", port.name.lower()).strip("-") or "model"
 
 
-def run(port: Path, root: Path, name: str | None = None, progress: Progress = lambda _m: None) -> tuple[ImportReport, Outputs]:
+def run(port: Path, root: Path, name: str | None = None, progress: Progress = lambda _m: None,
+        existing: dict[str, dict[str, object]] | None = None) -> tuple[ImportReport, Outputs]:
+    """Read the port folder PORT for the port repository ROOT; EXISTING: the upstreams to reuse
+    (default: those of ROOT's manifest, less this model's own blocks)."""
     port = port.resolve()
     readme_path = port / "README.md"
     if not readme_path.is_file():
@@ -74,8 +81,8 @@ def run(port: Path, root: Path, name: str | None = None, progress: Progress = la
     report.not_converted += [Finding(str(w), t, "a shell line the reader cannot follow") for w, t in readme.unread]
     plans = upstreams_mod.plans(readme)
     report.notes += plans.findings
-    applied = _patch_steps(readme.steps, plans, port, report)
-    existing = existing_upstreams(root, model)
+    applied, prefixes = _patch_steps(readme.steps, plans, port, report)
+    existing = existing_upstreams(root, model) if existing is None else existing
     trees: dict[str, Tree] = {}
     names: dict[str, str] = {}
     try:
@@ -86,6 +93,7 @@ def run(port: Path, root: Path, name: str | None = None, progress: Progress = la
                 continue
             names[url] = resolved.upstream.name
             trees[url] = Tree(resolved.mirror, resolved.upstream.pin)
+            out.bases[names[url]] = (resolved.mirror, resolved.upstream.pin)
         for url, diffs in applied.items():
             if url in trees:
                 progress(f"{model}: patches on {names[url]}")
@@ -114,13 +122,17 @@ def run(port: Path, root: Path, name: str | None = None, progress: Progress = la
             tree.close()
     for url, up in names.items():
         out.layers[up] = [model] if out.patches.get(up) else []
+    out.sources = {rel: (names[url], prefix) for rel, (url, prefix) in prefixes.items() if url in names}
     _steps_not_converted(readme.steps, report, plans)
     return report, out
 
 
-def _patch_steps(steps: list[Step], plans: upstreams_mod.Plans, port: Path, report: ImportReport) -> dict[str, list[FileDiff]]:
-    """url -> the per-file diffs of the port patches the steps apply to it, in order (each file once)."""
+def _patch_steps(steps: list[Step], plans: upstreams_mod.Plans, port: Path,
+                 report: ImportReport) -> tuple[dict[str, list[FileDiff]], dict[str, tuple[str, str]]]:
+    """url -> the per-file diffs of the port patches the steps apply to it, in order (each file once);
+    and each port patch -> (url, the folder of the upstream it is applied in)."""
     out: dict[str, list[FileDiff]] = {}
+    where: dict[str, tuple[str, str]] = {}
     seen: set[tuple[str, str]] = set()
     for step in steps:
         if step.kind != "apply":
@@ -144,8 +156,9 @@ def _patch_steps(steps: list[Step], plans: upstreams_mod.Plans, port: Path, repo
             raise BadInput(f"{display(port)}/{exc.message}", details=exc.details) from None
         report.repairs += _grouped(repairs)
         prefix = plan.site_prefix + (sub + "/" if sub else "")
+        where[rel] = (plan.url, prefix)
         out.setdefault(plan.url, []).extend(patches_mod.prefixed(d, prefix) if prefix else d for d in diffs)
-    return out
+    return out, where
 
 
 def _grouped(repairs: list[Finding]) -> list[Finding]:
@@ -179,7 +192,11 @@ def existing_upstreams(root: Path, model: str) -> dict[str, dict[str, object]]:
     path = root / manifest_mod.MANIFEST_NAME
     if not path.is_file():
         return {}
-    text = writer.strip_blocks(path.read_text(encoding="utf-8"), model)
+    return upstreams_of(writer.strip_blocks(path.read_text(encoding="utf-8"), model), path)
+
+
+def upstreams_of(text: str, path: Path) -> dict[str, dict[str, object]]:
+    """The `upstreams:` of the manifest TEXT (read from PATH) as plain data."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -187,9 +204,14 @@ def existing_upstreams(root: Path, model: str) -> dict[str, dict[str, object]]:
     return dict(data.get("upstreams") or {})
 
 
+def base_name(plan: UpstreamPlan) -> str:
+    """The manifest name an upstream gets when nothing else has it: its repository's or release's name."""
+    return (plan.pypi.split("==")[0] if plan.pypi else plan.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")).lower()
+
+
 def _resolve(plan: UpstreamPlan, diffs: list[FileDiff], model: str, existing: dict[str, dict[str, object]],
              out: Outputs, report: ImportReport) -> pins.Resolved | None:
-    base = (plan.pypi.split("==")[0] if plan.pypi else plan.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")).lower()
+    base = base_name(plan)
     try:
         resolved, findings = pins.decide(plan, base, diffs)
     except PatchkitError as exc:
@@ -205,6 +227,13 @@ def _resolve(plan: UpstreamPlan, diffs: list[FileDiff], model: str, existing: di
     if at_pin:
         name = at_pin[0]
         decision.how = f"reused ({decision.how})"
+    elif same and manifest_mod.SCHEMA_VERSION >= 2 and not up.pypi:
+        name = min(same, key=lambda n: (n != base, n))  # the upstream itself, not an older `<up>-<model>`
+        report.notes.append(Finding(plan.url, f"{name} is pinned at {str(existing[name].get('pin'))[:12]} in the "
+                                    f"manifest; this port needs {up.pin[:12]}", "the model's own pin (the long form "
+                                    "of its upstreams entry)"))
+        decision.how = f"{decision.how}, the model's own pin"
+        out.pins[name] = (up.pin, up.track)
     else:
         name = base if base not in existing else f"{base}-{model}"
         if same:
@@ -214,7 +243,7 @@ def _resolve(plan: UpstreamPlan, diffs: list[FileDiff], model: str, existing: di
     decision.upstream = name
     resolved.upstream = Upstream(name, up.url, up.pin, up.track, 0, pypi=up.pypi, sha256=up.sha256)
     report.upstreams[name] = decision
-    if not at_pin:
+    if not at_pin and name not in out.pins:
         touched = {p for fd in diffs for p in fd.paths}
         exclude = [] if up.pypi else [e for e in pins.missing_blob_dirs(resolved.mirror, up.pin)
                                       if not any(p == e or p.startswith(e) for p in touched)]

@@ -52,8 +52,9 @@ def _replace_block(text: str, model: str, what: str, block: str | None) -> tuple
     return pattern.sub(lambda _m: block or "", text, count=1), True
 
 
-def write(root: Path, outputs: Outputs, report: ImportReport) -> list[str]:
-    """Write OUTPUTS and REPORT into the port repository ROOT; the paths changed (relative to ROOT)."""
+def write(root: Path, outputs: Outputs, report: ImportReport, *, manifest: bool = True) -> list[str]:
+    """Write OUTPUTS and REPORT into the port repository ROOT; the paths changed (relative to ROOT).
+    MANIFEST false: upstreams.yaml is left to the caller (`import --all` writes it once, for all models)."""
     if not outputs.layers:  # no upstream could be obtained: the report says why, the manifest stays as it is
         report.added = False
         files = {k: v for k, v in _files(outputs, report).items() if k.startswith("imports/")}
@@ -71,9 +72,14 @@ def write(root: Path, outputs: Outputs, report: ImportReport) -> list[str]:
             changed.append(rel)
     if not (root / ".gitattributes").exists() and _put(root / ".gitattributes", GITATTRIBUTES.encode()):
         changed.append(".gitattributes")
-    if _manifest(root, outputs):
+    if manifest and write_manifest(root, [outputs]):
         changed.append(manifest_mod.MANIFEST_NAME)
     return changed
+
+
+def put_all(root: Path, files: dict[str, bytes]) -> list[str]:
+    """FILES (path relative to ROOT -> bytes) written where they differ; the paths changed."""
+    return [rel for rel, data in sorted(files.items()) if _put(root / rel, data)]
 
 
 def _put(path: Path, data: bytes) -> bool:
@@ -111,14 +117,20 @@ def _files(outputs: Outputs, report: ImportReport) -> dict[str, bytes]:
     return files
 
 
-def _manifest(root: Path, outputs: Outputs) -> bool:
+def write_manifest(root: Path, models: list[Outputs]) -> bool:
+    """The marked blocks of MODELS placed in ROOT's upstreams.yaml, written once and loaded back
+    (restored when it would not load); whether it changed."""
     path = root / manifest_mod.MANIFEST_NAME
     old = path.read_bytes() if path.is_file() else None
     text = old.decode("utf-8") if old is not None else HEADER
-    text = _place(text, outputs.model, "upstreams", _upstream_block(outputs), before_models=True)
-    text = _place(text, outputs.model, "model", _model_block(outputs), before_models=False)
+    for outputs in models:
+        text = _place(text, outputs.model, "upstreams", _upstream_block(outputs), before_models=True)
+        text = _place(text, outputs.model, "model", _model_block(outputs), before_models=False)
+    if any(o.pins or o.variants for o in models):
+        text = re.sub(r"^version:[ \t]*1[ \t]*$", "version: 2", text, count=1, flags=re.M)
     if old is not None and text.encode() == old:
         return False
+    what = ", ".join(o.model for o in models)
     atomic_write(path, text.encode())
     try:
         manifest_mod.load(path)
@@ -127,7 +139,7 @@ def _manifest(root: Path, outputs: Outputs) -> bool:
             path.unlink()
         else:
             atomic_write(path, old)
-        raise PatchkitError(f"internal: the manifest made for {outputs.model} does not load; left as it was",
+        raise PatchkitError(f"internal: the manifest made for {what} does not load; left as it was",
                             details=exc.lines()) from None
     return True
 
@@ -174,9 +186,19 @@ def _model_block(outputs: Outputs) -> str:
     lines = [f"  {begin(outputs.model, 'model')}", f"  {outputs.model}:",
              f"    description: {_scalar(outputs.description)}", "    upstreams:"]
     for upstream, layers in outputs.layers.items():
-        lines.append(f"      {upstream}: {_flow(layers)}")
+        if upstream not in outputs.pins:
+            lines.append(f"      {upstream}: {_flow(layers)}")
+            continue
+        pin, track = outputs.pins[upstream]
+        lines += [f"      {upstream}:", f"        pin: {pin}", f"        track: {_scalar(track)}",
+                  f"        layers: {_flow(layers)}"]
     if outputs.overlay_modules or outputs.file_overlays:
         lines.append(f"    overlays: [{outputs.model}]")
+    if outputs.variants:
+        lines.append("    variants:")
+        for name, entry in outputs.variants.items():
+            lines.append(f"      {name}:")
+            lines += [f"        {key}: {_flow(value)}" for key, value in entry.items()]
     lines.append(f"  {end(outputs.model, 'model')}")
     return "\n".join(lines) + "\n"
 
@@ -197,5 +219,5 @@ def _flow(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_scalar(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_scalar(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
     return _scalar(value)
