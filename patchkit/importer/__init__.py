@@ -30,9 +30,10 @@ from patchkit.importer.model import ImportReport
 def import_port(port: Path, root: Path, name: str | None = None,
                 progress: Callable[[str], None] = lambda _m: None) -> ImportReport:
     """Import the port folder PORT into the port repository ROOT (created if absent) as model NAME."""
-    from patchkit.importer import run, writer
+    from patchkit.importer import run, variants, writer
 
     report, outputs = run.run(port, root, name, progress)
+    variants.find(port.resolve(), outputs, report)
     root.mkdir(parents=True, exist_ok=True)
     report.changed = writer.write(root, outputs, report)
     return report

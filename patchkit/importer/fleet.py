@@ -102,9 +102,7 @@ def import_all(examples: Path, root: Path, progress: Progress = lambda _m: None)
                  f"{len(report.patches)} patches, {time.monotonic() - began:.1f} s")
     layers = _share(imported, fleet, progress)
     for item in imported:
-        found = variants_mod.find(item.port, item.out, item.report)
-        if found:
-            fleet.variants += found
+        fleet.variants += variants_mod.find(item.port, item.out, item.report)
     fleet.changed = _write(root, imported, layers)
     _summarize(fleet, imported, layers)
     if writer.put_all(root, {REPORT: (json.dumps(report_data(fleet), indent=2) + "\n").encode()}):
@@ -202,6 +200,7 @@ def _use(item: _Imported, up: str, result: shared.Shared) -> None:
     if not uses:
         return
     kept = {name for name, _ in own}
+    out.shared_series[up] = [(p, d) for layer in result.layers if layer.name in uses for p, d in layer.series]
     out.patches[up] = own
     out.layers[up] = uses + ([out.model] if own else [])
     prefix = f"patches/{out.model}/{up}/"

@@ -57,6 +57,9 @@ class Outputs:
     bases: dict[str, tuple[Path, str]] = field(default_factory=dict)  # upstream -> (mirror, the model's pin)
     sources: dict[str, tuple[str, str]] = field(default_factory=dict)  # port patch -> (upstream, folder prefix)
     variants: dict[str, dict[str, object]] = field(default_factory=dict)  # the manifest's `variants:` entries
+    variant_patches: dict[str, dict[str, list[tuple[str, bytes]]]] = field(default_factory=dict)  # variant -> up -> series
+    variant_overlays: dict[str, list[OverlayModuleOut]] = field(default_factory=dict)  # variant -> overlay modules
+    shared_series: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)  # up -> its shared layers' patches
 
 
 def model_name(port: Path) -> str:

@@ -61,7 +61,9 @@ def write(root: Path, outputs: Outputs, report: ImportReport, *, manifest: bool 
         return [rel for rel, data in sorted(files.items()) if _put(root / rel, data)]
     files = _files(outputs, report)
     changed = []
-    for folder in (root / "patches" / outputs.model, root / "overlays" / outputs.model):
+    folders = [root / kind / f"{outputs.model}{'-' + v if v else ''}" for kind in ("patches", "overlays")
+               for v in ("", *outputs.variants)]
+    for folder in folders:
         for stale in sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []:
             rel = stale.relative_to(root).as_posix()
             if rel not in files:
@@ -102,6 +104,15 @@ def _files(outputs: Outputs, report: ImportReport) -> dict[str, bytes]:
             files[f"patches/{m}/{upstream}/{name}"] = data
     for module in outputs.overlay_modules:
         files[f"overlays/{m}/{module.name}.py"] = module.text.encode()
+    for variant, by_upstream in outputs.variant_patches.items():
+        for upstream, series in by_upstream.items():
+            folder = f"patches/{m}-{variant}/{upstream}"
+            files[f"{folder}/series"] = (f"# the {variant} variant of {m} on {upstream}: imported by `patchkit import` "
+                                         f"(imports/{m}.json says from what), one patch a file\n" +
+                                         "".join(f"{n}\n" for n, _ in series)).encode()
+            files.update({f"{folder}/{n}": data for n, data in series})
+    for variant, modules in outputs.variant_overlays.items():
+        files.update({f"overlays/{m}-{variant}/{module.name}.py": module.text.encode() for module in modules})
     if outputs.file_overlays:
         entries = []
         for fo in outputs.file_overlays:
