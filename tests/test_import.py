@@ -295,7 +295,7 @@ def test_an_upstream_not_available_is_reported_and_the_rest_imported(tmp_path: P
     assert patchkit(tmp_path / "ports", "apply", "model").code == 0
 
 
-def test_an_existing_upstream_is_reused_at_its_pin_and_a_different_pin_stays_the_models(tmp_path: Path, mirrors: Path) -> None:
+def test_an_existing_upstream_is_reused_at_its_pin_and_a_different_pin_is_the_models_own(tmp_path: Path, mirrors: Path) -> None:
     repo, first = upstream(mirrors, "lib", {"lib.py": CORE})
     second = commit(repo, {"lib.py": CORE + "Z = 3\n"}, "later")
     root = tmp_path / "ports"
@@ -304,10 +304,10 @@ def test_an_existing_upstream_is_reused_at_its_pin_and_a_different_pin_stays_the
         port = port_folder(tmp_path, name, "# x\n\n```shell\n" + steps + "\n```\n", {})
         report = import_into(root, port)
     manifest = yaml.safe_load((root / "upstreams.yaml").read_text())
-    assert set(manifest["upstreams"]) == {"lib", "lib-c"}
-    assert manifest["models"]["b"]["upstreams"] == {"lib": []} and manifest["models"]["c"]["upstreams"] == {"lib-c": []}
-    assert manifest["upstreams"]["lib-c"]["pin"] == second
-    assert any("added as 'lib-c'" in n["reason"] for n in report["notes"])
+    assert set(manifest["upstreams"]) == {"lib"} and manifest["version"] == 2
+    assert manifest["models"]["b"]["upstreams"] == {"lib": []}
+    assert manifest["models"]["c"]["upstreams"] == {"lib": {"pin": second, "track": "main", "layers": []}}
+    assert any("the model's own pin" in n["reason"] for n in report["notes"])
     assert patchkit(root, "validate").code == 0
 
 

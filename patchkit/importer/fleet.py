@@ -258,7 +258,7 @@ def _summarize(fleet: FleetReport, imported: list[_Imported], layers: list[tuple
     for item in imported:
         r, out = item.report, item.out
         fleet.folders.append(Folder(item.port.name, r.model, "added" if r.added else "not added",
-                                    "" if r.added else "no upstream of it could be obtained here",
+                                    "" if r.added else _why_not(r),
                                     {n: f"{d.pin[:12]} ({d.how})" for n, d in r.upstreams.items()}, len(r.patches),
                                     uses.get(r.model, []), len(r.overlays) + len(out.overlay_modules),
                                     len(r.external_hooks), len(r.not_converted), sorted(out.variants)))
@@ -275,9 +275,19 @@ def _summarize(fleet: FleetReport, imported: list[_Imported], layers: list[tuple
                     "not_converted": sum(len(v) for v in fleet.not_converted.values())}
 
 
+def _why_not(report: ImportReport) -> str:
+    """Why a model was not added: the upstreams that could not be obtained (not a failure of the import)."""
+    missing = sorted({re.sub(r"\.git$", "", f.where.rstrip("/")).rsplit("/", 2)[-2:][-1] for f in report.not_converted
+                      if f.what.startswith("upstream ") and "not available" in f.reason})
+    return "no upstream of it obtainable here" + (f" (not mirrored, not reachable: {', '.join(missing)})" if missing else
+                                                   " (the README clones none)")
+
+
 def reason_group(reason: str) -> str:
     """A not-converted reason without its particulars (paths, pins, git's words)."""
-    text = re.split(r"[:;(]", reason, maxsplit=1)[0].strip()
+    while re.match(r"^[^ ]+: ", reason):  # a URL or path first: the reason follows
+        reason = reason.split(": ", 1)[1]
+    text = re.split(r"[:;(,]", reason, maxsplit=1)[0].strip()
     return re.sub(r"\b[0-9a-f]{7,40}\b", "<pin>", text)[:90]
 
 
