@@ -112,8 +112,9 @@ def test_a_variant_patch_becomes_a_layer_on_the_model_and_its_requirements_its_r
     assert "return 'a5'" not in (work / "lib/core.py").read_text()
     git(work, "apply", "--check", str(patch))  # the variant's layer applies strictly on the model's series
     if "--variant" in patchkit(root, "apply", "--help").out:
-        applied = patchkit(root, "apply", "echo", "--variant", "a5")
+        applied = patchkit(root, "apply", "echo", "--variant", "a5", "-w", str(root / "work-a5"))
         assert applied.code == 0, applied.err
+        work = root / "work-a5/echo/lib"
     else:  # the verbs of manifest version 2 not there yet: the layer by hand
         git(work, "apply", str(patch))
     core = (work / "lib/core.py").read_text()
@@ -146,3 +147,6 @@ def test_an_older_imports_model_upstream_is_rewritten_to_the_long_form(tmp_path:
     assert "lib-two" not in manifest["upstreams"] and manifest["version"] == 2
     assert manifest["models"]["two"]["upstreams"] == {"lib": {"pin": old, "track": "main", "layers": ["two"]}}
     assert patchkit(root, "apply", "two").code == 0
+    if "--variant" in patchkit(root, "apply", "--help").out:  # the verbs of manifest version 2: the model's own pin
+        assert old in git(root / "work/two/lib", "rev-list", "HEAD").split()
+        assert new not in git(root / "work/two/lib", "rev-list", "HEAD").split()
