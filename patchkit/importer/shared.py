@@ -100,12 +100,12 @@ def _eligible(fd: FileDiff) -> bool:
         not any(line.startswith(b"\\") for h in fd.hunks for line in h.body)
 
 
-Where = tuple[int, int, int, int]  # patch index, file index, hunk index, run index
+Spot = tuple[int, int, int, int]  # patch index, file index, hunk index, run index
 
 
-def changes(series: list[tuple[str, bytes]]) -> tuple[dict[Change, Where], list[list[FileDiff]]]:
+def changes(series: list[tuple[str, bytes]]) -> tuple[dict[Change, Spot], list[list[FileDiff]]]:
     """Every change of SERIES with where it is, and each patch's file diffs."""
-    found: dict[Change, Where] = {}
+    found: dict[Change, Spot] = {}
     seen: Counter[tuple[str, tuple[bytes, ...], tuple[bytes, ...]]] = Counter()
     parsed = []
     for k, (name, data) in enumerate(series):
@@ -203,7 +203,7 @@ def share(upstream: str, members: list[Member]) -> Shared:
 
 
 def _pieces(upstream: str, members: list[Member], group: list[Change],
-            found: dict[str, tuple[dict[Change, Where], list[list[FileDiff]]]], findings: list[Finding]) -> list[Layer]:
+            found: dict[str, tuple[dict[Change, Spot], list[list[FileDiff]]]], findings: list[Finding]) -> list[Layer]:
     """GROUP as layers: one built at the pin most of MEMBERS have, serving every member where it applies
     strictly; the rest the same way at their pins. A piece serving one model is no layer."""
     out = []
@@ -237,7 +237,7 @@ def _applies(member: Member, series: list[tuple[str, bytes]]) -> bool:
         return _replay(scratch, member.pin, [data for _, data in series]) is not None
 
 
-def _build(upstream: str, rep: Member, group: list[Change], found: tuple[dict[Change, Where], list[list[FileDiff]]]) -> Layer | None:
+def _build(upstream: str, rep: Member, group: list[Change], found: tuple[dict[Change, Spot], list[list[FileDiff]]]) -> Layer | None:
     """The layer of GROUP's changes made from REP's patches at REP's pin (one patch a file)."""
     where, parsed = found
     keep: dict[tuple[int, int], set[tuple[int, int]]] = {}
