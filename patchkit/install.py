@@ -68,7 +68,7 @@ class InstallReport:
     warnings: list[str] = field(default_factory=list)  # what `pip check` says is missing (wheels go in --no-deps)
 
 
-def order(model: Effective, manifest: Manifest | None = None) -> list[str]:
+def order(model: Effective) -> list[str]:
     """The model's upstreams that install, each after those it names in `after`."""
     todo = [up for up in model.layers if model.upstreams[up].install is not None]
     done: list[str] = []

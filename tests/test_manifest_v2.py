@@ -187,3 +187,8 @@ def test_validate_lints_the_variants_patches(tmp_path: Path) -> None:
 
     m = manifest.load(port(tmp_path, GOOD))
     assert "mmcv-a5/0001-mmcv-a5.patch" in {r.id for r in all_patch_refs(m)}
+
+
+def test_a_file_without_version_may_use_both_forms(tmp_path: Path) -> None:
+    m = manifest.load(port(tmp_path, GOOD.replace("version: 2\n", "")))
+    assert m.effective("bevdepth", "a5").upstreams["mmcv"].pin == B
