@@ -352,6 +352,55 @@ def test_ctrl_c_stops_every_worker(toy: Path) -> None:
             pytest.fail(f"worker {pid} still runs after Ctrl-C")
 
 
+def _running(pid: int) -> bool:
+    """PID exists and is not a zombie (an orphan's zombie waits for a reaper that a container may not have)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.processes
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_sigkill_of_train_takes_torchrun_and_its_workers_with_it(toy: Path) -> None:
+    """torchrun runs in its own session: a `patchkit train` killed by SIGKILL (no handler runs) used to leave it
+    and its workers training. Now the kernel sends torchrun SIGTERM when patchkit dies, and it stops its workers."""
+    import os
+    import re
+    import signal
+    import time
+
+    from tests.gitfixtures import patchkit_process
+
+    pytest.importorskip("torch", reason="torch is needed to train")
+    assert patchkit(toy, "apply", "toy").code == 0
+    work = toy / "killed"
+    proc = patchkit_process(toy, "train", "toy", "--device", "cpu", "--cards", "2", "--work-dir", str(work),
+                            "--", "--max-steps", "100000000")
+    deadline = time.monotonic() + 90
+    workers: list[int] = []
+    while len(workers) < 2 or " time: " not in (work / "rank0.log").read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+        workers = [int(m) for r in (0, 1) if (work / f"rank{r}.log").exists()
+                   for m in re.findall(r"patchkit-bootstrap: .* pid=(\d+)", (work / f"rank{r}.log").read_text())]
+    with open(f"/proc/{workers[0]}/stat") as fh:
+        torchrun = int(fh.read().rsplit(")", 1)[1].split()[1])  # the worker's parent
+    with open(f"/proc/{torchrun}/stat") as fh:
+        assert int(fh.read().rsplit(")", 1)[1].split()[1]) == proc.pid  # ... is patchkit's child
+    proc.kill()
+    proc.communicate(timeout=30)
+    tree = [torchrun, *workers]
+    deadline = time.monotonic() + 60
+    while any(_running(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in tree if _running(pid)]
+    for pid in left:  # do not leave them training in the suite
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after patchkit was SIGKILLed: {left} (torchrun {torchrun}, workers {workers})"
+
+
 @pytest.mark.processes
 def test_performance_bound_from_the_log(toy: Path) -> None:
     """An entry script that cannot bound itself: patchkit stops the run when the log reaches the bound."""

@@ -7,6 +7,7 @@ follows rank 0's log for progress, and turns the end into results or a clear fai
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -277,7 +278,7 @@ def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results
     start = time.monotonic()
     with open(launcher_log, "wb") as out:
         proc = subprocess.Popen(argv, cwd=plan.repo, env={**os.environ, **plan.env}, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent())
         try:
             bounded = _follow(proc, plan, log, progress)
         except KeyboardInterrupt:
@@ -300,6 +301,27 @@ def run(plan: Plan, progress: Progress = lambda _m: None) -> results_mod.Results
     results_mod.write(res, plan.work_dir / "results.json")
     curves.write_curve(res, plan.work_dir / "curve.svg")  # loss and step time, beside results.json
     return res
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn for torchrun: Linux sends it SIGTERM when this process dies, even by SIGKILL (prctl
+    PR_SET_PDEATHSIG), and torchrun then stops its workers as on Ctrl-C. It runs in its own session (so a
+    terminal's Ctrl-C reaches patchkit alone), so nothing else would stop it. None where there is no prctl."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, before the fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0 and os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)  # patchkit died before the signal was armed
+    return arm
 
 
 def _follow(proc: subprocess.Popen[bytes], plan: Plan, log: Path, progress: Progress) -> bool:
