@@ -103,6 +103,7 @@ def import_all(examples: Path, root: Path, progress: Progress = lambda _m: None)
     layers = _share(imported, fleet, progress)
     for item in imported:
         fleet.variants += variants_mod.find(item.port, item.out, item.report)
+    progress(f"{len(fleet.variants)} variants made; writing")
     fleet.changed = _write(root, imported, layers)
     _summarize(fleet, imported, layers)
     if writer.put_all(root, {REPORT: (json.dumps(report_data(fleet), indent=2) + "\n").encode()}):
@@ -116,11 +117,13 @@ def import_all(examples: Path, root: Path, progress: Progress = lambda _m: None)
 def _default_pins(ports: list[Path], names: dict[Path, str], progress: Progress) -> dict[str, tuple[dict[str, object], str]]:
     """Upstream name -> (its manifest entry at the pin most models need, the model that owns it)."""
     wanted: dict[str, list[tuple[str, dict[str, object]]]] = {}
+    began = time.monotonic()
     for i, port in enumerate(ports, 1):
         for base, entry in _pins_of(port):
             wanted.setdefault(base, []).append((names[port], entry))
         if i % 10 == 0:
             progress(f"pins: {i}/{len(ports)} folders read")
+    progress(f"pins: the upstreams of {len(ports)} folders resolved in {time.monotonic() - began:.1f} s")
     out = {}
     for base, found in wanted.items():
         counts = Counter(_key(e) for _, e in found)
