@@ -84,7 +84,8 @@ def test_a_fleet_shares_its_common_change_split_by_base_and_a_second_run_changes
     for model in ("alpha", "beta", "charlie", "delta"):  # own layers keep only their own changes
         own = "".join(p.read_text() for p in (root / f"patches/{model}/lib").glob("*.patch"))
         assert "'npu'" not in own and own.count("\n+    return ") == 1
-    assert "return 33" in (root / "patches/beta/lib/0001-lib-core.py.patch").read_text()
+    beta = (root / "patches/beta/lib/0001-lib-core.py.patch").read_text()
+    assert "return 33" in beta and f"in the shared layer lib-shared-core-at-{new[:7]} (applied before" in beta
     for model, want in (("alpha", "return 77"), ("beta", "return 33"), ("charlie", "return 66"), ("delta", "return 88")):
         applied = patchkit(root, "apply", model)
         assert applied.code == 0, applied.err

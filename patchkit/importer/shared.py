@@ -314,14 +314,16 @@ def _own(member: Member, layers: list[Layer], findings: list[Finding]) -> list[t
             _set_paths(scratch, tree, list(dict.fromkeys(p for fd in fds for p in fd.paths)))
             after = scratch.tree()
             diff = _diff(scratch, before, after) if after != before else b""
+            paths = {p for fd in fds for p in fd.paths}
+            moved = [layer.name for layer in layers if any(p in paths for p, _ in layer.series)]
             if diff and cosmetic(diff):
                 scratch.reset(before)
                 left_out.update(fd.path for fd in fds)
-                findings.append(Finding(f"patches/{member.model}/{name}", ", ".join(fd.path for fd in fds),
+                findings.append(Finding(f"patches/{member.model}/{layers[0].upstream}/{name}", ", ".join(fd.path for fd in fds),
                                         "left out: only whitespace or comment changes remain once its shared "
                                         "hunks are in shared layers"))
             elif diff:
-                out.append((name, _with_diff(data, diff)))
+                out.append((name, _with_diff(data, diff, moved if diff != split(data)[1] else [])))
         differ = set(git.output_bytes(["diff-tree", "-r", "--name-only", "-z", scratch.tree(), trees[-1]], member.mirror,
                                       env=scratch.env).decode("utf-8", "surrogateescape").split("\0")) - {""} if trees else set()
         if differ - left_out:
@@ -329,8 +331,13 @@ def _own(member: Member, layers: list[Layer], findings: list[Finding]) -> list[t
     return out
 
 
-def _with_diff(data: bytes, diff: bytes) -> bytes:
+def _with_diff(data: bytes, diff: bytes, moved: list[str]) -> bytes:
+    """DATA with DIFF as its diff; MOVED: the shared layers that took some of its changes (said in its message)."""
     head, _ = split(data)
+    if moved:
+        said = (f"Its changes other models' ports make alike are in the shared layer{'s' if len(moved) > 1 else ''} "
+                f"{', '.join(moved)} (applied before this layer); this patch keeps the rest.")
+        head = head.replace(b"\n\nOrigin: ", b"\n\n" + said.encode() + b"\n\nOrigin: ", 1)
     return head + diff + TRAILER
 
 
