@@ -12,7 +12,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +175,8 @@ def fetch_all(upstreams: list[Upstream], *, jobs: int = 4, root: Path | None = N
             outcome = exc
         outcomes[upstream.name] = outcome
         on_done(upstream, outcome)
+
+    from concurrent.futures import ThreadPoolExecutor  # not on the paths that fetch nothing (CLI start-up)
 
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(upstreams) or 1))) as pool:
         list(pool.map(one, upstreams))

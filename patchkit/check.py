@@ -19,7 +19,6 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,13 +203,23 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
 
     outcomes: dict[str, tuple[dict[str, Target], list[tuple[_Unit, list[PatchCheck]]], list[OverlayResult]]] = {}
     errors: list[PatchkitError] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(names) or 1))) as pool:
-        futures = {name: pool.submit(one, name) for name in names}
-        for name, future in futures.items():
+    workers = max(1, min(jobs, len(names) or 1))
+    if workers == 1:  # one at a time: no thread, and no concurrent.futures (nor logging) to import
+        for name in names:
             try:
-                outcomes[name] = future.result()
+                outcomes[name] = one(name)
             except PatchkitError as exc:
                 errors.append(exc)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {name: pool.submit(one, name) for name in names}
+            for name, future in futures.items():
+                try:
+                    outcomes[name] = future.result()
+                except PatchkitError as exc:
+                    errors.append(exc)
     memo.save()
     if errors:
         errors.sort(key=lambda e: -e.exit_code)

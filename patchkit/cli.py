@@ -483,16 +483,16 @@ def _rebase_merge(obj: Ctx, files: tuple[str, ...], junit: str | None, as_json: 
 
 
 def _check_output(report: Any, document: dict[str, Any], junit: str | None, as_json: bool) -> None:
-    from patchkit.report import check_lines, junit_xml
+    from patchkit import report as renderers  # the text renderers load apply, status, am: only when used
 
     if junit:
         from patchkit.paths import atomic_write
 
-        atomic_write(_output_file(junit, "--junit"), junit_xml(report))
+        atomic_write(_output_file(junit, "--junit"), renderers.junit_xml(report))
     if as_json:
         _emit_json(document)
     else:
-        for line in check_lines(report):
+        for line in renderers.check_lines(report):
             click.echo(line)
     sys.exit(report.exit_code)
 

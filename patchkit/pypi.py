@@ -17,9 +17,6 @@ import tempfile
 import urllib.parse  # light (pathlib imports it); urllib.request and the archive modules only where used
 from pathlib import Path
 
-from packaging.specifiers import SpecifierSet
-from packaging.version import InvalidVersion, Version
-
 from patchkit import git, settings
 from patchkit.errors import BadInput, PinNotFound, UpstreamUnreachable
 from patchkit.manifest import Upstream
@@ -160,6 +157,9 @@ def fetch(upstream: Upstream, mirror: Path) -> str | None:
     name, version = split(upstream.pypi or "")
     import_version(upstream, mirror, version, upstream.sha256)
     releases = dict(_json(upstream, f"{name}/json").get("releases", {}))  # type: ignore[call-overload]
+    from packaging.specifiers import SpecifierSet  # only here: rebase --check --no-fetch needs none of it
+    from packaging.version import InvalidVersion, Version
+
     spec = SpecifierSet(upstream.track)
     candidates = []
     for text, files in releases.items():

@@ -24,6 +24,21 @@ def name_problem(value: str) -> str | None:
     return None
 
 
+def compose(text: str) -> yaml.Node | None:
+    """`yaml.compose` of TEXT with libyaml's parser where PyYAML has it (about six times faster; the
+    same nodes, lines and columns), and PyYAML's own parser for a document libyaml refuses, so an
+    error's message and marks are the ones PyYAML gives."""
+    if _FAST is not None:
+        try:
+            return yaml.compose(text, Loader=_FAST)
+        except yaml.YAMLError:
+            pass
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
+_FAST = getattr(yaml, "CSafeLoader", None)
+
+
 def short(value: str) -> str:
     return repr(value if len(value) <= 40 else value[:37] + "...")
 
@@ -103,7 +118,7 @@ class Checker:
     def compose(self, text: str) -> yaml.Node | None:
         """The node tree of TEXT, or None (with the problem recorded) when it is not YAML."""
         try:
-            return yaml.compose(text, Loader=yaml.SafeLoader)
+            return compose(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
             problem = getattr(exc, "problem", None) or str(exc)

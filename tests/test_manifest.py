@@ -156,3 +156,36 @@ def test_install_lists_are_plain_strings(tmp_path: Path) -> None:
     assert run.code == 2
     assert "upstreams.yaml:7: upstream 'a': install: after: 'b' is listed twice" in run.err, run.err
     assert "upstreams.yaml:8: upstream 'a': install: requires must be a list" in run.err, run.err
+
+
+def _nodes(node: object) -> list[tuple[object, ...]]:
+    """Every node of a composed tree: kind, tag, value, start and end line and column."""
+    import yaml
+
+    assert isinstance(node, yaml.Node)
+    out: list[tuple[object, ...]] = [(type(node).__name__, node.tag, node.value if isinstance(node, yaml.ScalarNode) else None,
+                                      node.start_mark.line, node.start_mark.column, node.end_mark.line, node.end_mark.column)]
+    children = node.value if isinstance(node, yaml.SequenceNode) else \
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    for child in children:
+        out += _nodes(child)
+    return out
+
+
+def test_fast_yaml_composes_the_same_tree_and_keeps_pyyaml_errors() -> None:
+    """The manifests and recipes are composed with libyaml's parser: the same nodes, lines and columns as
+    PyYAML's own; a document it refuses is composed again by PyYAML, so the message is PyYAML's."""
+    import yaml
+
+    from patchkit import yamlcheck
+
+    root = Path(__file__).resolve().parent.parent
+    texts = [p.read_text(encoding="utf-8") for p in [root / "upstreams.yaml", *sorted((root / "train").glob("*.yaml"))]]
+    for text in texts + [BROKEN, "a: [1, {b: 'x'}]\n? c\n: |\n  block\n"]:
+        assert _nodes(yamlcheck.compose(text)) == _nodes(yaml.compose(text, Loader=yaml.SafeLoader))
+    for bad in ("a: b: c\n", "x: [1, 2\ny: 3\n", "- a\nb: c\n"):
+        with pytest.raises(yaml.YAMLError) as fast:
+            yamlcheck.compose(bad)
+        with pytest.raises(yaml.YAMLError) as slow:
+            yaml.compose(bad, Loader=yaml.SafeLoader)
+        assert str(fast.value) == str(slow.value)

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from patchkit import yamlcheck
 from patchkit.errors import Diagnostic, InvalidInput
 from patchkit.overlay.api import TargetName
 from patchkit.paths import atomic_write, display
@@ -98,7 +99,7 @@ def file_overlays(folder: Path, set_name: str) -> tuple[list[FileOverlay], list[
         return [], []
     where = display(path)
     try:
-        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        root = yamlcheck.compose(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         return [], [Diagnostic(where, mark.line + 1 if mark else 0, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
