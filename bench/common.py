@@ -22,13 +22,16 @@ def log(message: str) -> None:
 
 
 def hermetic_env(tmp: Path, tmpdir: Path | None = None) -> dict[str, str]:
-    """Its own HOME and .gitconfig, no system git config, its own patchkit cache."""
+    """Its own HOME and .gitconfig, no system git config, its own patchkit cache (PYTHONPATH is kept)."""
     home = tmp / "home"
     home.mkdir(exist_ok=True)
     (home / ".gitconfig").write_text("[user]\n\tname = Bench\n\temail = bench@example.invalid\n"
                                      "[init]\n\tdefaultBranch = main\n")
-    return {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1",
-            "PATCHKIT_CACHE": str(tmp / "cache"), "LC_ALL": "C", "TMPDIR": str(tmpdir or tmp)}
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1",
+           "PATCHKIT_CACHE": str(tmp / "cache"), "LC_ALL": "C", "TMPDIR": str(tmpdir or tmp)}
+    if os.environ.get("PYTHONPATH"):  # the checkout being measured (a frozen copy while its worktree moves on)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
 
 
 def sh(args: list[str], env: dict[str, str], cwd: Path | None = None, stdin: bytes | None = None) -> str:
