@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import difflib
+import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -25,7 +27,7 @@ from typing import Any
 
 from patchkit import cache, git, patchfile, settings
 from patchkit.errors import BadInput, Diagnostic, InvalidInput, PatchkitError
-from patchkit.manifest import Effective, Manifest, Model, Upstream
+from patchkit.manifest import Effective, Manifest, Model, PatchRef, Upstream
 from patchkit.patchfile import ParsedPatch, Patch
 from patchkit.paths import display
 from patchkit.overlay import drift, fingerprint, static
@@ -165,7 +167,7 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None) -> list
             mine = ([t for t in declared[0] if t.upstream == up], [f for f in declared[1] if f.upstream == up])
             adds = up in own  # the variant's own overlay sets have targets on UP
             if differs or adds:
-                units.append(_Unit(view, up, patchfile.load_series(view.patches[up]), differs,
+                units.append(_Unit(view, up, _load(view.patches[up]), differs,
                                    mine if (mine[0] or mine[1]) and (differs or adds) else None))
     if shard:
         keep = assign({(u.label, u.upstream): len(u.patches) for u in units}, shard.count)[shard.index - 1]
@@ -263,6 +265,23 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
     broken = sum(p.broken for checks in results.values() for p in checks) + sum(o.broken for o in overlay_checks)
     progress(f"{up.name}{at}: done, {broken} broken" if broken else f"{up.name}{at}: done, all hold")
     return target, [(u, results[u.label]) for u in members], overlay_checks
+
+
+def _load(refs: tuple[PatchRef, ...]) -> list[Patch]:
+    """A series' patches, parsed while their bytes are read (the parse is kept), then without their bytes:
+    the replay reads a patch again only where it looks at it alone, so memory stays flat in the series' size."""
+    patches = patchfile.load_series(refs)
+    for patch in patches:
+        patchfile.parse(patch)
+    return [dataclasses.replace(p, data=b"") for p in patches]
+
+
+def _bytes(patch: Patch) -> bytes:
+    """PATCH's bytes, read again; refused when the file changed since the check read it."""
+    data = patch.data or patch.ref.path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != patch.sha256:
+        raise BadInput(f"{display(patch.ref.path)} changed while rebase --check ran; run it again")
+    return data
 
 
 def _check_parse(units: list[_Unit]) -> None:
@@ -434,7 +453,7 @@ class _Replayer:
         selected = [p for p, keep in zip(patches, chosen) if keep]
         key = tuple((p.ref.id, p.sha256) for p in selected)
         if key not in self._pin_trees:
-            self._pin_trees[key] = replay(self.old, self.up.pin, [p.data for p in selected])
+            self._pin_trees[key] = replay(self.old, self.up.pin, [_bytes(p) for p in selected])
         return self._pin_trees[key]
 
     def _walk(self, root: _Node, read: set[str]) -> None:
@@ -508,11 +527,12 @@ class _Replayer:
     def _step(self, patch: Patch, state: _State) -> PatchCheck:
         parsed, _ = patchfile.parse(patch)
         assert parsed is not None
-        strict = self.new.apply(patch.data)
+        data = _bytes(patch)
+        strict = self.new.apply(data)
         if strict.ok:
             return self._clean(patch, parsed, strict)
         check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, display(patch.ref.path), "clean")
-        if self.new.apply(patch.data, "--reverse", "--check").ok:
+        if self.new.apply(data, "--reverse", "--check").ok:
             check.outcome = "upstreamed"
             return check
         culprit = self._needed_broken(patch, parsed, state)
@@ -525,7 +545,7 @@ class _Replayer:
             check.outcome, check.broken, check.files = "target-missing", True, missing
             state.broken.append(patch)
             return check
-        return self._merge_or_fuzz(patch, parsed, state, check, strict)
+        return self._merge_or_fuzz(patch, data, parsed, state, check, strict)
 
     def _clean(self, patch: Patch, parsed: ParsedPatch, strict: git.Result) -> PatchCheck:
         """PATCH applied as it is (STRICT: git's report): clean, or offset when a hunk moved."""
@@ -536,11 +556,11 @@ class _Replayer:
             check.range_diff = _offset_lines(parsed, strict)
         return check
 
-    def _merge_or_fuzz(self, patch: Patch, parsed: ParsedPatch, state: _State, check: PatchCheck,
+    def _merge_or_fuzz(self, patch: Patch, data: bytes, parsed: ParsedPatch, state: _State, check: PatchCheck,
                        strict: git.Result) -> PatchCheck:
         before = self.new.tree()
         self._old_blobs(parsed, state)
-        if self.new.apply(patch.data, "--3way").ok:
+        if self.new.apply(data, "--3way").ok:
             after = self.new.tree()
             if after == before:
                 check.outcome = "upstreamed"
@@ -549,7 +569,7 @@ class _Replayer:
             return check
         self.new.reset(before)  # a failed three-way apply leaves unmerged entries
         for context in (_CONTEXT - 1, 1):
-            if self.new.apply(patch.data, f"-C{context}").ok:
+            if self.new.apply(data, f"-C{context}").ok:
                 check.outcome, check.fuzz = "fuzz", _CONTEXT - context
                 check.broken = not self.allow_fuzz
                 check.range_diff = self._range_diff(patch, before, self.new.tree())
@@ -563,7 +583,7 @@ class _Replayer:
         """The old scratch index: the pin with PATCHES applied (they all applied there)."""
         self.old.reset(self.up.pin)
         for patch in patches:
-            self.old.apply(patch.data)
+            self.old.apply(_bytes(patch))
 
     def _needed_broken(self, patch: Patch, parsed: ParsedPatch, state: _State) -> Patch | None:
         """The broken patch PATCH needs: it fails on the pin without the broken patches on its files."""
@@ -573,7 +593,7 @@ class _Replayer:
             return None  # no broken patch touches its files, so it cannot need one
         skip = {p.ref.id for p in state.broken}
         self._old_world([p for p in state.history if p.ref.id not in skip and files & _files(patchfile.parse(p)[0])])
-        if self.old.apply(patch.data, "--check").ok:
+        if self.old.apply(_bytes(patch), "--check").ok:
             return None
         return broken[-1]
 
@@ -658,7 +678,7 @@ class _Replayer:
         parsed, _ = patchfile.parse(patch)
         paths = [p for c in (parsed.files if parsed else ()) for p in c.paths]
         new = self.new.run(["diff-tree", "-p", "-M", before, after, "--", *paths]).stdout
-        old = patch.data.decode("utf-8", "replace")
+        old = _bytes(patch).decode("utf-8", "replace")
         old = old[old.find("diff --git"):] if "diff --git" in old else old
         return _diff_of_diffs(old, new)
 

@@ -58,7 +58,9 @@ class Patch:
 
 @dataclass(frozen=True)
 class ParsedPatch:
-    patch: Patch
+    """What a patch touches: small, and without the patch's bytes (parses are kept for the whole run)."""
+
+    ref: PatchRef
     subject: str
     author: str
     files: tuple[FileChange, ...]
@@ -186,7 +188,7 @@ def _parse(patch: Patch) -> tuple[ParsedPatch | None, list[Diagnostic]]:
     if problems:
         return None, problems
     subject = re.sub(r"^\[PATCH[^\]]*\]\s*", "", headers["subject"])
-    return ParsedPatch(patch, subject, headers["from"], tuple(files)), []
+    return ParsedPatch(patch.ref, subject, headers["from"], tuple(files)), []
 
 
 def _file_change(pf: unidiff.PatchedFile) -> FileChange:

@@ -456,3 +456,29 @@ def test_split_verbose_attributes_each_patch(tmp_path: Path) -> None:
         failed = s.apply_files([str(p) for p in paths])  # the third repeats the first: it does not apply
         assert not failed.ok and scratch.split_verbose(failed.stderr, names) == parts
         assert s.tree() == git(up, "rev-parse", f"{pin}^{{tree}}")  # nothing applied
+
+
+def test_replay_keeps_no_patch_bytes(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay holds each patch's hash, not its bytes (memory flat in the series' size): a patch is
+    read again where it is looked at alone, and refused when its file changed since the check read it."""
+    from patchkit import check, manifest
+    from patchkit.errors import BadInput
+
+    port = manifest.load(runs / "upstreams.yaml")
+    seen: list[bytes] = []
+    real = check._Replayer.run
+
+    def spy(self: object, target: str, sequences: list, *rest: object):  # type: ignore[no-untyped-def]
+        seen.extend(p.data for _, patches in sequences for p in patches)
+        return real(self, target, sequences, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(check._Replayer, "run", spy)
+    monkeypatch.chdir(runs)
+    report = check.check(port, [], fetch=False, jobs=1)
+    assert len(seen) == 12 and set(seen) == {b""}
+    assert [p.outcome for p in report.series[0].patches].count("conflict") == 1  # read again to classify it
+    light = check._load(port.models["m"].patches["up"])[5]
+    assert check._bytes(light) == light.ref.path.read_bytes()
+    light.ref.path.write_bytes(light.ref.path.read_bytes() + b"\n")
+    with pytest.raises(BadInput, match="changed while rebase --check ran"):
+        check._bytes(light)
