@@ -96,6 +96,9 @@ def test_a_fleet_shares_its_common_change_split_by_base_and_a_second_run_changes
     code, again = import_all(root, examples)
     assert code == 1 and again["changed"] == [] and snapshot(root) == before
     assert again["totals"] == report["totals"]
+    alone = json.loads(patchkit(root, "import", str(examples / "Alpha"), "--json").out)
+    assert any("imported alone" in n["reason"] for n in alone["notes"])
+    assert patchkit(root, "apply", "alpha").code == 0 and patchkit(root, "validate").code == 0
 
 
 def test_a_variant_patch_becomes_a_layer_on_the_model_and_its_requirements_its_requires(fleet) -> None:
