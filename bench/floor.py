@@ -19,28 +19,34 @@ from pathlib import Path
 
 from patchkit import cache, patchfile
 from patchkit import manifest as manifest_mod
+from patchkit.check import target_key
 
 SHIM = '#!/bin/sh\necho "$1" >> "$GIT_COUNT_LOG"\nexec {git} "$@"\n'
 
 
 def script(manifest_path: Path, cache_root: Path, targets: dict[str, dict[str, str]]) -> str:
     """A bash script replaying every series of MANIFEST_PATH on TARGETS (`rebase --check --json`'s
-    "upstreams": name -> {"ref", "commit"}); it prints how many patches did not apply."""
+    "upstreams": target key -> {"ref", "commit"}); every model and variant, one trie per target (an
+    upstream at another base of a model is a target of its own, as in `rebase --check`); it prints how
+    many patches did not apply."""
     manifest = manifest_mod.load(manifest_path)
     lines = ["#!/bin/bash", "set -u", "failed=0", "s=$(mktemp -d)", 'mkdir "$s/objects"',
              'export GIT_OBJECT_DIRECTORY="$s/objects" GIT_INDEX_FILE="$s/index"']
-    for name in sorted(targets):
-        up = manifest.upstreams[name]
-        mirror = cache.mirror_path(up, cache_root)
-        trie: dict = {}
-        for model in manifest.models.values():
-            if name in model.patches:
-                node = trie
-                for patch in patchfile.load_series(model.patches[name]):
-                    node = node.setdefault((str(patch.ref.path), patch.sha256), {})
-        q = shlex.quote
+    tries: dict[str, dict] = {}  # target key (check.target_key: `up`, or `up@pin12~track` for another base)
+    mirrors: dict[str, Path] = {}
+    for view in manifest.views():  # every model and variant, at its effective pins (manifest version 2)
+        for name, refs in view.patches.items():
+            key = target_key(manifest, view.upstreams[name])
+            mirrors[key] = cache.mirror_path(manifest.upstreams[name], cache_root)
+            node = tries.setdefault(key, {})
+            for patch in patchfile.load_series(refs):
+                node = node.setdefault((str(patch.ref.path), patch.sha256), {})
+    q = shlex.quote
+    for key in sorted(targets):
+        mirror = mirrors.get(key) or cache.mirror_path(manifest.upstreams[key.split("@")[0]], cache_root)
+        trie = tries.get(key, {})
         lines += [f"export GIT_DIR={q(str(mirror))} GIT_ALTERNATE_OBJECT_DIRECTORIES={q(str(mirror / 'objects'))}",
-                  f"c=$(git rev-parse --verify -q {q(_candidate(mirror, targets[name]['ref']))})"]
+                  f"c=$(git rev-parse --verify -q {q(_candidate(mirror, targets[key]['ref']))})"]
         if trie:
             lines.append('git read-tree "$c"')
             lines += _walk(trie, [0])

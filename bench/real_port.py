@@ -4,7 +4,10 @@ Run it by hand from the repository root once the five models' mirrors are cached
 
     export PATCHKIT_MIRROR_TEMPLATE=/srv/mirrors/{owner}+{name}/repo PATCHKIT_CACHE=/tmp/pk-cache
     for m in surroundocc fbocc bevdepth tpvformer sparse4d; do patchkit apply $m --workspace /tmp/pk-ws; done
-    python bench/real_port.py [--repeat 9] [--baseline ../old-checkout] [--json]
+    python bench/real_port.py [--repeat 9] [--baseline ../old-checkout] [--port DIR] [--json]
+
+`--port DIR` checks another port repository instead, e.g. the DrivingSDK fleet `patchkit import --all` made
+(its mirrors in the same PATCHKIT_CACHE).
 
 Cases, round-robin (floor, patchkit, [baseline]) and reported as the median of per-round ratios:
 
@@ -39,6 +42,8 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout of patchkit to time as well (A/B); its "
                         "upstreams.yaml, patches and overlays are then the port every case checks (older code may "
                         "not read a newer manifest)")
+    parser.add_argument("--port", type=Path, help="another port repository to check (its upstreams.yaml, patches, "
+                        "overlays), e.g. the fleet `patchkit import --all` made; default: this repository")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args()
     cache_root = os.environ.get("PATCHKIT_CACHE")
@@ -50,7 +55,7 @@ def main() -> None:
     # would make every run compile patchkit again)
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "LC_ALL": "C"}
     check = [sys.executable, *PYTHON_FLAGS, "-m", "patchkit", "--quiet", "rebase", "--check", "--no-fetch", "--json", "--jobs", "1"]
-    port = (opts.baseline or ROOT).resolve()
+    port = (opts.port or opts.baseline or ROOT).resolve()
     first = Timed("patchkit", lambda _r: check, port, env, codes=(0, 1))
     loads_before = load()
     rounds([first], 1, "targets: ")
