@@ -125,3 +125,14 @@ _AS_FROM_A_TERMINAL = ("import signal, sys; signal.signal(signal.SIGINT, signal.
 def patchkit_process(cwd: Path, *args: str, **kw: object) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", _AS_FROM_A_TERMINAL, *args], cwd=cwd,  # type: ignore[call-overload]
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def numbered(name: str, n: int = 30) -> str:
+    """N numbered lines of a file called NAME: content whose hunks a test can move and edit."""
+    return "".join(f"{name} line {i}\n" for i in range(1, n + 1))
+
+
+def edit(text: str, old: str, new: str) -> str:
+    """TEXT with the first OLD replaced by NEW (which must be there)."""
+    assert old in text, old
+    return text.replace(old, new, 1)

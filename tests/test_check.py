@@ -13,16 +13,7 @@ from pathlib import Path
 import pytest
 
 from patchkit import scratch
-from tests.gitfixtures import PatchMaker, commit, git, make_upstream, patchkit, write_layer, write_one_upstream_port
-
-
-def numbered(name: str, n: int = 30) -> str:
-    return "".join(f"{name} line {i}\n" for i in range(1, n + 1))
-
-
-def edit(text: str, old: str, new: str) -> str:
-    assert old in text, old
-    return text.replace(old, new, 1)
+from tests.gitfixtures import PatchMaker, commit, edit, git, make_upstream, numbered, patchkit, write_layer, write_one_upstream_port
 
 
 @dataclass
