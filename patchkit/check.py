@@ -136,6 +136,7 @@ class _Unit:
     patches: list[Patch]
     report: bool  # a series entry of its own (a variant's series identical to the model's is not repeated)
     overlays: tuple[list[static.Target], list[static.FileOverlay]] | None = None  # checked on this series
+    target: str = ""  # the key of the target it is checked against (target_key)
 
     @property
     def label(self) -> str:
@@ -187,8 +188,8 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
     _check_parse(units)
     groups: dict[str, dict[str, list[_Unit]]] = {}  # upstream -> target key -> its series
     for unit in units:
-        key = target_key(manifest, unit.view.upstreams[unit.upstream])
-        groups.setdefault(unit.upstream, {}).setdefault(key, []).append(unit)
+        unit.target = target_key(manifest, unit.view.upstreams[unit.upstream])
+        groups.setdefault(unit.upstream, {}).setdefault(unit.target, []).append(unit)
     names = sorted(groups)
     memo = fingerprint.Memo.in_cache(settings.cache_root())
 
@@ -200,6 +201,8 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
                                                 progress)
             targets[key] = target
             results += found
+            for o in checks:
+                o.target = key
             overlay_checks += checks
         return targets, results, overlay_checks
 
@@ -229,14 +232,11 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
         first.details += [line for exc in errors[1:] for line in exc.lines()]
         raise first
     checked = {id(unit): found for n in names for unit, found in outcomes[n][1]}
-    series = [SeriesCheck(u.view.name, u.upstream, checked[id(u)], u.view.variant,
-                          target_key(manifest, u.view.upstreams[u.upstream])) for u in units if u.report]
-    labels = list(dict.fromkeys(u.label for u in units))
+    series = [SeriesCheck(u.view.name, u.upstream, checked[id(u)], u.view.variant, u.target)
+              for u in units if u.report]
+    order = {label: i for i, label in enumerate(dict.fromkeys(u.label for u in units))}
     overlay_checks = sorted((o for n in names for o in outcomes[n][2]),
-                            key=lambda o: (labels.index(_label(o.model, o.variant)), o.upstream))
-    for o in overlay_checks:
-        unit = next(u for u in units if u.label == _label(o.model, o.variant) and u.upstream == o.upstream)
-        o.target = target_key(manifest, unit.view.upstreams[o.upstream])
+                            key=lambda o: (order[_label(o.model, o.variant)], o.upstream))
     targets = {key: t for n in names for key, t in outcomes[n][0].items()}
     return CheckReport(dict(sorted(targets.items())), series, allow_fuzz, overlay_checks, shard)
 
