@@ -168,8 +168,7 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None) -> list
             mine = ([t for t in declared[0] if t.upstream == up], [f for f in declared[1] if f.upstream == up])
             adds = up in own  # the variant's own overlay sets have targets on UP
             if differs or adds:
-                units.append(_Unit(view, up, _load(view.patches[up]), differs,
-                                   mine if (mine[0] or mine[1]) and (differs or adds) else None))
+                units.append(_Unit(view, up, _load(view.patches[up]), differs, mine if mine[0] or mine[1] else None))
     if shard:
         keep = assign({(u.label, u.upstream): len(u.patches) for u in units}, shard.count)[shard.index - 1]
         units = [u for u in units if (u.label, u.upstream) in keep]
@@ -446,7 +445,7 @@ class _Replayer:
         while grown:  # the patches on the needed files, and the files they change too
             grown = False
             for i, patch in enumerate(patches):
-                touched = _files(patchfile.parse(patch)[0])
+                touched = _files(_parsed(patch))
                 if not chosen[i] and touched & needed:
                     chosen[i], grown = True, True
                     needed |= touched
@@ -525,8 +524,7 @@ class _Replayer:
     # one patch ------------------------------------------------------------------------------
 
     def _step(self, patch: Patch, state: _State) -> PatchCheck:
-        parsed, _ = patchfile.parse(patch)
-        assert parsed is not None
+        parsed = _parsed(patch)
         data = _bytes(patch)
         strict = self.new.apply(data)
         if strict.ok:
@@ -588,11 +586,11 @@ class _Replayer:
     def _needed_broken(self, patch: Patch, parsed: ParsedPatch, state: _State) -> Patch | None:
         """The broken patch PATCH needs: it fails on the pin without the broken patches on its files."""
         files = _files(parsed)
-        broken = [p for p in state.broken if files & _files(patchfile.parse(p)[0])]
+        broken = _on(state.broken, files)
         if not broken:
             return None  # no broken patch touches its files, so it cannot need one
         skip = {p.ref.id for p in state.broken}
-        self._old_world([p for p in state.history if p.ref.id not in skip and files & _files(patchfile.parse(p)[0])])
+        self._old_world([p for p in _on(state.history, files) if p.ref.id not in skip])
         if self.old.apply(_bytes(patch), "--check").ok:
             return None
         return broken[-1]
@@ -603,8 +601,7 @@ class _Replayer:
         The first patch on a file was made against the pin's blob, which the mirror has; a later
         one against the pin plus the earlier patches on that file, which only replaying makes.
         """
-        files = _files(parsed)
-        earlier = [p for p in state.history if files & _files(patchfile.parse(p)[0])]
+        earlier = _on(state.history, _files(parsed))
         if earlier:
             self._old_world(earlier)
 
@@ -675,8 +672,7 @@ class _Replayer:
         return max(first, 1), max(last, first)
 
     def _range_diff(self, patch: Patch, before: str, after: str) -> list[str]:
-        parsed, _ = patchfile.parse(patch)
-        paths = [p for c in (parsed.files if parsed else ()) for p in c.paths]
+        paths = [p for c in _parsed(patch).files for p in c.paths]
         new = self.new.run(["diff-tree", "-p", "-M", before, after, "--", *paths]).stdout
         old = _bytes(patch).decode("utf-8", "replace")
         old = old[old.find("diff --git"):] if "diff --git" in old else old
@@ -691,6 +687,11 @@ def _parsed(patch: Patch) -> ParsedPatch:
 
 def _files(parsed: ParsedPatch | None) -> set[str]:
     return {p for c in parsed.files for p in c.paths} if parsed else set()
+
+
+def _on(patches: list[Patch], files: set[str]) -> list[Patch]:
+    """Those of PATCHES that change one of FILES, in order."""
+    return [p for p in patches if files & _files(_parsed(p))]
 
 
 def _offset_lines(parsed: ParsedPatch, result: git.Result) -> list[str]:
