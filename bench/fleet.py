@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from common import PYTHON_FLAGS, Row, Timed, baseline_env, hermetic_env, load, log, paired, python_lines, report, rounds, sh
-from floor import count_git, own_rss_mb, script, targets_of
+from floor import count_git, floor_case, own_rss_mb
 from rebase_check import SLOTS, FastImport
 
 from patchkit.overlay import fingerprint
@@ -192,9 +192,7 @@ def main() -> None:
         first = Timed("targets", lambda _r: [*check, "--jobs", "1"], port, env)
         rounds([first], 1, "targets: ")
         doc = json.loads(first.outputs[0])
-        floor_sh = tmp / "floor.sh"
-        floor_sh.write_text(script(port / "upstreams.yaml", tmp / "cache", targets_of(first.outputs[0])))
-        cases = [Timed("raw floor", lambda _r: ["bash", str(floor_sh)], port, env),
+        cases = [floor_case(tmp, port, tmp / "cache", first.outputs[0], env),
                  Timed("patchkit --jobs 1", lambda _r: [*check, "--jobs", "1"], port, env),
                  Timed("patchkit --jobs 2", lambda _r: [*check, "--jobs", "2"], port, env)]
         if opts.baseline:

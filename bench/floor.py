@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from common import Timed
+
 from patchkit import cache, patchfile
 from patchkit import manifest as manifest_mod
 from patchkit.check import target_key
@@ -89,6 +91,14 @@ def _walk(trie: dict, counter: list[int]) -> list[str]:
 
 def targets_of(check_json: str) -> dict[str, dict[str, str]]:
     return {name: {"ref": t["ref"], "commit": t["commit"]} for name, t in json.loads(check_json)["upstreams"].items()}
+
+
+def floor_case(folder: Path, port: Path, cache_root: Path, check_json: str, env: dict[str, str]) -> Timed:
+    """The timed case "raw floor": the floor of PORT on the targets a `rebase --check --json` run
+    printed (CHECK_JSON), its script written to FOLDER/floor.sh."""
+    path = folder / "floor.sh"
+    path.write_text(script(port / "upstreams.yaml", cache_root, targets_of(check_json)))
+    return Timed("raw floor", lambda _r: ["bash", str(path)], port, env)
 
 
 def count_git(args: list[str], cwd: Path, env: dict[str, str]) -> dict[str, int]:

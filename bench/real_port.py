@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 from common import PYTHON_FLAGS, Row, Timed, baseline_env, load, log, paired, report, rounds
-from floor import count_git, script, targets_of
+from floor import count_git, floor_case
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_CPU, GOAL_PROCESSES = 1.5, 1.5
@@ -60,9 +60,7 @@ def main() -> None:
     loads_before = load()
     rounds([first], 1, "targets: ")
     with tempfile.TemporaryDirectory(prefix="patchkit-floor-") as tmp:
-        raw = Path(tmp) / "floor.sh"
-        raw.write_text(script(port / "upstreams.yaml", Path(cache_root), targets_of(first.outputs[0])))
-        cases = [Timed("raw floor", lambda _r: ["bash", str(raw)], port, env),
+        cases = [floor_case(Path(tmp), port, Path(cache_root), first.outputs[0], env),
                  Timed("patchkit", lambda _r: check, port, env, codes=(0, 1))]
         if opts.baseline:
             cases.append(Timed("baseline", lambda _r: check, port, baseline_env(env, opts.baseline), codes=(0, 1)))

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import PYTHON_FLAGS, Row, Timed, baseline_env, hermetic_env, load, log, paired, python_lines, report, rounds, sh
-from floor import count_git, own_rss_mb, script, targets_of
+from floor import count_git, floor_case, own_rss_mb
 from typing import Any
 
 from patchkit.overlay import fingerprint
@@ -286,9 +286,7 @@ def main() -> None:
         # one untimed run gives the targets for the floor and patchkit's own peak memory
         own_rss, first = own_rss_mb([sys.executable, *PYTHON_FLAGS], ["--quiet", "rebase", "--check", "--no-fetch",
                                                                       "--json", "--jobs", "1"], port, env)
-        floor_sh = tmp / "floor.sh"
-        floor_sh.write_text(script(port / "upstreams.yaml", tmp / "cache", targets_of(first)))
-        cases = [Timed("raw floor", lambda _r: ["bash", str(floor_sh)], port, env),
+        cases = [floor_case(tmp, port, tmp / "cache", first, env),
                  Timed("patchkit --jobs 1", lambda _r: [*check, "--jobs", "1"], port, env, codes=(1,))]
         if not opts.no_jobs2:
             cases.append(Timed("patchkit --jobs 2", lambda _r: [*check, "--jobs", "2"], port, env, codes=(1,)))
