@@ -79,9 +79,8 @@ class Tree:
             self.scratch.run(["update-index", "-z", "--index-info"],
                              input_bytes=b"".join((zero + p).encode() + b"\0" for p in paths))
 
-    def diff(self, before: str, after: str) -> bytes:
-        return git.output_bytes(["diff-tree", "-p", "--full-index", "--binary", "--no-renames", before, after],
-                                self.mirror, env=self.scratch.env)
+    def diff(self, before: str, after: str, *paths: str) -> bytes:
+        return diff(self.scratch, before, after, *paths)
 
     def apply(self, fd: FileDiff) -> Applied:
         before = self.tree()
@@ -116,6 +115,12 @@ class Tree:
             return False
         self.put(fd.new_path, fixed, now[0])
         return True
+
+
+def diff(scratch: Scratch, before: str, after: str, *paths: str) -> bytes:
+    """git's own patch from tree BEFORE to AFTER (of PATHS only, when given), as the import writes it."""
+    args = ["diff-tree", "-p", "--full-index", "--binary", "--no-renames", before, after]
+    return git.output_bytes([*args, "--", *paths] if paths else args, scratch.mirror, env=scratch.env)
 
 
 def is_crlf(data: bytes) -> bool:

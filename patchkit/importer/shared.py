@@ -22,7 +22,7 @@ from pathlib import Path
 
 from patchkit import git
 from patchkit.errors import PatchkitError
-from patchkit.importer import patches as patches_mod, provenance
+from patchkit.importer import patches as patches_mod, provenance, regen
 from patchkit.importer.model import Finding
 from patchkit.importer.patches import FileDiff, Hunk
 from patchkit.scratch import Scratch
@@ -146,11 +146,6 @@ def partial(fd: FileDiff, keep: set[tuple[int, int]]) -> FileDiff:
 
 # -- scratch helpers -----------------------------------------------------------------------
 
-def _diff(scratch: Scratch, before: str, after: str) -> bytes:
-    return git.output_bytes(["diff-tree", "-p", "--full-index", "--binary", "--no-renames", before, after],
-                            scratch.mirror, env=scratch.env)
-
-
 def _replay(scratch: Scratch, base: str, patches: list[bytes]) -> list[str] | None:
     """The trees after each of PATCHES applied strictly at BASE, or None when one does not apply."""
     scratch.reset(base)
@@ -251,7 +246,7 @@ def _build(upstream: str, rep: Member, group: list[Change], found: tuple[dict[Ch
             before = scratch.tree()
             if not scratch.apply(partial(parsed[k][f], runs).data()).ok:
                 return None
-            layer.series.append((parsed[k][f].path, _diff(scratch, before, scratch.tree())))
+            layer.series.append((parsed[k][f].path, regen.diff(scratch, before, scratch.tree())))
             layer.heads.append(split(rep.series[k][1])[0])
     return layer
 
@@ -313,7 +308,7 @@ def _own(member: Member, layers: list[Layer], findings: list[Finding]) -> list[t
             before = scratch.tree()
             _set_paths(scratch, tree, list(dict.fromkeys(p for fd in fds for p in fd.paths)))
             after = scratch.tree()
-            diff = _diff(scratch, before, after) if after != before else b""
+            diff = regen.diff(scratch, before, after) if after != before else b""
             paths = {p for fd in fds for p in fd.paths}
             moved = [layer.name for layer in layers if any(p in paths for p, _ in layer.series)]
             if diff and cosmetic(diff):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from patchkit import git
 from patchkit.errors import BadInput
 from patchkit.importer import patcher, patches as patches_mod, provenance
 from patchkit.importer.model import Finding, ImportReport, OverlayModuleOut
@@ -143,8 +142,7 @@ def _patch(port: Path, path: Path, variant: str, trees: dict[str, Tree], out: ob
     from patchkit.importer.run import cosmetic
 
     for p in paths:
-        diff = git.output_bytes(["diff-tree", "-p", "--full-index", "--binary", "--no-renames", before, after, "--", p],
-                                tree.mirror, env=tree.scratch.env)
+        diff = tree.diff(before, after, p)
         if not diff or cosmetic(diff):
             continue
         got = series.setdefault(up, [])
