@@ -123,6 +123,21 @@ def diff(scratch: Scratch, before: str, after: str, *paths: str) -> bytes:
     return git.output_bytes([*args, "--", *paths] if paths else args, scratch.mirror, env=scratch.env)
 
 
+def set_paths(scratch: Scratch, treeish: str, paths: list[str]) -> None:
+    """PATHS in SCRATCH's index made as they are in TREEISH (absent there: removed), one ls-tree for all."""
+    listing = scratch.run(["ls-tree", "-z", treeish, "--", *paths]).stdout.split("\0")
+    have = {}
+    for item in filter(None, listing):
+        meta, _, path = item.partition("\t")
+        if meta.split()[1] != "tree":  # a folder of that name is not a file of it
+            have[path] = meta.split()
+    lines = []
+    for path in paths:
+        mode, _, sha = have.get(path, ["0", "blob", "0" * 40])
+        lines.append(f"{mode} {sha}\t{path}".encode() + b"\0")
+    scratch.run(["update-index", "-z", "--index-info"], input_bytes=b"".join(lines))
+
+
 def is_crlf(data: bytes) -> bool:
     lines = data.count(b"\n")
     return lines > 0 and data.count(b"\r\n") * 2 > lines

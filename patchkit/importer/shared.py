@@ -157,20 +157,6 @@ def _replay(scratch: Scratch, base: str, patches: list[bytes]) -> list[str] | No
     return trees
 
 
-def _set_paths(scratch: Scratch, source_tree: str, paths: list[str]) -> None:
-    """PATHS in the index made as they are in SOURCE_TREE (absent there: removed)."""
-    listing = scratch.run(["ls-tree", "-z", source_tree, "--", *paths]).stdout.split("\0")
-    have = {}
-    for item in filter(None, listing):
-        meta, _, path = item.partition("\t")
-        have[path] = meta.split()
-    lines = []
-    for path in paths:
-        mode, _, sha = have.get(path, ["0", "blob", "0" * 40])
-        lines.append(f"{mode} {sha}\t{path}".encode() + b"\0")
-    scratch.run(["update-index", "-z", "--index-info"], input_bytes=b"".join(lines))
-
-
 # -- the layers ----------------------------------------------------------------------------
 
 def share(upstream: str, members: list[Member]) -> Shared:
@@ -306,7 +292,7 @@ def _own(member: Member, layers: list[Layer], findings: list[Finding]) -> list[t
         for (name, data), tree in zip(member.series, trees):
             fds, _ = patches_mod.parse(split(data)[1], name)
             before = scratch.tree()
-            _set_paths(scratch, tree, list(dict.fromkeys(p for fd in fds for p in fd.paths)))
+            regen.set_paths(scratch, tree, list(dict.fromkeys(p for fd in fds for p in fd.paths)))
             after = scratch.tree()
             diff = regen.diff(scratch, before, after) if after != before else b""
             paths = {p for fd in fds for p in fd.paths}

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from patchkit.errors import BadInput
-from patchkit.importer import patcher, patches as patches_mod, provenance
+from patchkit.importer import patcher, patches as patches_mod, provenance, regen
 from patchkit.importer.model import Finding, ImportReport, OverlayModuleOut
 from patchkit.importer.patches import FileDiff
 from patchkit.importer.regen import Tree
@@ -131,7 +131,7 @@ def _patch(port: Path, path: Path, variant: str, trees: dict[str, Tree], out: ob
     fds = [patches_mod.prefixed(d, prefix) if prefix else d for d in fds]
     before = tree.tree()
     paths = list(dict.fromkeys(p for fd in [*base_fds, *fds] for p in fd.paths))
-    _reset(tree, paths)
+    regen.set_paths(tree.scratch, tree.pin, paths)
     for fd in fds:
         applied = tree.apply(fd)
         for hunk in applied.rejected:
@@ -166,16 +166,6 @@ def _replaced(port: Path, fds: list[FileDiff], out: object) -> tuple[str, str, s
         if overlap and (best is None or overlap > best[0]):
             best = (overlap, rel, up, prefix)
     return best[1:] if best else None
-
-
-def _reset(tree: Tree, paths: list[str]) -> None:
-    """PATHS in TREE's index back as they are at its pin (absent there: removed)."""
-    lines = []
-    for p in paths:
-        found = tree.entry(p, tree.pin)
-        mode, sha = found if found else ("0", "0" * 40)
-        lines.append(f"{mode} {sha}\t{p}".encode() + b"\0")
-    tree.scratch.run(["update-index", "-z", "--index-info"], input_bytes=b"".join(lines))
 
 
 def _overlays(port: Path, path: Path, trees: dict[str, Tree], out: object, report: ImportReport) -> list[OverlayModuleOut]:
