@@ -25,7 +25,7 @@ from patchkit.errors import PatchkitError
 from patchkit.importer import patches as patches_mod, provenance, regen
 from patchkit.importer.model import Finding
 from patchkit.importer.patches import FileDiff, Hunk
-from patchkit.scratch import Scratch
+from patchkit.scratch import Scratch, replay
 
 TRAILER = b"-- \npatchkit import\n\n"
 _ORIGIN = re.compile(r"^Origin: DrivingSDK (\S+)(?: at ([0-9a-f]{40}))?", re.M)
@@ -147,7 +147,8 @@ def partial(fd: FileDiff, keep: set[tuple[int, int]]) -> FileDiff:
 # -- scratch helpers -----------------------------------------------------------------------
 
 def _replay(scratch: Scratch, base: str, patches: list[bytes]) -> list[str] | None:
-    """The trees after each of PATCHES applied strictly at BASE, or None when one does not apply."""
+    """The trees after each of PATCHES applied strictly at BASE, or None when one does not apply
+    (scratch.replay when only the last one matters: it writes no tree between patches)."""
     scratch.reset(base)
     trees = []
     for data in patches:
@@ -215,7 +216,7 @@ def _pieces(upstream: str, members: list[Member], group: list[Change],
 
 def _applies(member: Member, series: list[tuple[str, bytes]]) -> bool:
     with Scratch(member.mirror) as scratch:
-        return _replay(scratch, member.pin, [data for _, data in series]) is not None
+        return replay(scratch, member.pin, [data for _, data in series]) is not None
 
 
 def _build(upstream: str, rep: Member, group: list[Change], found: tuple[dict[Change, Spot], list[list[FileDiff]]]) -> Layer | None:
@@ -285,7 +286,7 @@ def _own(member: Member, layers: list[Layer], findings: list[Finding]) -> list[t
     left_out: set[str] = set()
     with Scratch(member.mirror) as first, Scratch(member.mirror, objects=first.objects) as scratch:
         trees = _replay(first, member.pin, originals)
-        shared = _replay(scratch, member.pin, [data for layer in layers for _, data in layer.series])
+        shared = replay(scratch, member.pin, [data for layer in layers for _, data in layer.series])
         if trees is None or shared is None:
             raise PatchkitError(f"internal: {member.model}'s series or shared layers do not apply at {member.pin[:12]}")
         out = []
