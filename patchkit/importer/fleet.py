@@ -81,7 +81,7 @@ def import_all(examples: Path, root: Path, progress: Progress = lambda _m: None)
     fleet = FleetReport(str(examples), provenance.head(examples))
     names = {p: run_mod.model_name(p) for p in ports}
     defaults = _default_pins(ports, names, progress)
-    base = _without_blocks(root, list(names.values()))
+    base = run_mod.existing_upstreams(root, *names.values())
     imported: list[_Imported] = []
     added: dict[str, dict[str, object]] = {}
     for i, port in enumerate(ports, 1):
@@ -158,17 +158,6 @@ def _pins_of(port: Path) -> list[tuple[str, dict[str, object]]]:
 
 def _entry(up: manifest_mod.Upstream) -> dict[str, object]:
     return {"pypi": up.pypi, "pin": up.pin} if up.pypi else {"url": up.url, "pin": up.pin}
-
-
-def _without_blocks(root: Path, models: list[str]) -> dict[str, dict[str, object]]:
-    """The manifest's upstreams, less the blocks any of MODELS wrote (a re-import remakes them)."""
-    path = root / manifest_mod.MANIFEST_NAME
-    if not path.is_file():
-        return {}
-    text = path.read_text(encoding="utf-8")
-    for model in models:
-        text = writer.strip_blocks(text, model)
-    return run_mod.upstreams_of(text, path)
 
 
 # -- 3. shared layers ----------------------------------------------------------------------

@@ -188,14 +188,17 @@ def _patch_file(port: Path, cwd: str, arg: str) -> Path | None:
     return found
 
 
-def existing_upstreams(root: Path, model: str) -> dict[str, dict[str, object]]:
-    """The manifest's upstreams, less those this model's earlier import wrote (a re-import remakes them)."""
+def existing_upstreams(root: Path, *models: str) -> dict[str, dict[str, object]]:
+    """The manifest's upstreams, less those MODELS' earlier imports wrote (a re-import remakes them)."""
     from patchkit.importer import writer
 
     path = root / manifest_mod.MANIFEST_NAME
     if not path.is_file():
         return {}
-    return upstreams_of(writer.strip_blocks(path.read_text(encoding="utf-8"), model), path)
+    text = path.read_text(encoding="utf-8")
+    for model in models:
+        text = writer.strip_blocks(text, model)
+    return upstreams_of(text, path)
 
 
 def upstreams_of(text: str, path: Path) -> dict[str, dict[str, object]]:
