@@ -80,7 +80,8 @@ def import_all(examples: Path, root: Path, progress: Progress = lambda _m: None)
     ports = sorted((p for p in examples.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
     fleet = FleetReport(str(examples), provenance.head(examples))
     names = {p: run_mod.model_name(p) for p in ports}
-    defaults = _default_pins(ports, names, progress)
+    decided: dict[Path, run_mod.Decided] = {p: {} for p in ports}
+    defaults = _default_pins(ports, names, decided, progress)
     base = run_mod.existing_upstreams(root, *names.values())
     imported: list[_Imported] = []
     added: dict[str, dict[str, object]] = {}
@@ -89,7 +90,7 @@ def import_all(examples: Path, root: Path, progress: Progress = lambda _m: None)
         model = names[port]
         existing = {**base, **{n: d for n, (d, owner) in defaults.items() if owner != model and n not in base}, **added}
         try:
-            report, out = run_mod.run(port, root, model, lambda _m: None, existing)
+            report, out = run_mod.run(port, root, model, lambda _m: None, existing, decided.pop(port))
         except PatchkitError as exc:
             fleet.folders.append(Folder(port.name, model, "failed", " ".join([exc.message, *exc.lines()[1:]])[:400]))
             progress(f"[{i}/{len(ports)}] {port.name}: FAILED ({exc.message[:120]}) {time.monotonic() - began:.1f} s")
@@ -114,12 +115,14 @@ def import_all(examples: Path, root: Path, progress: Progress = lambda _m: None)
 
 # -- 1. pins -------------------------------------------------------------------------------
 
-def _default_pins(ports: list[Path], names: dict[Path, str], progress: Progress) -> dict[str, tuple[dict[str, object], str]]:
-    """Upstream name -> (its manifest entry at the pin most models need, the model that owns it)."""
+def _default_pins(ports: list[Path], names: dict[Path, str], decided: dict[Path, run_mod.Decided],
+                  progress: Progress) -> dict[str, tuple[dict[str, object], str]]:
+    """Upstream name -> (its manifest entry at the pin most models need, the model that owns it).
+    DECIDED: each port's pins.decide results, filled in for its import (decided once, not twice)."""
     wanted: dict[str, list[tuple[str, dict[str, object]]]] = {}
     began = time.monotonic()
     for i, port in enumerate(ports, 1):
-        for base, entry in _pins_of(port):
+        for base, entry in _pins_of(port, decided[port]):
             wanted.setdefault(base, []).append((names[port], entry))
         if i % 10 == 0:
             progress(f"pins: {i}/{len(ports)} folders read")
@@ -137,8 +140,9 @@ def _key(entry: dict[str, object]) -> str:
     return f"{entry.get('url') or entry.get('pypi')}@{entry.get('pin')}"
 
 
-def _pins_of(port: Path) -> list[tuple[str, dict[str, object]]]:
-    """(name, manifest entry) of each upstream of PORT that can be obtained (cheap: no patch regenerated)."""
+def _pins_of(port: Path, decided: run_mod.Decided) -> list[tuple[str, dict[str, object]]]:
+    """(name, manifest entry) of each upstream of PORT that can be obtained (cheap: no patch regenerated);
+    DECIDED gets each upstream's pins.decide result (or its error) by URL."""
     try:
         readme = readme_mod.read(port, port / "README.md", port.name)
         plans = upstreams_mod.plans(readme)
@@ -149,10 +153,11 @@ def _pins_of(port: Path) -> list[tuple[str, dict[str, object]]]:
     for url, plan in plans.by_url.items():
         base = run_mod.base_name(plan)
         try:
-            resolved, _ = pins.decide(plan, base, applied.get(url, []))
-        except PatchkitError:
+            decided[url] = pins.decide(plan, base, applied.get(url, []))
+        except PatchkitError as exc:
+            decided[url] = exc
             continue
-        out.append((base, _entry(resolved.upstream)))
+        out.append((base, _entry(decided[url][0].upstream)))
     return out
 
 

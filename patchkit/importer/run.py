@@ -30,6 +30,7 @@ from patchkit.scratch import Scratch, replay
 from patchkit.yamlcheck import name_problem, short
 
 Progress = Callable[[str], None]
+Decided = dict[str, tuple[pins.Resolved, list[Finding]] | PatchkitError]  # URL -> pins.decide's result or error
 
 
 @dataclass
@@ -67,9 +68,10 @@ def model_name(port: Path) -> str:
 
 
 def run(port: Path, root: Path, name: str | None = None, progress: Progress = lambda _m: None,
-        existing: dict[str, dict[str, object]] | None = None) -> tuple[ImportReport, Outputs]:
+        existing: dict[str, dict[str, object]] | None = None, decided: Decided | None = None) -> tuple[ImportReport, Outputs]:
     """Read the port folder PORT for the port repository ROOT; EXISTING: the upstreams to reuse
-    (default: those of ROOT's manifest, less this model's own blocks)."""
+    (default: those of ROOT's manifest, less this model's own blocks); DECIDED: pins already decided
+    by URL (`import --all` decides them before importing: not fetched and inferred twice)."""
     port = port.resolve()
     readme_path = port / "README.md"
     if not readme_path.is_file():
@@ -91,7 +93,7 @@ def run(port: Path, root: Path, name: str | None = None, progress: Progress = la
     try:
         for url, plan in plans.by_url.items():
             progress(f"{model}: upstream {plan.pypi or url}")
-            resolved = _resolve(plan, applied.get(url, []), model, existing, out, report)
+            resolved = _resolve(plan, applied.get(url, []), model, existing, out, report, (decided or {}).pop(url, None))
             if resolved is None:
                 continue
             names[url] = resolved.upstream.name
@@ -216,10 +218,12 @@ def base_name(plan: UpstreamPlan) -> str:
 
 
 def _resolve(plan: UpstreamPlan, diffs: list[FileDiff], model: str, existing: dict[str, dict[str, object]],
-             out: Outputs, report: ImportReport) -> pins.Resolved | None:
+             out: Outputs, report: ImportReport, known: tuple[pins.Resolved, list[Finding]] | PatchkitError | None) -> pins.Resolved | None:
     base = base_name(plan)
     try:
-        resolved, findings = pins.decide(plan, base, diffs)
+        if isinstance(known, PatchkitError):
+            raise known
+        resolved, findings = known or pins.decide(plan, base, diffs)
     except PatchkitError as exc:
         what = "pin not found upstream" if isinstance(exc, PinNotFound) else "upstream not available"
         report.not_converted.append(Finding(plan.url, f"upstream {plan.pypi or plan.url}", f"{what}: {exc.message}"))
