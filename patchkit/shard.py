@@ -12,7 +12,6 @@ report, in manifest order; missing, repeated or mismatched shards are refused.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -123,8 +122,8 @@ def merge(paths: list[Path], order: list[tuple[str, str]] | None = None) -> Merg
     if order:  # (model or model[variant], upstream)
         rank = {key: i for i, key in enumerate(order)}
         series.sort(key=lambda s: rank.get((_label(s), s["upstream"]), len(rank)))
-        models = list(dict.fromkeys(m for m, _ in order))
-        overlays.sort(key=lambda o: (models.index(_label(o)) if _label(o) in models else len(models), o["upstream"]))
+        models = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in order))}
+        overlays.sort(key=lambda o: (models.get(_label(o), len(models)), o["upstream"]))
     started = min((d["checked_at"] for _, d in docs if d.get("checked_at")), default=None)
     return Merged(from_parts(upstreams, series, overlays, fuzz.pop(), started), count)
 
@@ -138,6 +137,7 @@ def from_parts(upstreams: dict[str, Any], series: list[dict[str, Any]], overlays
                allow_fuzz: bool, checked_at: str | None = None) -> dict[str, Any]:
     """A whole document from its parts (ok and summary recomputed; checked_at: the earliest shard's)."""
     from patchkit.check import OUTCOMES
+    from patchkit.overlay.drift import HOLDING
 
     counts = dict.fromkeys(OUTCOMES, 0)
     broken = 0
@@ -146,7 +146,7 @@ def from_parts(upstreams: dict[str, Any], series: list[dict[str, Any]], overlays
             counts[p["outcome"]] = counts.get(p["outcome"], 0) + 1
             broken += bool(p["broken"])
     overlay_broken = sum(1 for o in overlays for item in [*o["targets"], *o["files"]]
-                         if item["state"] not in ("holds", "merged"))
+                         if item["state"] not in HOLDING)
     return {"schema": "patchkit/rebase-check/1", **({"checked_at": checked_at} if checked_at else {}),
             "ok": not broken and not overlay_broken, "allow_fuzz": allow_fuzz,
             "upstreams": dict(sorted(upstreams.items())), "series": series, "overlays": overlays,
@@ -168,7 +168,3 @@ def report_of(document: dict[str, Any]) -> Any:
                               target=o.get("target", "")) for o in document["overlays"]]
     targets = {name: Target(**t) for name, t in document["upstreams"].items()}
     return CheckReport(targets, series, document["allow_fuzz"], overlays)
-
-
-def as_dict(shard: Shard | None) -> dict[str, int] | None:
-    return dataclasses.asdict(shard) if shard else None
