@@ -63,16 +63,15 @@ class TreeReader:
         found = self.objects.contents(blob)
         return found[1].decode("utf-8", "replace") if found and found[0] == "blob" else None
 
-    def module(self, path: str) -> tuple[str, ast.Module | None]:
-        """The source of PATH and its syntax tree (None when it does not parse), parsed once per blob."""
-        blob = self.blob(path) or ""
-        source = (self.read_blob(blob) or "") if blob else ""
+    def module(self, blob: str) -> ast.Module | None:
+        """The syntax tree of BLOB (None when it does not parse), parsed once per blob: its text is read
+        only then."""
         if blob not in self.parsed:
             try:
-                self.parsed[blob] = ast.parse(source)
+                self.parsed[blob] = ast.parse(self.read_blob(blob) or "")
             except (SyntaxError, ValueError):
                 self.parsed[blob] = None
-        return source, self.parsed[blob]
+        return self.parsed[blob]
 
     def fingerprint(self, path: str, qualname: str) -> str | None:
         """The fingerprint of QUALNAME in PATH (None when it is not there), from the memo when known."""
@@ -81,7 +80,7 @@ class TreeReader:
             return None
         known, value = self.memo.get(blob, qualname)
         if not known:
-            module = self.module(path)[1]
+            module = self.module(blob)
             value = fp.of_module(module, qualname) if module is not None else None
             self.memo.put(blob, qualname, value)
         return value
