@@ -121,14 +121,14 @@ def merge(paths: list[Path], order: list[tuple[str, str]] | None = None) -> Merg
     overlays = [o for _, d in docs for o in d["overlays"]]
     if order:  # (model or model[variant], upstream)
         rank = {key: i for i, key in enumerate(order)}
-        series.sort(key=lambda s: rank.get((_label(s), s["upstream"]), len(rank)))
+        series.sort(key=lambda s: rank.get((label(s), s["upstream"]), len(rank)))
         models = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in order))}
-        overlays.sort(key=lambda o: (models.get(_label(o), len(models)), o["upstream"]))
+        overlays.sort(key=lambda o: (models.get(label(o), len(models)), o["upstream"]))
     started = min((d["checked_at"] for _, d in docs if d.get("checked_at")), default=None)
     return Merged(from_parts(upstreams, series, overlays, fuzz.pop(), started), count)
 
 
-def _label(entry: dict[str, Any]) -> str:
+def label(entry: dict[str, Any]) -> str:
     """A series or overlay entry's model, with its variant when it has one: `model[variant]`."""
     return entry["model"] + (f"[{entry['variant']}]" if entry.get("variant") else "")
 

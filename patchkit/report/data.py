@@ -20,6 +20,7 @@ from typing import Any
 from patchkit import lint, patchfile
 from patchkit.manifest import Manifest, PatchRef
 from patchkit.report.store import History, parse_time
+from patchkit.shard import label
 
 # outcome -> (colour, rank: lower is worse, what it means). Patch outcomes first, then overlay states.
 OUTCOMES: dict[str, tuple[str, int, str]] = {
@@ -136,12 +137,12 @@ def matrix(manifest: Manifest, models: list[str], check: dict[str, Any] | None) 
     fold = len(columns) > FOLD_ABOVE
     column_of = {u: (OWN if fold and users[u] == 1 else u) for u in columns}
     columns = list(dict.fromkeys(column_of[u] for u in columns))
-    series = {(_label(s), s["upstream"]): s for s in (check or {}).get("series", [])}
-    overlays = {(_label(o), o["upstream"]): o for o in (check or {}).get("overlays", [])}
+    series = {(label(s), s["upstream"]): s for s in (check or {}).get("series", [])}
+    overlays = {(label(o), o["upstream"]): o for o in (check or {}).get("overlays", [])}
     targets = (check or {}).get("upstreams", {})
     checked_models = {m for m, _ in series}
     rows = []
-    variants = [label for label, _ in series if "[" in label and label.split("[")[0] in models]
+    variants = [row for row, _ in series if "[" in row and row.split("[")[0] in models]
     for name in [*models, *dict.fromkeys(variants)]:  # a variant: a row of the upstreams its series differs on
         cells: dict[str, Cell] = {}
         ups = manifest.models[name].layers if name in manifest.models else [u for m, u in series if m == name]
@@ -166,11 +167,6 @@ def matrix(manifest: Manifest, models: list[str], check: dict[str, Any] | None) 
     totals = Counter(o for r in rows for c in r.cells.values() for o in c.counts().elements())
     return Matrix(columns, [g for g in groups if g.rows], targets, (check or {}).get("checked_at"),
                   (check or {}).get("ok"), totals)
-
-
-def _label(entry: dict[str, Any]) -> str:
-    """A check entry's row: its model, or `model[variant]` for a variant's series."""
-    return entry["model"] + (f"[{entry['variant']}]" if entry.get("variant") else "")
 
 
 def _patch_row(model: str, up: str, p: dict[str, Any], target: dict[str, Any]) -> PatchRow:

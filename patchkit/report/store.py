@@ -24,6 +24,7 @@ from typing import Any
 from patchkit.errors import BadInput, Diagnostic, InvalidInput
 from patchkit.lock import FileLock
 from patchkit.paths import atomic_write, display
+from patchkit.shard import label
 
 CHECK_SCHEMA = "patchkit/rebase-check/"
 HISTORY_SCHEMA = "patchkit/check-history/1"
@@ -78,8 +79,7 @@ def history_entry(document: dict[str, Any], run: str | None = None) -> dict[str,
     models: dict[str, dict[str, int]] = {}
     for series in document.get("series", []):  # counted by target (`up@pin12` for a model's own pin of up)
         up = ups.setdefault(series.get("target") or series["upstream"], _new_upstream({}))
-        counts = models.setdefault(series["model"] + (f"[{series['variant']}]" if series.get("variant") else ""),
-                                   {"holding": 0, "breaking": 0})
+        counts = models.setdefault(label(series), {"holding": 0, "breaking": 0})
         for p in series["patches"]:
             up["broken" if p["broken"] else "held"].append(p["patch"])
             counts["breaking" if p["broken"] else "holding"] += 1
