@@ -169,6 +169,13 @@ def matrix(manifest: Manifest, models: list[str], check: dict[str, Any] | None) 
                   (check or {}).get("ok"), totals)
 
 
+def number(value: float | None) -> str:
+    """A measured number for a table: whole above 1000 (a step count, not 1.234e+04), else 4 digits; `-` if none."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
 def _patch_row(model: str, up: str, p: dict[str, Any], target: dict[str, Any]) -> PatchRow:
     detail, commits = [], []
     if p.get("outcome") == "offset":

@@ -314,9 +314,7 @@ def _run_tr(r: d.Run) -> str:
 
 
 def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    return "-" if value is None else esc(value)
+    return d.number(value) if value is None or isinstance(value, float) else esc(value)
 
 
 def _fingerprint_text(fp: dict[str, object]) -> str:

@@ -95,11 +95,5 @@ def _runs(runs: list[d.Run]) -> list[str]:
         last = next((v for v in reversed(res.series.loss) if v is not None), None)
         out.append(f"| {_esc(res.model)} | {res.kind}{' (not a training figure)' if r.marked else ''} | "
                    f"{res.device} | {res.cards * res.nnodes} | {len(res.series.step) or res.steps_seen} | "
-                   f"{_num(res.mean_step_ms)} | {_num(res.fps)} | {_num(last)} |")
+                   f"{d.number(res.mean_step_ms)} | {d.number(res.fps)} | {d.number(last)} |")
     return out + [""]
-
-
-def _num(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
