@@ -7,7 +7,6 @@ readers; a source a port patch created (in another checkout) is read from that c
 from __future__ import annotations
 
 import difflib
-import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,7 +194,3 @@ def overlay_of(copy: Copied, upstream: str, tree: Tree) -> FileOverlayOut | None
     if not replaces_most(tree.blob(entry[1]), copy.data):
         return None
     return FileOverlayOut(upstream, copy.path, copy.data, entry[1], copy.source)
-
-
-def matches_any(path: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatch(path, p) for p in patterns)

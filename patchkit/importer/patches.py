@@ -36,8 +36,6 @@ class Hunk:
 
 
 def _range(start: int, count: int) -> bytes:
-    if count == 0 and start > 0:
-        start = start  # git writes -N,0 with the line before the insertion
     return b"%d,%d" % (start, count) if count != 1 else b"%d" % start
 
 
