@@ -159,6 +159,7 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None) -> list
     sets = static.load_each(manifest.root, list(dict.fromkeys(n for v in views for n in v.overlays)))
     units = []
     base: dict[str, Effective] = {}
+    loaded: dict[PatchRef, Patch] = {}  # a layer several series share is read once
     for view in views:
         base.setdefault(view.name, view)
         declared = ([t for s in view.overlays for t in sets[s][0]], [f for s in view.overlays for f in sets[s][1]])
@@ -168,7 +169,7 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None) -> list
             mine = ([t for t in declared[0] if t.upstream == up], [f for f in declared[1] if f.upstream == up])
             adds = up in own  # the variant's own overlay sets have targets on UP
             if differs or adds:
-                units.append(_Unit(view, up, _load(view.patches[up]), differs, mine if mine[0] or mine[1] else None))
+                units.append(_Unit(view, up, _load(view.patches[up], loaded), differs, mine if mine[0] or mine[1] else None))
     if shard:
         keep = assign({(u.label, u.upstream): len(u.patches) for u in units}, shard.count)[shard.index - 1]
         units = [u for u in units if (u.label, u.upstream) in keep]
@@ -266,13 +267,17 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
     return target, [(u, results[u.label]) for u in members], overlay_checks
 
 
-def _load(refs: tuple[PatchRef, ...]) -> list[Patch]:
+def _load(refs: tuple[PatchRef, ...], loaded: dict[PatchRef, Patch] | None = None) -> list[Patch]:
     """A series' patches, parsed while their bytes are read (the parse is kept), then without their bytes:
-    the replay reads a patch again only where it looks at it alone, so memory stays flat in the series' size."""
-    patches = patchfile.load_series(refs)
-    for patch in patches:
-        patchfile.parse(patch)
-    return [dataclasses.replace(p, data=b"") for p in patches]
+    the replay reads a patch again only where it looks at it alone, so memory stays flat in the series' size.
+    LOADED: the patches read so far, by ref (a patch of a shared layer is read and hashed once)."""
+    loaded = {} if loaded is None else loaded
+    for ref in refs:
+        if ref not in loaded:
+            patch = patchfile.read(ref)
+            patchfile.parse(patch)
+            loaded[ref] = dataclasses.replace(patch, data=b"")
+    return [loaded[ref] for ref in refs]
 
 
 def _bytes(patch: Patch) -> bytes:
@@ -285,9 +290,8 @@ def _bytes(patch: Patch) -> bytes:
 
 def _check_parse(units: list[_Unit]) -> None:
     problems: list[Diagnostic] = []
-    for unit in units:
-        for patch in unit.patches:
-            problems += patchfile.check(patch)[1]
+    for patch in {id(p): p for unit in units for p in unit.patches}.values():  # a shared patch once
+        problems += patchfile.check(patch)[1]
     if problems:
         raise InvalidInput(list(dict.fromkeys(problems)))
 
