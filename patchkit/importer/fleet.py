@@ -213,7 +213,6 @@ def _write(root: Path, imported: list[_Imported], layers: list[tuple[shared.Laye
     """The layers' files, each model's files (stale ones of the layers a previous run made removed), then
     upstreams.yaml once."""
     root.mkdir(parents=True, exist_ok=True)
-    changed = []
     files: dict[str, bytes] = {}
     for layer, series in layers:
         folder = f"patches/{layer.name}/{layer.upstream}"
@@ -221,12 +220,7 @@ def _write(root: Path, imported: list[_Imported], layers: list[tuple[shared.Laye
                                      f"(made by `patchkit import --all`; {REPORT} says from what)\n" +
                                      "".join(f"{n}\n" for n, _ in series)).encode()
         files.update({f"{folder}/{n}": data for n, data in series})
-    for old in _previous_layers(root):
-        folder = root / "patches" / old
-        for stale in sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []:
-            if stale.relative_to(root).as_posix() not in files:
-                stale.unlink()
-                changed.append(stale.relative_to(root).as_posix())
+    changed = writer.remove_stale(root, [f"patches/{old}" for old in _previous_layers(root)], files)
     changed += writer.put_all(root, files)
     for item in imported:
         item.report.changed = writer.write(root, item.out, item.report, manifest=False)

@@ -57,25 +57,27 @@ def write(root: Path, outputs: Outputs, report: ImportReport, *, manifest: bool 
     MANIFEST false: upstreams.yaml is left to the caller (`import --all` writes it once, for all models)."""
     if not outputs.layers:  # no upstream could be obtained: the report says why, the manifest stays as it is
         report.added = False
-        files = {k: v for k, v in _files(outputs, report).items() if k.startswith("imports/")}
-        return [rel for rel, data in sorted(files.items()) if _put(root / rel, data)]
+        return put_all(root, {k: v for k, v in _files(outputs, report).items() if k.startswith("imports/")})
     files = _files(outputs, report)
-    changed = []
-    folders = [root / kind / f"{outputs.model}{'-' + v if v else ''}" for kind in ("patches", "overlays")
+    folders = [f"{kind}/{outputs.model}{'-' + v if v else ''}" for kind in ("patches", "overlays")
                for v in ("", *outputs.variants)]
-    for folder in folders:
+    changed = remove_stale(root, folders, files) + put_all(root, files)
+    if not (root / ".gitattributes").exists() and _put(root / ".gitattributes", GITATTRIBUTES.encode()):
+        changed.append(".gitattributes")
+    if manifest and write_manifest(root, [outputs]):
+        changed.append(manifest_mod.MANIFEST_NAME)
+    return changed
+
+
+def remove_stale(root: Path, folders: list[str], files: dict[str, bytes]) -> list[str]:
+    """The files under FOLDERS (relative to ROOT) that FILES does not make, removed; their paths."""
+    changed = []
+    for folder in (root / f for f in folders):
         for stale in sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []:
             rel = stale.relative_to(root).as_posix()
             if rel not in files:
                 stale.unlink()
                 changed.append(rel)
-    for rel, data in sorted(files.items()):
-        if _put(root / rel, data):
-            changed.append(rel)
-    if not (root / ".gitattributes").exists() and _put(root / ".gitattributes", GITATTRIBUTES.encode()):
-        changed.append(".gitattributes")
-    if manifest and write_manifest(root, [outputs]):
-        changed.append(manifest_mod.MANIFEST_NAME)
     return changed
 
 
