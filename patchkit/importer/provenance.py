@@ -5,6 +5,7 @@ would run a program, core.fsmonitor, is switched off), and the format-patch file
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,3 +56,15 @@ def format_patch(diff: bytes, subject: str, body: str, origin: Origin) -> bytes:
 def slug(text: str, limit: int = 52) -> str:
     """A file-name part as format-patch makes it from a subject."""
     return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-.")[:limit].rstrip("-.") or "patch"
+
+
+def cosmetic(diff: bytes) -> bool:
+    """Whether DIFF only changes whitespace or comments (as patchkit's lint judges a patch)."""
+    from patchkit import lint, patchfile
+    from patchkit.manifest import PatchRef
+
+    data = format_patch(diff, "probe", "", Origin(None, UNKNOWN_AUTHOR, UNKNOWN_DATE, "probe"))
+    ref = PatchRef("import", "import", "probe.patch", Path("/nonexistent/probe.patch"), Path("/nonexistent/series"), 0)
+    patch = patchfile.Patch(ref, data, hashlib.sha256(data).hexdigest())
+    parsed, _ = patchfile.parse(patch)
+    return parsed is not None and any("only changes whitespace or comments" in d.message for d in lint.lint(patch, parsed))

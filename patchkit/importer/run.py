@@ -7,7 +7,6 @@ files are read as text.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -304,7 +303,7 @@ def _regenerate(port: Path, diffs: list[FileDiff], upstream: str, tree: Tree, ou
         if applied.rejected:
             body.append(f"Hunks at lines {', '.join(str(h.line) for h in applied.rejected)} of the port patch do not "
                         "apply at the pin and are left out.")
-        if cosmetic(applied.data):
+        if provenance.cosmetic(applied.data):
             tree.undo(applied.before)
             report.not_converted.append(Finding(f"{fd.source}:{fd.line}", fd.path, "only whitespace or comments change "
                                                 "(style churn, license headers): left out; the code is the same without "
@@ -320,19 +319,6 @@ def _add(series: list[tuple[str, bytes]], upstream: str, subject: str, path: str
     name = f"{len(series) + 1:04d}-{provenance.slug(path)}.patch"
     series.append((name, provenance.format_patch(diff, subject, body, origin)))
     report.patches.append(f"patches/{out.model}/{upstream}/{name}")
-
-
-def cosmetic(diff: bytes) -> bool:
-    """Whether DIFF only changes whitespace or comments (as patchkit's lint judges a patch)."""
-    from patchkit import lint, patchfile
-    from patchkit.manifest import PatchRef
-
-    data = provenance.format_patch(diff, "probe", "", provenance.Origin(None, provenance.UNKNOWN_AUTHOR,
-                                                                       provenance.UNKNOWN_DATE, "probe"))
-    ref = PatchRef("import", "import", "probe.patch", Path("/nonexistent/probe.patch"), Path("/nonexistent/series"), 0)
-    patch = patchfile.Patch(ref, data, hashlib.sha256(data).hexdigest())
-    parsed, problems = patchfile.parse(patch)
-    return parsed is not None and any("only changes whitespace or comments" in d.message for d in lint.lint(patch, parsed))
 
 
 def _copies(steps: list[Step], plans: upstreams_mod.Plans, trees: dict[str, Tree], names: dict[str, str],

@@ -280,8 +280,6 @@ def _own(member: Member, layers: list[Layer], findings: list[Finding]) -> list[t
     series had them after it; a patch left empty is dropped, one left with only whitespace or comment
     changes too (as the import leaves such files out). The result is checked to end at the original
     tree, but for those."""
-    from patchkit.importer.run import cosmetic
-
     originals = [data for _, data in member.series]
     left_out: set[str] = set()
     with Scratch(member.mirror) as first, Scratch(member.mirror, objects=first.objects) as scratch:
@@ -298,7 +296,7 @@ def _own(member: Member, layers: list[Layer], findings: list[Finding]) -> list[t
             diff = regen.diff(scratch, before, after) if after != before else b""
             paths = {p for fd in fds for p in fd.paths}
             moved = [layer.name for layer in layers if any(p in paths for p, _ in layer.series)]
-            if diff and cosmetic(diff):
+            if diff and provenance.cosmetic(diff):
                 scratch.reset(before)
                 left_out.update(fd.path for fd in fds)
                 findings.append(Finding(f"patches/{member.model}/{layers[0].upstream}/{name}", ", ".join(fd.path for fd in fds),

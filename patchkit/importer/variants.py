@@ -139,11 +139,9 @@ def _patch(port: Path, path: Path, variant: str, trees: dict[str, Tree], out: ob
                                                 f"{tree.pin[:12]} (the {variant} variant loses it there too)"))
     after = tree.tree()
     origin = provenance.origin(port, rel)
-    from patchkit.importer.run import cosmetic
-
     for p in paths:
         diff = tree.diff(before, after, p)
-        if not diff or cosmetic(diff):
+        if not diff or provenance.cosmetic(diff):
             continue
         got = series.setdefault(up, [])
         body = (f"The {variant} variant's difference from the model for {p}: DrivingSDK's {rel} replaces "
