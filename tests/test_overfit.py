@@ -131,8 +131,13 @@ smoke:
     ("10", "fast", "train/toy.yaml:7: smoke: overfit: lr must be a positive number"),
 ])
 def test_overfit_section_errors_name_file_and_line(toy: Path, steps: str, lr: str, message: str) -> None:  # noqa: F811
+    _overfit_dry_run_refused(toy, OVERFIT_RECIPE.format(steps=steps, lr=lr), message)
+
+
+def _overfit_dry_run_refused(toy: Path, recipe: str, message: str) -> None:
+    """`train --smoke --overfit --dry-run` on the applied toy with RECIPE exits 2 saying MESSAGE."""
     assert patchkit(toy, "apply", "toy").code == 0
-    (toy / "train/toy.yaml").write_text(OVERFIT_RECIPE.format(steps=steps, lr=lr))
+    (toy / "train/toy.yaml").write_text(recipe)
     run = patchkit(toy, "train", "toy", "--smoke", "--overfit", "--dry-run")
     assert run.code == 2 and message in run.err, run.err
 
@@ -147,10 +152,7 @@ def test_overfit_section_errors_name_file_and_line(toy: Path, steps: str, lr: st
     ("    momentum: 0.9\n", "train/toy.yaml:8: "),
 ])
 def test_overfit_setup_keys_errors_name_file_and_line(toy: Path, extra: str, message: str) -> None:  # noqa: F811
-    assert patchkit(toy, "apply", "toy").code == 0
-    (toy / "train/toy.yaml").write_text(OVERFIT_RECIPE.format(steps=10, lr="1e-3") + extra)
-    run = patchkit(toy, "train", "toy", "--smoke", "--overfit", "--dry-run")
-    assert run.code == 2 and message in run.err, run.err
+    _overfit_dry_run_refused(toy, OVERFIT_RECIPE.format(steps=10, lr="1e-3") + extra, message)
 
 
 @pytest.mark.parametrize(("section", "message"), [
