@@ -313,30 +313,35 @@ def test_recipe_errors(toy: Path) -> None:
     assert patchkit(toy, "train", "nope").code == 2
 
 
-@pytest.mark.processes
-def test_ctrl_c_stops_every_worker(toy: Path) -> None:
-    import os
+def _training_two_workers(toy: Path, work: Path, timeout: float) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """`patchkit train toy` on 2 CPU workers logging into WORK, once both workers said their pids and rank 0
+    logged a step: (the patchkit process, the workers' pids)."""
     import re
-    import signal
     import time
 
     from tests.gitfixtures import patchkit_process
 
     pytest.importorskip("torch", reason="torch is needed to train")
     assert patchkit(toy, "apply", "toy").code == 0
-    work = toy / "run3"
     proc = patchkit_process(toy, "train", "toy", "--device", "cpu", "--cards", "2", "--work-dir", str(work),
                             "--", "--max-steps", "100000000")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     pids: list[int] = []
-    while len(pids) < 2:
+    while len(pids) < 2 or " time: " not in (work / "rank0.log").read_text():
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.2)
         pids = [int(m) for r in (0, 1) if (work / f"rank{r}.log").exists()
                 for m in re.findall(r"patchkit-bootstrap: .* pid=(\d+)", (work / f"rank{r}.log").read_text())]
-    while " time: " not in (work / "rank0.log").read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    return proc, pids
+
+
+@pytest.mark.processes
+def test_ctrl_c_stops_every_worker(toy: Path) -> None:
+    import os
+    import signal
+    import time
+
+    proc, pids = _training_two_workers(toy, toy / "run3", timeout=60)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
@@ -373,18 +378,7 @@ def test_sigkill_of_train_takes_torchrun_and_its_workers_with_it(toy: Path) -> N
 
     from tests.gitfixtures import patchkit_process
 
-    pytest.importorskip("torch", reason="torch is needed to train")
-    assert patchkit(toy, "apply", "toy").code == 0
-    work = toy / "killed"
-    proc = patchkit_process(toy, "train", "toy", "--device", "cpu", "--cards", "2", "--work-dir", str(work),
-                            "--", "--max-steps", "100000000")
-    deadline = time.monotonic() + 90
-    workers: list[int] = []
-    while len(workers) < 2 or " time: " not in (work / "rank0.log").read_text():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.2)
-        workers = [int(m) for r in (0, 1) if (work / f"rank{r}.log").exists()
-                   for m in re.findall(r"patchkit-bootstrap: .* pid=(\d+)", (work / f"rank{r}.log").read_text())]
+    proc, workers = _training_two_workers(toy, toy / "killed", timeout=90)
     with open(f"/proc/{workers[0]}/stat") as fh:
         torchrun = int(fh.read().rsplit(")", 1)[1].split()[1])  # the worker's parent
     with open(f"/proc/{torchrun}/stat") as fh:
