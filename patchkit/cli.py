@@ -731,12 +731,12 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
         result = launch.run(plan, progress=obj.progress)
     except launch.TrainFailed as exc:
         if check:
-            _record(obj, m, model, obj.workspace(workspace), check, plan.device.kind, False,
+            _record(obj, m, model, root, check, plan.device.kind, False,
                     {"error": exc.message, **setup})
         raise
     ok = result.overfit.passed if overfit and result.overfit else not overfit
     if check:
-        _record(obj, m, model, obj.workspace(workspace), check, plan.device.kind, ok, {**_run_detail(result), **setup})
+        _record(obj, m, model, root, check, plan.device.kind, ok, {**_run_detail(result), **setup})
     if as_json:
         _emit_json({"ok": ok, **dataclasses.asdict(result)})
     else:
