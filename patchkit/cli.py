@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,6 +71,15 @@ def _output_file(value: str, what: str) -> Path:
 
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+def _emit(as_json: bool, data: Any, lines: Callable[[], Iterable[str]]) -> None:
+    """--json: DATA; else the text LINES (made only then)."""
+    if as_json:
+        _emit_json(data)
+        return
+    for line in lines():
+        click.echo(line)
 
 
 def _json_default(obj: Any) -> Any:
@@ -291,6 +300,7 @@ def pin_cmd(obj: Ctx, upstream: str, check_only: bool) -> None:
 def apply_cmd(obj: Ctx, model: str, workspace: str | None, variant: str | None, force: bool,
               lock_timeout: float | None, as_json: bool) -> None:
     """Build or update MODEL's workspace: every upstream at its pin plus its patch series."""
+    from patchkit import report as renderers  # the text renderers: loaded only when used
     from patchkit.apply import apply
 
     m, root = obj.manifest(), obj.workspace(workspace)
@@ -298,14 +308,9 @@ def apply_cmd(obj: Ctx, model: str, workspace: str | None, variant: str | None, 
     if not report.noop:  # a no-op apply ran nothing new
         _record(obj, m, model, root, "apply", "any", not report.failed,
                 {"repos": {r.upstream: r.total for r in report.repos}})
-    if as_json:
-        _emit_json({"model": report.model, "variant": report.variant, "workspace": report.workspace,
-                    "noop": report.noop, "ok": not report.failed, "repos": report.repos, "renamed": report.renamed})
-    else:
-        from patchkit.report import apply_lines
-
-        for line in apply_lines(report):
-            click.echo(line)
+    _emit(as_json, {"model": report.model, "variant": report.variant, "workspace": report.workspace,
+                    "noop": report.noop, "ok": not report.failed, "repos": report.repos, "renamed": report.renamed},
+          lambda: renderers.apply_lines(report))
     sys.exit(report.exit_code)
 
 
@@ -324,11 +329,7 @@ def status(obj: Ctx, model: str | None, workspace: str | None, as_json: bool) ->
     root = obj.workspace(workspace)
     result = [model_status(m, md, root) for md in models]
     code = max((r.exit_code for r in result), default=0)
-    if as_json:
-        _emit_json({"workspace": str(root), "models": result, "exit_code": code})
-    else:
-        for line in status_lines(result):
-            click.echo(line)
+    _emit(as_json, {"workspace": str(root), "models": result, "exit_code": code}, lambda: status_lines(result))
     sys.exit(code)
 
 
@@ -440,11 +441,8 @@ def rebase(obj: Ctx, models: tuple[str, ...], check_only: bool, onto: tuple[str,
             raise click.UsageError("name one MODEL to rebase (or use --check)")
         result = rebase_mod.start(m, models[0], root, onto=check_mod.parse_onto(onto, m), fetch=not no_fetch,
                                   progress=obj.progress)
-    if as_json:
-        _emit_json({"ok": result.exit_code == 0, **dataclasses.asdict(result)})
-    else:
-        for line in rebase_mod.describe(result, root):
-            click.echo(line)
+    _emit(as_json, {"ok": result.exit_code == 0, **dataclasses.asdict(result)},
+          lambda: rebase_mod.describe(result, root))
     sys.exit(result.exit_code)
 
 
@@ -489,11 +487,7 @@ def _check_output(report: Any, document: dict[str, Any], junit: str | None, as_j
         from patchkit.paths import atomic_write
 
         atomic_write(_output_file(junit, "--junit"), renderers.junit_xml(report))
-    if as_json:
-        _emit_json(document)
-    else:
-        for line in renderers.check_lines(report):
-            click.echo(line)
+    _emit(as_json, document, lambda: renderers.check_lines(report))
     sys.exit(report.exit_code)
 
 
@@ -717,12 +711,8 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
     plan = launch.plan(m, recipe, found, root, options)
     plan.notes[:0] = notes
     if dry_run:
-        if as_json:
-            _emit_json({"model": model, "repo": str(plan.repo), "env": plan.env, "notes": plan.notes,
-                        "nodes": [plan.argv(r) for r in range(nnodes)]})
-        else:
-            for line in launch.dry_run(plan):
-                click.echo(line)
+        _emit(as_json, {"model": model, "repo": str(plan.repo), "env": plan.env, "notes": plan.notes,
+                        "nodes": [plan.argv(r) for r in range(nnodes)]}, lambda: launch.dry_run(plan))
         return
     check = "overfit" if overfit else "smoke" if smoke else None
     # an overfit run's record says how it was set up (lr, warmup, schedule, config overrides: the recipe's)
@@ -775,23 +765,15 @@ def import_cmd(obj: Ctx, port_dir: str, name: str | None, every: bool, as_json: 
         _import_all(obj, Path(port_dir), root, as_json)
         return
     report = import_port(Path(port_dir), root, name, progress=obj.progress)
-    if as_json:
-        _emit_json({"ok": True, **dataclasses.asdict(report)})
-        return
-    for line in import_lines(report):
-        click.echo(line)
+    _emit(as_json, {"ok": True, **dataclasses.asdict(report)}, lambda: import_lines(report))
 
 
 def _import_all(obj: Ctx, examples: Path, root: Path, as_json: bool) -> None:
     from patchkit.importer import fleet
 
     report = fleet.import_all(examples, root, progress=obj.progress)
-    if as_json:
-        _emit_json({"ok": not report.failed, "seconds": report.seconds, "changed": report.changed,
-                    **fleet.report_data(report)})
-    else:
-        for line in fleet_lines(report):
-            click.echo(line)
+    _emit(as_json, {"ok": not report.failed, "seconds": report.seconds, "changed": report.changed,
+                    **fleet.report_data(report)}, lambda: fleet_lines(report))
     sys.exit(1 if report.failed else 0)
 
 
