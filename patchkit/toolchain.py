@@ -79,7 +79,7 @@ def prepare(manifest: Manifest, venv: Path | None, device: str, *, force: bool, 
                                     f"{display(manifest.path)}, or install torch there yourself"])
         _install_toolchain(env, tc, log, progress)
     elif tc is not None:
-        wrong = {n: (env.versions.get(n), v) for n, v in tc.pins.items() if not matches(env.versions.get(n), v)}
+        wrong = _wrong(env, tc)
         if wrong and not force:
             raise BadInput(f"{where} holds {_describe(wrong)}; the {device} toolchain of "
                            f"{display(manifest.path)}:{tc.line} declares otherwise",
@@ -88,6 +88,11 @@ def prepare(manifest: Manifest, venv: Path | None, device: str, *, force: bool, 
         if wrong:
             progress(f"--force: keeping {_describe(wrong)}; the stack is built against it")
     return env
+
+
+def _wrong(env: Venv, tc: Toolchain) -> dict[str, tuple[str | None, str]]:
+    """The toolchain's packages the venv holds at another version: name -> (installed, declared)."""
+    return {n: (env.versions.get(n), v) for n, v in tc.pins.items() if not matches(env.versions.get(n), v)}
 
 
 def _describe(wrong: dict[str, tuple[str | None, str]]) -> str:
@@ -124,7 +129,7 @@ def _install_toolchain(env: Venv, tc: Toolchain, log: Path, progress: Progress) 
     env.toolchain_installed = True
     progress(f"toolchain installed in {time.monotonic() - start:.1f} s: "
              + ", ".join(f"{n} {env.versions[n]}" for n in PINNED if env.versions.get(n)))
-    wrong = {n: (env.versions.get(n), v) for n, v in tc.pins.items() if not matches(env.versions.get(n), v)}
+    wrong = _wrong(env, tc)
     if wrong:
         raise PatchkitError(f"the {tc.device} toolchain went in but the venv holds {_describe(wrong)}",
                             details=[f"see {display(log)}; pip's configuration (constraints, find-links) may cap it"])
