@@ -721,12 +721,12 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
         result = launch.run(plan, progress=obj.progress)
     except launch.TrainFailed as exc:
         if check:
-            _record(obj, m, model, root, check, plan.device.kind, False,
-                    {"error": exc.message, **setup})
+            _record(obj, m, model, root, check, plan.device.kind, False, {"error": exc.message, **setup},
+                    plan.fingerprint)
         raise
     ok = result.overfit.passed if overfit and result.overfit else not overfit
     if check:
-        _record(obj, m, model, root, check, plan.device.kind, ok, {**_run_detail(result), **setup})
+        _record(obj, m, model, root, check, plan.device.kind, ok, {**_run_detail(result), **setup}, plan.fingerprint)
     if as_json:
         _emit_json({"ok": ok, **dataclasses.asdict(result)})
     else:
@@ -824,13 +824,13 @@ def import_lines(report: Any) -> list[str]:
 
 
 def _record(obj: Ctx, m: manifest_mod.Manifest, model: str, root: Path, check: str, device: str, ok: bool,
-            detail: dict[str, Any]) -> None:
+            detail: dict[str, Any], workspace: dict[str, Any] | None = None) -> None:
     from patchkit import verify
 
     if verify.disabled():
         obj.progress(f"{model}: {check} on {device} not recorded ({verify.OFF} is set)")
         return
-    where = verify.record(m, model, root, check, device, ok, detail)
+    where = verify.record(m, model, root, check, device, ok, detail, workspace)
     obj.progress(f"{model}: {check} on {device} recorded in {where}" if where
                  else f"{model}: could not write the verification record into {m.root / verify.FOLDER}")
 

@@ -120,14 +120,16 @@ def disabled() -> bool:
 
 
 def record(manifest: Any, model: str, workspace_root: Path, check: str, device: str, ok: bool,
-           detail: dict[str, Any] | None = None) -> Path | None:
+           detail: dict[str, Any] | None = None, workspace: dict[str, Any] | None = None) -> Path | None:
     """Append the record of a run that just ended; None when the port repository cannot be written
-    (a read-only checkout: the run itself still counts, it is only not recorded) or recording is off."""
+    (a read-only checkout: the run itself still counts, it is only not recorded) or recording is off.
+    WORKSPACE: the fingerprint the run already took (a training plan's), else taken here."""
     if disabled():
         return None
-    from patchkit.train.launch import workspace_fingerprint
+    if workspace is None:
+        from patchkit.train.launch import workspace_fingerprint
 
-    workspace = workspace_fingerprint(manifest, model, workspace_root)
+        workspace = workspace_fingerprint(manifest, model, workspace_root)
     try:
         return append(manifest.root, make(model, check, device, ok, workspace, detail))
     except OSError:
