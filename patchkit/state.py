@@ -18,7 +18,7 @@ repo an older import recorded as `<upstream>-<model>` (its own upstream then) to
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -117,20 +117,17 @@ def load_all(model_dir: Path) -> State:
 
 def save(model_dir: Path, model: str, repos: dict[str, RepoState]) -> None:
     """Write REPOS, keeping the env and variant on disk."""
-    old = load_all(model_dir)
-    _write(model_dir, model, State(repos, old.env, old.variant))
+    _write(model_dir, model, replace(load_all(model_dir), repos=repos))
 
 
 def save_env(model_dir: Path, model: str, env: EnvState) -> None:
     """Record ENV as the model's environment, keeping the repos on disk."""
-    old = load_all(model_dir)
-    _write(model_dir, model, State(old.repos, env, old.variant))
+    _write(model_dir, model, replace(load_all(model_dir), env=env))
 
 
 def save_variant(model_dir: Path, model: str, variant: str | None) -> None:
     """Record VARIANT as what the workspace is built as, keeping the repos and env on disk."""
-    old = load_all(model_dir)
-    _write(model_dir, model, State(old.repos, old.env, variant))
+    _write(model_dir, model, replace(load_all(model_dir), variant=variant))
 
 
 @dataclass(frozen=True)
@@ -154,8 +151,7 @@ def migrate_names(model_dir: Path, model: str, urls: dict[str, tuple[str, str]])
         if source.exists() and not target.exists():
             source.rename(target)
         if target.exists() and not source.exists():
-            repos = {(up if k == old else k): v for k, v in st.repos.items()}
-            st = State(repos, st.env, st.variant)
+            st = replace(st, repos={(up if k == old else k): v for k, v in st.repos.items()})
             _write(model_dir, model, st)
             done.append(Renamed(old, up))
     return done
