@@ -529,6 +529,7 @@ def check_json(report: Any) -> dict[str, Any]:
     """The stable `rebase --check --json` document (schema: docs/rebase-check.md)."""
     from patchkit.report.store import now
 
+    counts = report.counts()
     return {
         "schema": "patchkit/rebase-check/1",
         "checked_at": now(),
@@ -537,7 +538,7 @@ def check_json(report: Any) -> dict[str, Any]:
         "upstreams": {name: dataclasses.asdict(t) for name, t in report.targets.items()},
         "series": [dataclasses.asdict(s) for s in report.series],
         "overlays": [o.as_json() for o in report.overlays],
-        "summary": {**report.counts(), "patches": sum(report.counts().values()),
+        "summary": {**counts, "patches": sum(counts.values()),
                     "broken": sum(p.broken for s in report.series for p in s.patches)},
         **({"shard": {"index": report.shard.index, "count": report.shard.count}} if report.shard else {}),
     }
