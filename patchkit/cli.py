@@ -673,6 +673,9 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
               help="With --smoke: train one fixed batch until the loss halves (at most 60 steps; the recipe's "
                    "smoke: overfit:); exit 1 when it does not.")
 @click.option("--steps", type=click.IntRange(min=1), help="Smoke steps (default: the recipe's).")
+@click.option("--seed", type=click.IntRange(min=0),
+              help="With --smoke: the seed of the weights, the synthetic batch and the upstream's own random draws "
+                   "(default 0; a run with the same seed repeats itself).")
 @click.option("--venv", type=click.Path(file_okay=False, exists=True),
               help="Run the workers with this virtual environment's Python (default: the one `patchkit install "
                    "MODEL --venv` recorded).")
@@ -688,7 +691,8 @@ def overlay_check(obj: Ctx, model: str, onto: tuple[str, ...], no_fetch: bool, a
 @json_option
 @click.pass_obj
 def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, device: str, performance: bool,
-          smoke: bool, overfit: bool, steps: int | None, venv: str | None, work_dir: str | None, nnodes: int, node_rank: int,
+          smoke: bool, overfit: bool, steps: int | None, seed: int | None, venv: str | None, work_dir: str | None,
+          nnodes: int, node_rank: int,
           master_addr: str, master_port: int | None, dry_run: bool, workspace: str | None, as_json: bool) -> None:
     """Train MODEL with its recipe (train/MODEL.yaml) through torchrun; `-- ARGS` go to the entry script."""
     from patchkit.train import device as device_mod, launch, recipe as recipe_mod, workers
@@ -700,7 +704,7 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
     root = obj.workspace(workspace)
     python, notes = workers.resolve(model, root / model, venv, plan_only=dry_run)
     options = launch.Options(cards, performance, Path(work_dir) if work_dir else None, nnodes, node_rank,
-                             master_addr, master_port, extra, smoke, steps, overfit=overfit,
+                             master_addr, master_port, extra, smoke, steps, overfit=overfit, seed=seed,
                              python=python, dry_run=dry_run)
     try:
         found = device_mod.detect(device, options.python)
@@ -718,6 +722,7 @@ def train(obj: Ctx, model: str, extra: tuple[str, ...], cards: int | None, devic
     check = "overfit" if overfit else "smoke" if smoke else None
     # an overfit run's record says how it was set up (lr, warmup, schedule, config overrides: the recipe's)
     setup = {"settings": recipe.smoke.overfit.settings()} if overfit and recipe.smoke else {}
+    setup |= {"seed": seed} if check and seed is not None else {}
     try:
         result = launch.run(plan, progress=obj.progress)
     except launch.TrainFailed as exc:

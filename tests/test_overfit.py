@@ -41,6 +41,27 @@ def test_the_bar_needs_the_total_halved_and_no_term_rising() -> None:
     assert overfit.rising({"t": [None, None], "u": [2.0, 1.0]}) == []
 
 
+def test_a_term_with_a_floor_is_judged_by_its_excess_over_it() -> None:
+    """A cross-entropy against a target that follows the model's own predictions (Sparse4D's centerness) can rise
+    while it learns: its least value, the target's entropy, rises faster. With its floor logged the bar judges the
+    excess; a term whose excess rises still fails; a step without a floor is left out of that term's windows."""
+    totals = [10.0 - i for i in range(10)]
+    cns = [0.30, 0.20, 0.15, 0.20, 0.25, 0.45, 0.50, 0.55, 0.60, 0.62]  # raw: rising
+    floor = [0.01, 0.05, 0.10, 0.17, 0.23, 0.42, 0.48, 0.53, 0.58, 0.60]  # excess 0.29 .. 0.02: falling
+    raw = overfit.verdict(totals, {"loss_cns_0": cns})
+    assert raw is not None and not raw.passed and raw.terms_rising == ["loss_cns_0"] and raw.floored == []
+    judged = overfit.verdict(totals, {"loss_cns_0": cns, "loss_box": totals}, {"loss_cns_0": floor})
+    assert judged is not None and judged.passed and judged.floored == ["loss_cns_0"]
+    assert overfit.excess({"a": [1.0, None, 3.0], "b": [1.0]}, {"a": [0.5, 0.5, None]}) == {"a": [0.5, None, None],
+                                                                                          "b": [1.0]}
+    worse = [f + e for f, e in zip(floor, [0.02] * 5 + [0.05] * 5)]  # excess 0.02 -> 0.05: the branch unlearns
+    up = overfit.verdict(totals, {"loss_cns_0": worse}, {"loss_cns_0": floor})
+    assert up is not None and not up.passed and up.terms_rising == ["loss_cns_0"]
+    # the loop's stop rule uses the floors the same way
+    assert overfit.reached(totals, {"loss_cns_0": cns}, {"loss_cns_0": floor})
+    assert not overfit.reached(totals, {"loss_cns_0": cns})
+
+
 def test_the_loop_may_stop_only_with_two_separate_windows() -> None:
     curve = [10.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     assert not overfit.reached(curve, {"t": curve})  # 9 steps: the first and last five overlap
@@ -78,6 +99,22 @@ def test_the_series_holds_every_logged_step_with_its_terms(tmp_path: Path) -> No
     assert results_mod.series(Recipe("n", tmp_path, "n", "x.py", ()), SMOKE_LOG) == results_mod.Series()
 
 
+def test_floors_on_the_log_line_go_into_the_series_and_the_verdict(tmp_path: Path) -> None:
+    lines = [f"patchkit-smoke: step {i}/10 loss {10 - i}.0 time 1.0 s grads=4/6 loss_cns_0={c} floor(loss_cns_0)={f}"
+             for i, (c, f) in enumerate(zip([0.3, 0.2, 0.2, 0.2, 0.25, 0.45, 0.5, 0.55, 0.6, 0.62],
+                                            [0.01, 0.05, 0.1, 0.17, 0.23, 0.42, 0.48, 0.53, 0.58, 0.6]), start=1)]
+    lines[2] = lines[2].replace(" floor(loss_cns_0)=0.1", "")  # a step without its floor
+    res = results_mod.fill(results_mod.Results("toy", "cpu", "gloo", 2, 1, False, True, kind="overfit"),
+                           _smoke_recipe(tmp_path), _write(tmp_path / "rank0.log", "\n".join(lines) + "\n"))
+    assert list(res.series.terms) == ["loss_cns_0"]  # `floor(...)` is not a term of its own
+    assert res.series.floors == {"loss_cns_0": [0.01, 0.05, None, 0.17, 0.23, 0.42, 0.48, 0.53, 0.58, 0.6]}
+    assert res.overfit is not None and res.overfit.passed and res.overfit.floored == ["loss_cns_0"]
+    assert "judged above their floor: loss_cns_0" in results_mod.overfit_line(res)
+    path = tmp_path / "results.json"
+    results_mod.write(res, path)
+    assert results_mod.load(path) == res
+
+
 def test_results_json_is_schema_2_and_version_1_files_load(tmp_path: Path) -> None:
     res = results_mod.Results("toy", "cpu", "gloo", 2, 1, False, True, kind="overfit")
     res = results_mod.fill(res, _smoke_recipe(tmp_path), _write(tmp_path / "rank0.log", SMOKE_LOG))
@@ -87,9 +124,12 @@ def test_results_json_is_schema_2_and_version_1_files_load(tmp_path: Path) -> No
     data = json.loads(path.read_text())
     assert data["schema"] == 2 and data["kind"] == "overfit" and data["published"] is None
     assert data["series"]["loss"] == [3.0, 2.0, 1.0] and data["overfit"]["start"] == 3.0
-    assert set(data["series"]) == {"step", "loss", "step_s", "terms"}
+    assert set(data["series"]) == {"step", "loss", "step_s", "terms", "floors"} and data["series"]["floors"] == {}
     again = results_mod.load(path)
     assert again == res
+    # a schema-2 file written before floors existed loads with none
+    del data["series"]["floors"], data["overfit"]["floored"]
+    assert results_mod.load(_write(tmp_path / "older.json", json.dumps(data))) == res
     # version 1: no "schema"; the kind comes from its flags, the series is empty
     v1 = {k: v for k, v in data.items() if k not in ("schema", "kind", "series", "overfit", "published")}
     for flags, kind in (({"smoke": True, "performance": False}, "smoke"),
@@ -278,6 +318,44 @@ def test_the_loop_follows_the_warmup_and_schedule(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PATCHKIT_SMOKE_WARMUP", "three")
     with pytest.raises(smoke.SmokeFailed, match="PATCHKIT_SMOKE_WARMUP='three' is not STEPS:RATIO"):
         smoke.init()
+
+
+@needs_torch
+def test_soft_target_floor_is_the_targets_entropy_and_the_loop_logs_it(monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    smoke, ctx = _ctx(monkeypatch, steps=12, lr=0.1)
+    loss = smoke.SoftTargetFloor(torch.nn.BCEWithLogitsLoss())
+    target = torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0])
+    value = loss(torch.zeros(5), target)
+    assert float(value) == pytest.approx(float(F.binary_cross_entropy_with_logits(torch.zeros(5), target)))
+    entropy = -(target * target.clamp_min(1e-12).log() + (1 - target) * (1 - target).clamp_min(1e-12).log()).mean()
+    assert float(loss.floor) == pytest.approx(float(entropy), abs=1e-5)  # type: ignore[arg-type]
+    # the loop: a centerness-like logit fit to a soft target, its floor logged and carried to the verdict
+    net = torch.nn.Linear(4, 1)
+
+    def losses(model, x):
+        return {"loss_cns": loss(model(x).squeeze(1), torch.full((8,), 0.3))}
+
+    out = smoke.run(ctx, net, lambda s: torch.ones(8, 4), losses, floors=lambda: {"loss_cns": loss.floor})
+    assert out["floors"]["loss_cns"] == pytest.approx([0.6109] * len(out["losses"]), abs=1e-4)  # H(0.3)
+    assert "floor(loss_cns)=0.6108" in capsys.readouterr().out  # 0.610864
+
+
+@needs_torch
+def test_a_seeded_smoke_worker_repeats_its_upstreams_random_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    np = pytest.importorskip("numpy")
+    smoke, _ = _ctx(monkeypatch, steps=3, lr=0.1)
+    first = (random.random(), np.random.rand())
+    smoke.init(seed=0)
+    assert (random.random(), np.random.rand()) == first
+    monkeypatch.setenv("PATCHKIT_SMOKE_SEED", "7")  # `patchkit train --seed 7`
+    smoke.init(seed=0)
+    assert (random.random(), np.random.rand()) != first
 
 
 @needs_torch

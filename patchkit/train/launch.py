@@ -56,6 +56,7 @@ class Options:
     smoke: bool = False
     steps: int | None = None  # smoke steps (default: the recipe's)
     overfit: bool = False  # a smoke run on one fixed batch that must learn it (patchkit/train/overfit.py)
+    seed: int | None = None  # a smoke run's seed (weights, synthetic batch, the upstream's own draws); default 0
     python: str | None = None  # the workers' interpreter (a venv's); default: the one running patchkit
     dry_run: bool = False  # plan only: what this machine cannot check becomes a note, not an error
 
@@ -136,9 +137,9 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
         if options.performance:
             raise BadInput("--smoke and --performance are two different runs: give one")
         recipe = smoke_recipe(manifest, recipe)
-    elif options.steps or options.overfit:
-        raise BadInput(f"{'--steps' if options.steps else '--overfit'} belongs to a --smoke run; "
-                       "a performance run's bound is in the recipe")
+    elif options.steps or options.overfit or options.seed is not None:
+        flag = "--steps" if options.steps else "--overfit" if options.overfit else "--seed"
+        raise BadInput(f"{flag} belongs to a --smoke run; a performance run's bound is in the recipe")
     if options.overfit and (options.steps or 0) > overfit_mod.MAX_STEPS:
         raise BadInput(f"--steps {options.steps}: an overfit run takes at most {overfit_mod.MAX_STEPS} steps")
     if recipe.workdir not in model.layers:
@@ -212,14 +213,17 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
 
 def _smoke_env(smoke: Smoke, options: Options, notes: list[str]) -> dict[str, str]:
     """The smoke loop's settings (patchkit/train/smoke.py reads them), and the note saying what the run is."""
-    env = {"PATCHKIT_SMOKE_BATCH": str(smoke.batch)}
+    env = {"PATCHKIT_SMOKE_BATCH": str(smoke.batch), **({"PATCHKIT_SMOKE_SEED": str(options.seed)}
+                                                         if options.seed is not None else {})}
     if not options.overfit:
         steps = options.steps or smoke.steps
-        notes.append(f"smoke run: the real model on a synthetic batch for {steps} steps ({smoke.script})")
+        notes.append(f"smoke run: the real model on a synthetic batch for {steps} steps ({smoke.script}"
+                     f"{f', seed {options.seed}' if options.seed is not None else ''})")
         return {**env, "PATCHKIT_SMOKE_STEPS": str(steps)}
     steps, run = options.steps or smoke.overfit.steps, smoke.overfit
     notes.append(f"overfit run: the real model on one fixed synthetic batch, up to {steps} steps at lr "
-                 f"{run.lr:g}{overfit_setup(run)}, until {overfit_mod.BAR} ({smoke.script})")
+                 f"{run.lr:g}{overfit_setup(run)}, until {overfit_mod.BAR} ({smoke.script}"
+                 f"{f', seed {options.seed}' if options.seed is not None else ''})")
     return {**env, "PATCHKIT_SMOKE_STEPS": str(steps), "PATCHKIT_SMOKE_OVERFIT": "1",
             "PATCHKIT_SMOKE_LR": repr(run.lr), "PATCHKIT_SMOKE_WARMUP": f"{run.warmup_steps}:{run.warmup_ratio!r}",
             "PATCHKIT_SMOKE_SCHEDULE": run.schedule,

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 WINDOW = 5  # steps averaged at the start and at the end of the curve
-BAR = "total <= 0.5 x start; no term's last-5 mean above its first-5 mean"
+BAR = ("total <= 0.5 x start; no term's last-5 mean above its first-5 mean "
+       "(a term logged with a floor: its excess over the floor)")
 RATIO = 0.5
 MAX_STEPS = 60
 SCHEDULES = ("constant", "cosine")
@@ -28,6 +29,19 @@ class Overfit:
     ratio: float
     steps: int
     terms_rising: list[str] = field(default_factory=list)
+    floored: list[str] = field(default_factory=list)  # the terms judged by their excess over their floor
+
+
+def excess(terms: Mapping[str, Sequence[float | None]],
+           floors: Mapping[str, Sequence[float | None]] | None = None) -> dict[str, list[float | None]]:
+    """Each term as the bar judges it: a term with a floor (the least value the loss can take for that step's
+    targets, logged by the smoke script for a loss whose targets follow the model's own predictions, such as a
+    cross-entropy against a soft target: its least value is the targets' entropy) by how far it is above that
+    floor; every other term as it is. A step without both values is left out (None)."""
+    floors = floors or {}
+    return {name: [None if v is None or f is None else v - f
+                   for v, f in zip(values, floors[name])] if name in floors else list(values)
+            for name, values in terms.items()}
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -48,16 +62,19 @@ def rising(terms: Mapping[str, Sequence[float | None]]) -> list[str]:
     return out
 
 
-def verdict(totals: Sequence[float | None], terms: Mapping[str, Sequence[float | None]]) -> Overfit | None:
-    """The bar applied to a curve (the total loss per step and each term's): None without two steps."""
+def verdict(totals: Sequence[float | None], terms: Mapping[str, Sequence[float | None]],
+            floors: Mapping[str, Sequence[float | None]] | None = None) -> Overfit | None:
+    """The bar applied to a curve (the total loss per step, each term's, and the floors of the terms that have
+    one): None without two steps."""
     known = [v for v in totals if v is not None]
     if len(known) < 2:
         return None
     start, end = known[0], known[-1]
     ratio = end / start if start else math.inf
-    up = rising(terms)
+    up = rising(excess(terms, floors))
     passed = math.isfinite(end) and start > 0 and end <= RATIO * start and not up
-    return Overfit(passed, BAR, start, end, round(ratio, 6), len(known), up)
+    return Overfit(passed, BAR, start, end, round(ratio, 6), len(known), up,
+                   sorted(name for name in terms if name in (floors or {})))
 
 
 def lr_factor(step: int, steps: int, warmup_steps: int = 0, warmup_ratio: float = 0.1,
@@ -81,7 +98,8 @@ def lr_factor(step: int, steps: int, warmup_steps: int = 0, warmup_ratio: float 
     return factor
 
 
-def reached(totals: Sequence[float], terms: Mapping[str, Sequence[float]]) -> bool:
+def reached(totals: Sequence[float], terms: Mapping[str, Sequence[float]],
+            floors: Mapping[str, Sequence[float]] | None = None) -> bool:
     """True once the curve passes the bar with two separate windows behind it (the loop may stop)."""
-    found = verdict(totals, terms) if len(totals) >= 2 * WINDOW else None
+    found = verdict(totals, terms, floors) if len(totals) >= 2 * WINDOW else None
     return bool(found and found.passed)

@@ -5,6 +5,9 @@ Schema 2 (version 1 had no "schema" key) adds: "kind" (full | performance | smok
 (every logged step: step number, total loss, step time in seconds, each loss term; lists of one length),
 "overfit" (the verdict of an overfit run, patchkit/train/overfit.py) and "published" (the recipe's published
 figures). A version-1 file loads with an empty series and its kind from its smoke/performance flags.
+Within schema 2, "series" may also hold "floors" (a smoke script's `floor(NAME)=value`: the least value a term
+could take for that step's targets, patchkit/train/smoke.py SoftTargetFloor) and "overfit" "floored" (the terms
+the bar judged by their excess over it); files without them load with both empty.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ KINDS = ("full", "performance", "smoke", "overfit")
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
 # a loss term on a log line: mmcv's `loss_cls_0: 0.91`, the smoke loop's and Lightning's `depth_loss=0.3`
 TERM = re.compile(rf"(?<![\w/])(?P<name>[A-Za-z_][\w.]*loss[\w.]*|loss[\w.]*)\s*[:=]\s*(?P<value>{NUMBER})")
+# a term's floor on the smoke loop's line: `floor(loss_cns_0)=0.42` (TERM does not match it: ")" ends the name)
+FLOOR = re.compile(rf"(?<![\w/])floor\((?P<name>[A-Za-z_][\w.]*)\)=(?P<value>{NUMBER})")
 
 
 @dataclass
@@ -35,6 +40,7 @@ class Series:
     loss: list[float | None] = field(default_factory=list)
     step_s: list[float | None] = field(default_factory=list)
     terms: dict[str, list[float | None]] = field(default_factory=dict)
+    floors: dict[str, list[float | None]] = field(default_factory=dict)  # by term name, where the log gives one
 
 
 @dataclass
@@ -94,7 +100,7 @@ def load(path: Path) -> Results:
     known = {f.name for f in dataclasses.fields(Results)}
     values = {k: v for k, v in data.items() if k in known}
     values["series"] = Series(**{k: v for k, v in (data.get("series") or {}).items()
-                                 if k in ("step", "loss", "step_s", "terms")})
+                                 if k in ("step", "loss", "step_s", "terms", "floors")})
     values["overfit"] = Overfit(**data["overfit"]) if data.get("overfit") else None
     return Results(**values)
 
@@ -153,10 +159,16 @@ def _append(out: Series, recipe: Recipe, line: str) -> None:
     out.step_s.append(_seconds(recipe, float(seconds)) if seconds else None)
     out.loss.append(float(total) if total else terms.get("loss"))
     terms.pop("loss", None)
-    for name in [n for n in terms if n not in out.terms]:
-        out.terms[name] = [None] * (len(out.step) - 1)
-    for name, values in out.terms.items():
-        values.append(terms.get(name))
+    _extend(out.terms, terms, len(out.step))
+    _extend(out.floors, {m.group("name"): float(m.group("value")) for m in FLOOR.finditer(line)}, len(out.step))
+
+
+def _extend(columns: dict[str, list[float | None]], row: dict[str, float], length: int) -> None:
+    """Add one step's values to COLUMNS (each LENGTH long after): a new name gets None for the steps before."""
+    for name in [n for n in row if n not in columns]:
+        columns[name] = [None] * (length - 1)
+    for name, values in columns.items():
+        values.append(row.get(name))
 
 
 def bootstrap_value(text: str, key: str) -> dict[str, object] | None:
@@ -186,7 +198,7 @@ def fill(results: Results, recipe: Recipe, log: Path) -> Results:
     results.metrics = metrics(recipe, text)
     results.series = series(recipe, text)
     if results.kind == "overfit":
-        results.overfit = verdict(results.series.loss, results.series.terms)
+        results.overfit = verdict(results.series.loss, results.series.terms, results.series.floors)
     return results
 
 
@@ -195,8 +207,9 @@ def overfit_line(results: Results) -> str:
     if o is None:
         return f"{results.model}: overfit FAILED: the log has fewer than two steps with a loss"
     rising = f"; rising: {', '.join(o.terms_rising)}" if o.terms_rising else ""
+    floored = f"; judged above their floor: {', '.join(o.floored)}" if o.floored else ""
     return (f"{results.model}: overfit {'passed' if o.passed else 'FAILED'}: loss {o.start:.4g} -> {o.end:.4g} "
-            f"(x{o.ratio:.3f}) in {o.steps} steps (bar: {o.bar}){rising}")
+            f"(x{o.ratio:.3f}) in {o.steps} steps (bar: {o.bar}){rising}{floored}")
 
 
 def table(results: Results) -> list[str]:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -75,8 +76,18 @@ def init(seed: int = 0) -> Context:
         raise SmokeFailed(f"PATCHKIT_SMOKE_STEPS must be at least 1, not {steps}")
     amp = os.environ.get("PATCHKIT_SMOKE_AMP", "0") not in ("", "0", "false", "no")
     batch = _env_int("PATCHKIT_SMOKE_BATCH", 1)
+    seed = _env_int("PATCHKIT_SMOKE_SEED", seed)  # `patchkit train --seed`
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    # The upstream code draws from the global generators too (Sparse4D's GridMask from numpy's): seeded per rank,
+    # a run repeats itself, as the synthetic batch does.
+    random.seed(seed * 1000 + rank)
+    try:
+        import numpy
+    except ImportError:  # torch runs without numpy; then nothing draws from it
+        pass
+    else:
+        numpy.random.seed(seed * 1000 + rank)
     overfit = os.environ.get("PATCHKIT_SMOKE_OVERFIT", "0") not in ("", "0")
     ctx = Context(device, kind, backend, rank, local_rank, world_size, steps, amp, generator, max(1, batch),
                   overfit, _env_float("PATCHKIT_SMOKE_LR") if overfit else None)
@@ -221,17 +232,41 @@ class Curve:
     totals: list[float] = field(default_factory=list)
     terms: dict[str, list[float]] = field(default_factory=dict)
     times: list[float] = field(default_factory=list)
+    floors: dict[str, list[float]] = field(default_factory=dict)  # see `run`'s floors
+
+
+class SoftTargetFloor(torch.nn.Module):
+    """A binary cross-entropy-with-logits loss (logits, targets in [0, 1]) that also keeps, in `floor`, the least
+    value it can take for the targets it was just given: the loss at the logits logit(target), i.e. the targets'
+    entropy, weighted and reduced by the wrapped loss itself. The loss it returns is the wrapped loss's, unchanged.
+    For a term whose targets follow the model's own predictions, the overfit bar judges the excess over this."""
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+        self.floor: torch.Tensor | None = None
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with torch.no_grad():
+            best = torch.logit(target.detach().float().clamp(1e-6, 1 - 1e-6)).to(pred.dtype)
+            self.floor = self.loss(best, target.detach(), *args, **kwargs)
+        return self.loss(pred, target, *args, **kwargs)
 
 
 def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
         losses: Callable[[torch.nn.Module, Any], Any], optimizer: torch.optim.Optimizer | None = None,
         lr: float = 1e-4, find_unused_parameters: bool = True, grad_clip: float | None = 35.0,
-        prime: Callable[[torch.nn.Module, Any], Any] | None = None) -> dict[str, Any]:
+        prime: Callable[[torch.nn.Module, Any], Any] | None = None,
+        floors: Callable[[], Mapping[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """`ctx.steps` optimizer steps; `batch(step)` makes the inputs, `losses(model, inputs)` runs the
     forward pass and returns the losses. An overfit run (ctx.overfit) trains on the first batch only, at
     ctx.lr, and stops once patchkit/train/overfit.py's bar is reached; `prime(model, inputs)`, when given, runs
     once on that batch before the first step, without gradients (a model that keeps the previous frame's
-    state then starts from the state every later step has). Returns the per-step totals and times."""
+    state then starts from the state every later step has). `floors()`, when given, is called after each forward
+    pass: for loss terms whose targets follow the model's own predictions, the least value each could take for this
+    step's targets (SoftTargetFloor), by term name, the same names on every rank; they are logged as
+    `floor(NAME)=value` and the overfit bar judges those terms by their excess over it. Returns the per-step
+    totals, terms, floors and times."""
     model.to(ctx.device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -250,7 +285,7 @@ def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
         if prime is not None:
             with torch.no_grad():
                 prime(model, to_device(batch(0), ctx.device))
-    step_once = _Step(ctx, wrapped, params, optimizer, losses, grad_clip)
+    step_once = _Step(ctx, wrapped, params, optimizer, losses, grad_clip, floors)
     _say(ctx, f"start model={type(model).__name__} parameters={sum(p.numel() for p in params)} device={ctx.device} "
               f"backend={ctx.backend if ctx.world_size > 1 else 'none'} world_size={ctx.world_size} "
               f"steps={ctx.steps} amp={ctx.amp}" + (f" overfit lr={ctx.lr or lr:g}" if ctx.overfit else "")
@@ -260,14 +295,17 @@ def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
     for step in range(1, ctx.steps + 1):
         if ctx.overfit:
             scheduled(step)
-        total, terms, elapsed, reached = step_once(to_device(batch(step), ctx.device), step)
+        total, terms, least, elapsed, reached = step_once(to_device(batch(step), ctx.device), step)
         curve.totals.append(total)
         curve.times.append(elapsed)
         for name, value in terms.items():
             curve.terms.setdefault(name, []).append(value)
-        detail = " ".join(f"{k}={v:.6g}" for k, v in terms.items())
+        for name, value in least.items():
+            curve.floors.setdefault(name, []).append(value)
+        detail = " ".join([*(f"{k}={v:.6g}" for k, v in terms.items()),
+                           *(f"floor({k})={v:.6g}" for k, v in least.items())])
         _say(ctx, f"step {step}/{ctx.steps} loss {total:.6f} time {elapsed:.3f} s grads={reached}/{len(params)} {detail}")
-        if ctx.overfit and overfit_mod.reached(curve.totals, curve.terms):
+        if ctx.overfit and overfit_mod.reached(curve.totals, curve.terms, curve.floors):
             break
     if ctx.world_size > 1:
         dist.barrier()
@@ -276,7 +314,7 @@ def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
         # (on torch 2.13 gloo's threads outlive this: DDP keeps the group referenced from C++; the
         # bootstrap's at-exit settle_collective_threads keeps a rank from aborting at exit)
         dist.destroy_process_group()
-    return {"losses": curve.totals, "times": curve.times, "terms": curve.terms,
+    return {"losses": curve.totals, "times": curve.times, "terms": curve.terms, "floors": curve.floors,
             "finite": all(math.isfinite(t) for t in curve.totals)}
 
 
@@ -285,7 +323,7 @@ def _finish(ctx: Context, curve: Curve) -> None:
     _say(ctx, f"done steps={len(curve.totals)} losses finite, mean step time {sum(steady) / len(steady):.3f} s "
               f"(after the first), loss {curve.totals[0]:.4f} -> {curve.totals[-1]:.4f}")
     if ctx.overfit:
-        found = overfit_mod.verdict(curve.totals, curve.terms)
+        found = overfit_mod.verdict(curve.totals, curve.terms, curve.floors)
         if found:
             _say(ctx, f"overfit {'passed' if found.passed else 'FAILED'}: loss {found.start:.4f} -> {found.end:.4f} "
                       f"(x{found.ratio:.3f}) in {found.steps} steps; bar: {found.bar}"
@@ -311,17 +349,18 @@ class _Step:
 
     def __init__(self, ctx: Context, wrapped: torch.nn.Module, params: list[torch.nn.Parameter],
                  optimizer: torch.optim.Optimizer, losses: Callable[[torch.nn.Module, Any], Any],
-                 grad_clip: float | None) -> None:
+                 grad_clip: float | None, floors: Callable[[], Mapping[str, torch.Tensor]] | None = None) -> None:
         self.ctx, self.wrapped, self.params, self.optimizer, self.losses = ctx, wrapped, params, optimizer, losses
-        self.grad_clip = grad_clip
+        self.grad_clip, self.floors = grad_clip, floors
         self.scaler = torch.amp.GradScaler(ctx.kind) if ctx.amp and ctx.kind in ("cuda", "npu") else None
 
-    def __call__(self, inputs: Any, step: int) -> tuple[float, dict[str, float], float, int]:
+    def __call__(self, inputs: Any, step: int) -> tuple[float, dict[str, float], dict[str, float], float, int]:
         ctx = self.ctx
         _synchronize(ctx)
         start = time.perf_counter()
         with dispatch.autocast(ctx.device, enabled=ctx.amp):
             total, terms = parse_losses(self.losses(self.wrapped, inputs))
+        least = {k: v.detach().float().mean() for k, v in (self.floors() if self.floors else {}).items()}
         _check_finite(ctx, step, total, terms)
         with_grad = self.backward(total, step)
         if self.scaler:
@@ -331,8 +370,10 @@ class _Step:
             self.optimizer.step()
         _synchronize(ctx)
         elapsed = time.perf_counter() - start
-        values = _mean_over_ranks(ctx, torch.stack([total.detach().float(), *(v.detach().float() for v in terms.values())]))
-        return values[0], dict(zip(terms, values[1:])), elapsed, len(with_grad)
+        values = _mean_over_ranks(ctx, torch.stack([total.detach().float(),
+                                                    *(v.detach().float() for v in terms.values()), *least.values()]))
+        return (values[0], dict(zip(terms, values[1:1 + len(terms)])), dict(zip(least, values[1 + len(terms):])),
+                elapsed, len(with_grad))
 
     def backward(self, total: torch.Tensor, step: int) -> list[torch.nn.Parameter]:
         ctx, scaler = self.ctx, self.scaler
