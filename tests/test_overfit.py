@@ -224,6 +224,11 @@ def test_overfit_dry_run_and_bad_requests(toy: Path) -> None:  # noqa: F811
     assert alone.code == 2 and "--overfit belongs to a --smoke run" in alone.err
     plain = json.loads(patchkit(toy, "train", "toy", "--smoke", "--dry-run", "--json").out)["env"]
     assert "PATCHKIT_SMOKE_OVERFIT" not in plain and plain["PATCHKIT_SMOKE_STEPS"] == "4"
+    assert "PATCHKIT_SMOKE_SEED" not in plain and "PATCHKIT_SMOKE_SEED" not in env  # the worker's default, 0
+    seeded = json.loads(patchkit(toy, "train", "toy", "--smoke", "--overfit", "--seed", "3", "--dry-run", "--json").out)
+    assert seeded["env"]["PATCHKIT_SMOKE_SEED"] == "3" and any("seed 3)" in n for n in seeded["notes"])
+    unseeded = patchkit(toy, "train", "toy", "--seed", "3", "--dry-run")
+    assert unseeded.code == 2 and "--seed belongs to a --smoke run" in unseeded.err
     assert "PATCHKIT_SMOKE_CFG_OPTIONS" not in env and env["PATCHKIT_SMOKE_SCHEDULE"] == "constant"
     # the optional set-up: warmup, schedule and config overrides go to the workers and into the run's note
     (toy / "train/toy.yaml").write_text(OVERFIT_RECIPE.format(steps=30, lr="2.5e-2") + (
@@ -348,14 +353,19 @@ def test_soft_target_floor_is_the_targets_entropy_and_the_loop_logs_it(monkeypat
 def test_a_seeded_smoke_worker_repeats_its_upstreams_random_draws(monkeypatch: pytest.MonkeyPatch) -> None:
     import random
 
-    np = pytest.importorskip("numpy")
+    import torch
+
+    def draws() -> tuple[float, ...]:  # numpy too where it is installed (torch does not need it)
+        np = sys.modules.get("numpy") if importlib.util.find_spec("numpy") else None
+        return (random.random(), float(torch.rand(1)), *((float(np.random.rand()),) if np else ()))
+
     smoke, _ = _ctx(monkeypatch, steps=3, lr=0.1)
-    first = (random.random(), np.random.rand())
+    first = draws()
     smoke.init(seed=0)
-    assert (random.random(), np.random.rand()) == first
+    assert draws() == first
     monkeypatch.setenv("PATCHKIT_SMOKE_SEED", "7")  # `patchkit train --seed 7`
     smoke.init(seed=0)
-    assert (random.random(), np.random.rand()) != first
+    assert draws() != first
 
 
 @needs_torch
