@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
-import difflib
 import hashlib
 import os
 import re
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patchkit import cache, git, patchfile, settings
+from patchkit import cache, git, memo, patchfile, settings
 from patchkit.errors import BadInput, Diagnostic, InvalidInput, PatchkitError
 from patchkit.manifest import Effective, Manifest, Model, PatchRef, Upstream
 from patchkit.patchfile import ParsedPatch, Patch
@@ -152,9 +151,10 @@ def target_key(manifest: Manifest, up: Upstream) -> str:
     return f"{up.name}@{up.pin[:12]}" + (f"~{up.track}" if up.track != own.track else "")
 
 
-def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None) -> list[_Unit]:
+def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: memo.Memo | None = None) -> list[_Unit]:
     """Every series to check: each model's, then each variant's where it differs from the model's or
-    where the variant's own overlay sets need its tree. With SHARD, only that shard's part."""
+    where the variant's own overlay sets need its tree. With SHARD, only that shard's part. KEPT: the
+    parses kept in the cache (patchfile.parses_memo)."""
     views = manifest.views(chosen)
     sets = static.load_each(manifest.root, list(dict.fromkeys(n for v in views for n in v.overlays)))
     units = []
@@ -169,7 +169,8 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None) -> list
             mine = ([t for t in declared[0] if t.upstream == up], [f for f in declared[1] if f.upstream == up])
             adds = up in own  # the variant's own overlay sets have targets on UP
             if differs or adds:
-                units.append(_Unit(view, up, _load(view.patches[up], loaded), differs, mine if mine[0] or mine[1] else None))
+                units.append(_Unit(view, up, _load(view.patches[up], loaded, kept), differs,
+                                   mine if mine[0] or mine[1] else None))
     if shard:
         keep = assign({(u.label, u.upstream): len(u.patches) for u in units}, shard.count)[shard.index - 1]
         units = [u for u in units if (u.label, u.upstream) in keep]
@@ -184,7 +185,9 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
     from that pin towards its own track."""
     chosen = [manifest.model(m) for m in models] if models else list(manifest.models.values())
     onto = onto or {}
-    units = _units(manifest, chosen, shard)
+    kept = patchfile.parses_memo(settings.cache_root())
+    units = _units(manifest, chosen, shard, kept)
+    kept.save()
     _check_parse(units)
     groups: dict[str, dict[str, list[_Unit]]] = {}  # upstream -> target key -> its series
     for unit in units:
@@ -267,15 +270,17 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
     return target, [(u, results[u.label]) for u in members], overlay_checks
 
 
-def _load(refs: tuple[PatchRef, ...], loaded: dict[PatchRef, Patch] | None = None) -> list[Patch]:
+def _load(refs: tuple[PatchRef, ...], loaded: dict[PatchRef, Patch] | None = None,
+          kept: memo.Memo | None = None) -> list[Patch]:
     """A series' patches, parsed while their bytes are read (the parse is kept), then without their bytes:
     the replay reads a patch again only where it looks at it alone, so memory stays flat in the series' size.
-    LOADED: the patches read so far, by ref (a patch of a shared layer is read and hashed once)."""
+    LOADED: the patches read so far, by ref (a patch of a shared layer is read and hashed once); KEPT: the
+    parses kept in the cache, by content."""
     loaded = {} if loaded is None else loaded
     for ref in refs:
         if ref not in loaded:
             patch = patchfile.read(ref)
-            patchfile.parse(patch)
+            patchfile.parse(patch, kept)
             loaded[ref] = dataclasses.replace(patch, data=b"")
     return [loaded[ref] for ref in refs]
 
@@ -727,6 +732,8 @@ def _normalise(diff: str) -> list[str]:
 
 
 def _diff_of_diffs(old: str, new: str, limit: int = 12) -> list[str]:
+    import difflib  # only for a patch that merged or needed fuzz
+
     lines = [ln for ln in difflib.unified_diff(_normalise(old), _normalise(new), "before", "after", n=0, lineterm="")
              if not ln.startswith(("---", "+++", "@@"))]
     return lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])

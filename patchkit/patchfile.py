@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-import unidiff
-
+from patchkit import memo
 from patchkit.errors import Diagnostic
 from patchkit.manifest import PatchRef
 from patchkit.paths import display
+
+if TYPE_CHECKING:
+    import unidiff
 
 _MBOX_FROM = re.compile(rb"^From [0-9a-f]{40} ", re.M)
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -154,17 +157,58 @@ def _bad_hunk_line(text: str) -> int:
 
 
 _PARSED: dict[tuple[str, str], tuple[ParsedPatch | None, list[Diagnostic]]] = {}
+PARSES_VERSION = 1  # of what a kept parse holds and how _parse reads a patch: a change starts a new file
+PARSES_KEPT = 4096  # parses the cache's file keeps (the oldest go first)
+_PARSER = memo.code_key("patchfile.py")  # a parse kept by other code of this file is not used
 
 
-def parse(patch: Patch) -> tuple[ParsedPatch | None, list[Diagnostic]]:
-    """What PATCH touches, or the diagnostics that say why it cannot be used (memoised)."""
+def parses_memo(cache_root: Path) -> memo.Memo:
+    """The parses kept in the cache folder, by the sha256 of the patch's bytes (see `parse`)."""
+    return memo.Memo(cache_root / f"parses-v{PARSES_VERSION}.json", PARSES_KEPT)
+
+
+def parse(patch: Patch, kept: memo.Memo | None = None) -> tuple[ParsedPatch | None, list[Diagnostic]]:
+    """What PATCH touches, or the diagnostics that say why it cannot be used (memoised). KEPT: parses
+    kept by the sha256 of the bytes (`parses_memo`), used and added to; only a patch that parses without a
+    problem is kept there, so every diagnostic is made from the file itself and names it."""
     key = (str(patch.ref.path), patch.sha256)
     if key not in _PARSED:
-        _PARSED[key] = _parse(patch)
+        known = _kept(patch, kept) if kept is not None else None
+        _PARSED[key] = (known, []) if known else _parse(patch)
+        parsed = _PARSED[key][0]
+        if kept is not None and parsed and not known:
+            kept.put(f"{_PARSER}:{patch.sha256}", memo.encode((parsed.subject, parsed.author, parsed.files)))
     return _PARSED[key]
 
 
+_DECODE = memo.decoder((FileChange, Hunk))
+
+
+def _kept(patch: Patch, kept: memo.Memo) -> ParsedPatch | None:
+    """PATCH's parse from KEPT, or None when it has none or the entry is not a parse (then it is made again)."""
+    found, data = kept.get(f"{_PARSER}:{patch.sha256}")
+    try:
+        subject, author, files = _DECODE(data) if found else (None, None, None)
+    except (memo.Unreadable, TypeError, ValueError):
+        return None
+    if isinstance(subject, str) and isinstance(author, str) and isinstance(files, tuple) and files \
+            and all(_is_change(f) for f in files):
+        return ParsedPatch(patch.ref, subject, author, files)
+    return None
+
+
+def _is_change(change: object) -> bool:
+    return (isinstance(change, FileChange) and isinstance(change.path, str) and isinstance(change.paths, tuple)
+            and all(isinstance(p, str) for p in change.paths) and isinstance(change.creates_symlink, bool)
+            and isinstance(change.hunks, tuple) and all(
+                isinstance(h, Hunk) and isinstance(h.section, str)
+                and all(type(n) is int for n in (h.source_start, h.source_length, h.target_start, h.target_length))
+                for h in change.hunks))
+
+
 def _parse(patch: Patch) -> tuple[ParsedPatch | None, list[Diagnostic]]:
+    import unidiff  # only where a patch is parsed, not found kept (about 5 ms of start-up)
+
     where = display(patch.ref.path)
     if len(_MBOX_FROM.findall(patch.data)) > 1:
         return None, [Diagnostic(where, 0, "holds more than one patch; keep one format-patch file per patch")]

@@ -10,7 +10,6 @@ merges cleanly into the overlay; the merge is shown), `conflict`, `missing` (the
 from __future__ import annotations
 
 import ast
-import difflib
 import re
 import tempfile
 from collections.abc import Callable, Mapping
@@ -203,6 +202,8 @@ def _moved(target: Target, reader: TreeReader) -> list[str]:
 
 
 def _diff(before: str, after: str, path: str, limit: int = 40) -> list[str]:
+    import difflib  # only for a target that drifted
+
     lines = list(difflib.unified_diff(before.splitlines(), after.splitlines(), f"a/{path}", f"b/{path}",
                                       n=2, lineterm=""))
     return lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])

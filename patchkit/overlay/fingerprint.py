@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import sys
-import threading
 from pathlib import Path
 
-from patchkit.paths import atomic_write
+from patchkit import memo
 
 _SKIP_FIELDS = {"ctx", "type_comment", "kind", "type_params"}
 
@@ -135,40 +133,22 @@ def segment(source: str, qualname: str) -> str:
 class Memo:
     """Fingerprints already computed, by upstream blob and qualified name: a blob never changes, so a
     warm `rebase --check` parses no upstream module whose fingerprints it has seen. Kept in the cache
-    folder, one file per version of this algorithm and of Python's AST; safe to delete."""
+    folder (patchkit.memo), one file per version of this algorithm and of Python's AST; safe to delete."""
 
     VERSION = 1
 
     def __init__(self, path: Path | None) -> None:
-        self.path, self._lock, self._dirty = path, threading.Lock(), False
-        self._values: dict[str, str | None] = {}
-        if path is not None:
-            try:
-                loaded = json.loads(path.read_text(encoding="utf-8"))
-                self._values = loaded if isinstance(loaded, dict) else {}
-            except (OSError, ValueError):
-                self._values = {}
+        self._kept = memo.Memo(path)
 
     @classmethod
     def in_cache(cls, cache_root: Path) -> Memo:
         return cls(cache_root / f"fingerprints-v{cls.VERSION}-py{sys.version_info[0]}{sys.version_info[1]}.json")
 
     def get(self, blob: str, qualname: str) -> tuple[bool, str | None]:
-        key = f"{blob}:{qualname}"
-        with self._lock:
-            return key in self._values, self._values.get(key)
+        return self._kept.get(f"{blob}:{qualname}")
 
     def put(self, blob: str, qualname: str, value: str | None) -> None:
-        with self._lock:
-            self._values[f"{blob}:{qualname}"] = value
-            self._dirty = True
+        self._kept.put(f"{blob}:{qualname}", value)
 
     def save(self) -> None:
-        if self.path is None or not self._dirty:
-            return
-        with self._lock:
-            data = json.dumps(self._values, sort_keys=True).encode()
-        try:
-            atomic_write(self.path, data)
-        except OSError:  # a read-only cache only costs the next run the parsing
-            pass
+        self._kept.save()

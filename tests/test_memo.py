@@ -1,0 +1,115 @@
+"""The memos a warm run reads from the cache instead of working again: patch parses (no unidiff). Each is
+used only for the same content, equals what the work gives, and a corrupt or foreign entry is ignored and
+replaced, never trusted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from patchkit import manifest, memo, patchfile
+
+def test_values_come_back_exactly() -> None:
+    ref = manifest.PatchRef("l", "u", "0001.patch", Path("/p/0001.patch"), Path("/p/series"), 3)
+    value = {"a": (1, "x", None, True, 2.5), "b": [ref, (ref,)], "c": {"d": [Path("rel/x")]}, "e": ()}
+    decode = memo.decoder([manifest.PatchRef])
+    back = decode(json.loads(json.dumps(memo.encode(value))))
+    assert back == value
+    assert type(back["a"]) is tuple and type(back["b"]) is list and isinstance(back["c"]["d"][0], Path)
+    for foreign in (["@Manifest", 1], ["@PatchRef", "l"], ["x", 1], {"a": 1}, ["d", [1]], []):
+        with pytest.raises(memo.Unreadable):
+            decode(foreign)
+
+
+# -- patch parses --------------------------------------------------------------------------------
+
+PATCH = b"""From 0123456789abcdef0123456789abcdef01234567 Mon Sep 17 00:00:00 2001
+From: A U Thor <a@example.org>
+Subject: [PATCH 1/2] npu: use the fused op
+
+---
+diff --git a/pkg/ops.py b/pkg/ops.py
+index 1111111..2222222 100644
+--- a/pkg/ops.py
++++ b/pkg/ops.py
+@@ -1,3 +1,3 @@ def op():
+ a
+-b
++b_npu
+ c
+@@ -10,2 +10,3 @@ class X:
+ x
++y
+ z
+diff --git a/old.py b/new.py
+similarity index 90%
+rename from old.py
+rename to new.py
+--
+2.40.0
+"""
+
+
+def _patch(tmp_path: Path, data: bytes, name: str = "0001-npu.patch") -> patchfile.Patch:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return patchfile.read(manifest.PatchRef("npu", "up", name, path, tmp_path / "series", 1))
+
+
+def _parse(patch: patchfile.Patch, cache: Path) -> tuple[patchfile.ParsedPatch | None, list[object]]:
+    patchfile._PARSED.clear()  # the process-wide memo: each call here is a new run
+    kept = patchfile.parses_memo(cache)
+    parsed, problems = patchfile.parse(patch, kept)
+    kept.save()
+    return parsed, list(problems)
+
+
+def _no_unidiff(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(_patch: object) -> None:
+        raise AssertionError("the patch was parsed again")
+    monkeypatch.setattr(patchfile, "_parse", refuse)
+
+
+def test_a_kept_parse_equals_a_fresh_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    patch = _patch(tmp_path, PATCH)
+    fresh = patchfile._parse(patch)[0]
+    assert fresh is not None and fresh.files[1].paths == ("old.py", "new.py")
+    assert _parse(patch, tmp_path / "cache") == (fresh, [])
+    with monkeypatch.context() as m:
+        _no_unidiff(m)
+        assert _parse(patch, tmp_path / "cache") == (fresh, [])
+        other = _patch(tmp_path / "cache", PATCH, "0009-same-bytes.patch")  # content-addressed: another file
+        parsed, _ = _parse(other, tmp_path / "cache")
+        assert parsed is not None and parsed.ref == other.ref and parsed.files == fresh.files
+    changed = _patch(tmp_path, PATCH.replace(b"+b_npu\n", b"+b_npu\n+b_more\n").replace(b"@@ -1,3 +1,3 @@", b"@@ -1,3 +1,4 @@"))
+    parsed, _ = _parse(changed, tmp_path / "cache")  # new bytes: parsed, not taken from the memo
+    assert parsed is not None and parsed.files[0].hunks[0].target_length == 4
+
+
+def test_a_broken_patch_is_never_kept_and_still_named_at_its_line(tmp_path: Path) -> None:
+    broken = _patch(tmp_path, PATCH.replace(b" c\n@@ -10,2", b"@@ -10,2"))  # the first hunk one line short
+    for _ in range(2):
+        parsed, problems = _parse(broken, tmp_path / "cache")
+        assert parsed is None and [str(p).split(": ")[0] for p in problems] == [f"{broken.ref.path}:10"]
+    assert not (tmp_path / "cache" / f"parses-v{patchfile.PARSES_VERSION}.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "wrong shape", "wrong types"])
+def test_a_corrupt_or_foreign_parse_is_made_again(damage: str, tmp_path: Path) -> None:
+    patch = _patch(tmp_path, PATCH)
+    fresh, _ = _parse(patch, tmp_path / "cache")
+    kept = tmp_path / "cache" / f"parses-v{patchfile.PARSES_VERSION}.json"
+    good = json.loads(kept.read_text())
+    (key,) = good
+    assert key.endswith(f":{patch.sha256}")  # by content (and the parser's code)
+    if damage == "garbage":
+        kept.write_bytes(b"\xff\xfe garbage")
+    elif damage == "wrong shape":
+        kept.write_text(json.dumps({key: ["t", "subject only"]}))
+    else:  # decodes, but a hunk's start is a string
+        kept.write_text(json.dumps({key: json.loads(json.dumps(good[key]).replace('["@Hunk", 1,', '["@Hunk", "1",'))}))
+        assert kept.read_text() != json.dumps(good)
+    assert _parse(patch, tmp_path / "cache") == (fresh, [])
+    assert json.loads(kept.read_text()) == good  # replaced by the real parse
