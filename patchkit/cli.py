@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from patchkit import __version__, cache, git, manifest as manifest_mod
+from patchkit import __version__, cache, git, manifest as manifest_mod, settings
 from patchkit.errors import BadInput, Interrupted, InvalidInput, PatchkitError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,7 +31,9 @@ class Ctx:
     def manifest(self) -> manifest_mod.Manifest:
         if self._manifest is None:
             path = Path(self.manifest_path) if self.manifest_path else manifest_mod.find()
-            self._manifest = manifest_mod.load(path)
+            kept = manifest_mod.manifests_memo(settings.cache_root(), path)  # a warm run reads no YAML
+            self._manifest = manifest_mod.load(path, kept)
+            kept.save()
         return self._manifest
 
     def workspace(self, option: str | None) -> Path:

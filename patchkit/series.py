@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from patchkit.errors import Diagnostic
 
@@ -44,9 +44,9 @@ def parse_text(text: str, where: str) -> tuple[list[SeriesEntry], list[Diagnosti
     return entries, problems
 
 
-def read(path: Path, where: str) -> tuple[list[SeriesEntry], list[Diagnostic]]:
+def parse_bytes(data: bytes, where: str) -> tuple[list[SeriesEntry], list[Diagnostic]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         return [], [Diagnostic(where, 0, "series file is not UTF-8 text")]
     return parse_text(text, where)

@@ -473,3 +473,28 @@ def test_replay_keeps_no_patch_bytes(runs: Path, monkeypatch: pytest.MonkeyPatch
     light.ref.path.write_bytes(light.ref.path.read_bytes() + b"\n")
     with pytest.raises(BadInput, match="changed while rebase --check ran"):
         check._bytes(light)
+
+
+def test_a_warm_check_reads_no_yaml_parses_no_patch_and_prints_the_same_document(
+        history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest and the patch parses come from the cache's memos on the second run; the check's work
+    is done again and its JSON document (but the time stamp) is the same, every outcome included."""
+    from patchkit import manifest_read, patchfile
+
+    def document(run_out: str) -> dict[str, object]:
+        return {k: v for k, v in json.loads(run_out).items() if k != "checked_at"}
+
+    cold = patchkit(history.port, "rebase", "--check", "--json")
+    assert cold.code == 1, cold.text
+    patchfile._PARSED.clear()  # as a new process would start
+
+    def refuse(*_a: object) -> None:
+        raise AssertionError("a warm check did the memo's work again")
+
+    monkeypatch.setattr(manifest_read, "Reader", refuse)
+    monkeypatch.setattr(patchfile, "_parse", refuse)
+    applies = _counted_applies(monkeypatch)
+    warm = patchkit(history.port, "rebase", "--check", "--json")
+    assert warm.code == 1, warm.text
+    assert document(warm.out) == document(cold.out)
+    assert len(applies) > 0  # the replay ran again: no check result is kept

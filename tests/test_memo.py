@@ -1,6 +1,6 @@
-"""The memos a warm run reads from the cache instead of working again: patch parses (no unidiff). Each is
-used only for the same content, equals what the work gives, and a corrupt or foreign entry is ignored and
-replaced, never trusted."""
+"""The memos a warm run reads from the cache instead of working again: a read manifest (no YAML composed)
+and patch parses (no unidiff). Each is used only for the same content, equals what the work gives, and a
+corrupt or foreign entry is ignored and replaced, never trusted."""
 
 from __future__ import annotations
 
@@ -9,7 +9,40 @@ from pathlib import Path
 
 import pytest
 
-from patchkit import manifest, memo, patchfile
+from patchkit import manifest, manifest_read, memo, patchfile
+from patchkit.errors import InvalidInput
+from tests.test_manifest_v2 import GOOD, port
+
+ROOT = Path(__file__).resolve().parent.parent
+RICH = GOOD + """\
+toolchain:
+  cpu:
+    torch: "2.13.0"
+    tools: ["numpy<2"]
+"""
+RICH = RICH.replace("    track: main\n", """\
+    track: main
+    exclude: [docs/]
+    install:
+      build: command
+      command: pip install -e .
+      env: {MAX_JOBS: "2"}
+      after: [mmcv]
+""", 1)
+
+
+def _no_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("the manifest was read from its YAML")
+    monkeypatch.setattr(manifest_read, "Reader", refuse)
+
+
+def _load(path: Path, cache: Path) -> manifest.Manifest:
+    kept = manifest.manifests_memo(cache, path)
+    loaded = manifest.load(path, kept)
+    kept.save()
+    return loaded
+
 
 def test_values_come_back_exactly() -> None:
     ref = manifest.PatchRef("l", "u", "0001.patch", Path("/p/0001.patch"), Path("/p/series"), 3)
@@ -21,6 +54,85 @@ def test_values_come_back_exactly() -> None:
     for foreign in (["@Manifest", 1], ["@PatchRef", "l"], ["x", 1], {"a": 1}, ["d", [1]], []):
         with pytest.raises(memo.Unreadable):
             decode(foreign)
+
+
+@pytest.mark.parametrize("which", ["rich", "this repository"])
+def test_a_kept_manifest_equals_a_fresh_read(which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = port(tmp_path / "port", RICH) if which == "rich" else ROOT / "upstreams.yaml"
+    fresh = manifest.load(path)
+    assert _load(path, tmp_path / "cache") == fresh  # a miss: read from YAML, then kept
+    _no_yaml(monkeypatch)
+    again = _load(path, tmp_path / "cache")
+    assert again == fresh and again.views() == fresh.views()
+    if which == "rich":
+        assert again.upstreams["model-repo"].install == {"build": "command", "after": ["mmcv"],
+                                                         "env": {"MAX_JOBS": "2"}, "command": "pip install -e ."}
+        assert again.toolchain["cpu"].tools == ("numpy<2",)
+
+
+def _change_text(root: Path) -> None:
+    (root / "upstreams.yaml").write_text(RICH.replace("a" * 40, "d" * 40))
+
+
+def _change_series(root: Path) -> None:
+    folder = root / "patches" / "fbocc" / "mmcv"
+    (folder / "0002-more.patch").write_text(patchfile_text())
+    (folder / "series").write_text("0001-fbocc.patch\n0002-more.patch\n")
+
+
+def _new_overlay_folder(root: Path) -> None:
+    (root / "overlays" / "fbocc").mkdir()  # fbocc declares no sets: its own folder is used when it exists
+
+
+def patchfile_text() -> str:
+    return "From: A <a@b>\nSubject: y\n\n"
+
+
+@pytest.mark.parametrize("change", [_change_text, _change_series, _new_overlay_folder])
+def test_a_kept_manifest_is_not_used_once_a_file_it_read_changed(change, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = port(tmp_path / "port", RICH)
+    before = _load(path, tmp_path / "cache")
+    change(tmp_path / "port")
+    after = _load(path, tmp_path / "cache")
+    assert after == manifest.load(path) and after != before
+
+
+def test_a_removed_patch_file_is_reported_at_its_series_line(tmp_path: Path) -> None:
+    path = port(tmp_path / "port", RICH)
+    _load(path, tmp_path / "cache")
+    (tmp_path / "port" / "patches" / "fbocc" / "mmcv" / "0001-fbocc.patch").unlink()
+    with pytest.raises(InvalidInput) as info:
+        _load(path, tmp_path / "cache")
+    assert any(str(d).startswith(f"{tmp_path}/port/patches/fbocc/mmcv/series:1: patch file 0001-fbocc.patch not found")
+               for d in info.value.diagnostics), info.value.diagnostics
+
+
+def _entry_file(cache: Path) -> Path:
+    (found,) = (cache / f"manifests-v{manifest.MANIFESTS_VERSION}").iterdir()
+    return found
+
+
+@pytest.mark.parametrize("damage", ["garbage", "not an object", "foreign manifest", "bad reads"])
+def test_a_corrupt_or_foreign_manifest_entry_is_read_again(damage: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    path = port(tmp_path / "port", RICH)
+    fresh = _load(path, tmp_path / "cache")
+    entry = _entry_file(tmp_path / "cache")
+    data = json.loads(entry.read_text())
+    (key, value), = data.items()
+    if damage == "garbage":
+        entry.write_bytes(b"\x00{not json")
+    elif damage == "not an object":
+        entry.write_text("[1, 2]")
+    elif damage == "foreign manifest":  # the right key, but what it holds is not a Manifest of this file
+        other = manifest.load(port(tmp_path / "other", GOOD))
+        entry.write_text(json.dumps({key: {**value, "manifest": memo.encode(other)}}))
+    else:
+        entry.write_text(json.dumps({key: {**value, "reads": [["file", 7]]}}))
+    assert _load(path, tmp_path / "cache") == fresh
+    assert json.loads(entry.read_text()) == data  # rewritten whole
+    _no_yaml(monkeypatch)
+    assert _load(path, tmp_path / "cache") == fresh
 
 
 # -- patch parses --------------------------------------------------------------------------------

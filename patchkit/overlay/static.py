@@ -17,13 +17,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-import yaml
-
-from patchkit import yamlcheck
 from patchkit.errors import Diagnostic, InvalidInput
 from patchkit.overlay.api import TargetName
 from patchkit.paths import atomic_write, display
+
+if TYPE_CHECKING:
+    import yaml
 
 _DECLARERS = {"replace": 0, "replace_value": 0}
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -97,6 +98,10 @@ def file_overlays(folder: Path, set_name: str) -> tuple[list[FileOverlay], list[
     path = folder / "files.yaml"
     if not path.is_file():
         return [], []
+    import yaml  # only for a set with whole-file overlays
+
+    from patchkit import yamlcheck
+
     where = display(path)
     try:
         root = yamlcheck.compose(path.read_text(encoding="utf-8"))
@@ -131,6 +136,8 @@ def file_overlays(folder: Path, set_name: str) -> tuple[list[FileOverlay], list[
 
 
 def _files_list(root: yaml.Node | None) -> list[yaml.Node] | None:
+    import yaml
+
     if not isinstance(root, yaml.MappingNode):
         return None
     for key, value in root.value:
