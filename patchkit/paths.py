@@ -17,11 +17,29 @@ def display(path: str | Path) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _display(path: str, cwd: str) -> str:  # resolving is a system call per part: once per path and folder
+def _display(path: str, cwd: str) -> str:
     try:
-        return str(Path(path).resolve().relative_to(Path(cwd).resolve()))
-    except (ValueError, OSError):
+        real, base = _real(path), _real_folder(cwd)
+    except OSError:
         return path
+    if real == base:
+        return "."
+    prefix = base.rstrip("/") + "/"
+    return real[len(prefix):] if real.startswith(prefix) else path
+
+
+def _real(path: str) -> str:
+    """os.path.realpath(PATH) (Path.resolve's), its folder resolved once for all the files in it (a system
+    call per part of a path: the patches of a series share all but the last)."""
+    folder, name = os.path.split(path)
+    if not os.path.isabs(folder) or name in ("", ".", "..") or os.path.islink(path):
+        return os.path.realpath(path)
+    return os.path.join(_real_folder(folder), name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
 
 
 def _umask() -> int:
