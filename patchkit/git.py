@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,8 +120,8 @@ def _spawn(cmd: list[str], cwd: str | Path | None, env: dict[str, str], stdin: b
         if fds:
             cmd = [cmd[0], *(f for key, value in _NO_DAEMONS for f in ("-c", f"{key}={value}")), *cmd[1:]]
         try:
-            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, pass_fds=fds, **_OWN_GROUP)  # type: ignore[call-overload]
+            proc = subprocess.Popen(cmd, executable=_executable(env), cwd=cwd, env=env, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=fds, **_OWN_GROUP)  # type: ignore[call-overload]
         except FileNotFoundError as exc:  # pragma: no cover - git is a hard requirement
             raise GitError("git is not installed or not on PATH") from exc
         _children.add(proc)
@@ -140,6 +141,19 @@ def _spawn(cmd: list[str], cwd: str | Path | None, env: dict[str, str], stdin: b
         raise Interrupted(-proc.returncode, f"{' '.join(cmd[:2])} was killed by {signal.Signals(-proc.returncode).name}")
     _check_stopped()
     return proc.returncode, stdout, stderr
+
+
+_FOUND: dict[str, str | None] = {}  # PATH -> git on it
+
+
+def _executable(env: Mapping[str, str]) -> str | None:
+    """The git ENV's PATH finds, looked up once per PATH (subprocess searches PATH, an exec per folder,
+    at every call); None: not found, subprocess then says so."""
+    search = env.get("PATH", os.defpath)
+    if search not in _FOUND:
+        found = shutil.which("git", path=search)
+        _FOUND[search] = found if found and os.path.isabs(found) else None  # a relative one: from the child's cwd
+    return _FOUND[search]
 
 
 def _check_stopped() -> None:
@@ -247,7 +261,9 @@ class Batch:
         """The process, in its own process group and known to `stop_all` (a Ctrl-C stops it with the rest)."""
         with _guard:
             _check_stopped()
-            self._proc = subprocess.Popen(["git", "cat-file", "--batch-command"], cwd=self.repo, env=base_env(self.env),
+            env = base_env(self.env)
+            self._proc = subprocess.Popen(["git", "cat-file", "--batch-command"], executable=_executable(env),
+                                          cwd=self.repo, env=env,
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                           **_OWN_GROUP)  # type: ignore[call-overload]
             _children.add(self._proc)

@@ -366,3 +366,42 @@ def test_status_exit_codes(port: Port) -> None:
     (port.repo("demo", "lib") / "README").write_text("mine\n")
     run = patchkit(port.root, "status", "demo", "--json")
     assert run.code == 1 and json.loads(run.out)["models"][0]["repos"][0]["state"] == "edited"
+
+
+def test_git_is_found_on_path_once_per_path_and_the_first_one_is_run(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PATH search per git call, but the git a PATH finds first (a wrapper, as the benches' counter) is the
+    one run, a Batch's too; another PATH is looked up again."""
+    import shutil
+
+    from patchkit import git as gitmod
+
+    real, which = shutil.which("git"), shutil.which
+    assert real
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    log = tmp_path / "calls"
+    (shim / "git").write_text(f'#!/bin/sh\necho "$1" >> "{log}"\nexec {real} "$@"\n')
+    (shim / "git").chmod(0o755)
+    plain = os.environ["PATH"]
+    looked: list[str | None] = []
+
+    def counted(cmd: str, mode: int = os.F_OK | os.X_OK, path: str | None = None) -> str | None:
+        looked.append(path)
+        return which(cmd, mode, path)
+
+    monkeypatch.setattr(shutil, "which", counted)
+    monkeypatch.setattr(gitmod, "_FOUND", {})  # as a new process starts
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{plain}")
+    repo = tmp_path / "repo"
+    make_upstream(repo, {"a.txt": "a\n"})
+    log.unlink()
+    for _ in range(3):
+        assert gitmod.run(["rev-parse", "HEAD"], repo).ok
+    batch = gitmod.Batch(repo)
+    assert batch.info("HEAD")
+    batch.close()
+    assert log.read_text().split() == ["rev-parse"] * 3 + ["cat-file"]
+    assert looked == [f"{shim}{os.pathsep}{plain}"]
+    assert gitmod.run(["rev-parse", "HEAD"], repo, env={"PATH": plain}).ok
+    assert looked[1:] == [plain] and log.read_text().split()[-1] == "cat-file"  # the real git: not logged
