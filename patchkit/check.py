@@ -156,7 +156,9 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: m
     where the variant's own overlay sets need its tree. With SHARD, only that shard's part. KEPT: the
     parses kept in the cache (patchfile.parses_memo)."""
     views = manifest.views(chosen)
-    sets = static.load_each(manifest.root, list(dict.fromkeys(n for v in views for n in v.overlays)))
+    known = static.declarations_memo(settings.cache_root())  # the overlay modules' declarations, by content
+    sets = static.load_each(manifest.root, list(dict.fromkeys(n for v in views for n in v.overlays)), known)
+    known.save()
     units = []
     base: dict[str, Effective] = {}
     loaded: dict[PatchRef, Patch] = {}  # a layer several series share is read once

@@ -1,17 +1,21 @@
-"""The memos a warm run reads from the cache instead of working again: a read manifest (no YAML composed)
-and patch parses (no unidiff). Each is used only for the same content, equals what the work gives, and a
+"""The memos a warm run reads from the cache instead of working again: a read manifest (no YAML composed),
+patch parses (no unidiff) and overlay modules' declarations (no AST). Each is used only for the same content, equals what the work gives, and a
 corrupt or foreign entry is ignored and replaced, never trusted."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from patchkit import manifest, manifest_read, memo, patchfile
 from patchkit.errors import InvalidInput
+from patchkit.overlay import static
+from tests.gitfixtures import patchkit
 from tests.test_manifest_v2 import GOOD, port
+from tests.test_overlay_static import OVERLAY, OverlayPort, oport  # noqa: F401 (oport: the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 RICH = GOOD + """\
@@ -225,3 +229,74 @@ def test_a_corrupt_or_foreign_parse_is_made_again(damage: str, tmp_path: Path) -
         assert kept.read_text() != json.dumps(good)
     assert _parse(patch, tmp_path / "cache") == (fresh, [])
     assert json.loads(kept.read_text()) == good  # replaced by the real parse
+
+
+# -- overlay modules' declarations -----------------------------------------------------------------
+
+def _declared(folder: Path, cache: Path) -> tuple[list[static.Target], list[str]]:
+    kept = static.declarations_memo(cache)
+    found, problems = static.targets(folder, kept)
+    kept.save()
+    return found, [str(p) for p in problems]
+
+
+def _no_ast(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_a: object) -> None:
+        raise AssertionError("the overlay module was parsed again")
+    monkeypatch.setattr(static, "_declarations", refuse)
+
+
+def test_kept_declarations_equal_a_fresh_read(oport: OverlayPort, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = oport.root / "overlays" / "m"
+    fresh = static.targets(folder)
+    assert len(fresh[0]) == 4 and fresh[1] == []
+    assert _declared(folder, tmp_path / "cache") == (fresh[0], [])
+    with monkeypatch.context() as m:
+        _no_ast(m)
+        assert _declared(folder, tmp_path / "cache") == (fresh[0], [])
+    (folder / "npu.py").write_text(OVERLAY + 'replace_value("upkg.core:J", 5, upstream="up")\n')
+    found, _ = _declared(folder, tmp_path / "cache")  # changed: read again
+    assert [t.target for t in found][-1] == "upkg.core:J" and len(found) == 5
+
+
+def test_a_module_with_a_problem_is_never_kept_and_still_named_at_its_line(oport: OverlayPort, tmp_path: Path) -> None:
+    folder = oport.root / "overlays" / "m"
+    (folder / "npu.py").write_text(OVERLAY + 'NAME = "x"\nreplace_value(NAME, 5, upstream="up")\n')
+    for _ in range(2):
+        found, problems = _declared(folder, tmp_path / "cache")
+        assert len(found) == 4 and len(problems) == 1 and problems[0].startswith(f"{folder / 'npu.py'}:24: replace_value")
+    assert not (tmp_path / "cache" / f"overlay-declarations-v{static.DECLARATIONS_VERSION}.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "wrong shape", "wrong types"])
+def test_corrupt_or_foreign_declarations_are_read_again(damage: str, oport: OverlayPort, tmp_path: Path) -> None:
+    folder = oport.root / "overlays" / "m"
+    fresh = _declared(folder, tmp_path / "cache")
+    kept = tmp_path / "cache" / f"overlay-declarations-v{static.DECLARATIONS_VERSION}.json"
+    good = json.loads(kept.read_text())
+    (key,) = good
+    if damage == "garbage":
+        kept.write_text("{{{")
+    elif damage == "wrong shape":
+        kept.write_text(json.dumps({key: ["t", ["t", "upkg.core:f", "up"]]}))
+    else:  # decodes, but a line number is a string
+        kept.write_text(json.dumps({key: json.loads(json.dumps(good[key]).replace('"up", null, 4,', '"up", null, "4",'))}))
+        assert json.loads(kept.read_text()) != good
+    assert _declared(folder, tmp_path / "cache") == fresh
+    assert json.loads(kept.read_text()) == good
+
+
+def test_overlay_fingerprint_replaces_a_stale_value_in_place(oport: OverlayPort) -> None:
+    """Where a fingerprint is written comes from the declarations (no AST kept): a stale value is replaced where
+    it stands, columns counted in UTF-8 bytes as the AST gives them; a missing one is added after the last argument."""
+    path = oport.root / "overlays" / "m" / "npu.py"
+    path.write_text(OVERLAY.replace('@replace("upkg.core:f", upstream="up")',
+                                    '@replace("upkg.core:f", upstream="up", fingerprint="0000000000000000-00000000")  # é')
+                    .replace('replace_value("upkg.core:K", 4, upstream="up")', 'replace_value("upkg.core:K", "é", upstream="up")'))
+    run = patchkit(oport.root, "overlay", "fingerprint", "m")
+    assert run.code == 0, run.text
+    text = path.read_text()
+    assert re.search(r'@replace\("upkg.core:f", upstream="up", fingerprint="[0-9a-f]{16}-[0-9a-f]{8}"\)  # é\n', text)
+    assert re.search(r'replace_value\("upkg.core:K", "é", upstream="up", fingerprint="[0-9a-f]{16}-[0-9a-f]{8}"\)\n', text)
+    assert "0000000000000000" not in text
