@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -72,7 +71,10 @@ def _output_file(value: str, what: str) -> Path:
 
 
 def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=_json_default))
+    """DATA as indented JSON on stdout, written in pieces (see jsonstream: a check's patches are never all in memory)."""
+    from patchkit import jsonstream
+
+    jsonstream.write(lambda text: click.echo(text, nl=False), data, indent=2, default=_json_default)
 
 
 def _emit(as_json: bool, data: Any, lines: Callable[[], Iterable[str]]) -> None:
@@ -460,7 +462,7 @@ def _rebase_check(obj: Ctx, m: manifest_mod.Manifest, models: tuple[str, ...], o
     report = check_mod.check(m, list(models), onto=check_mod.parse_onto(onto, m), allow_fuzz=allow_fuzz,
                              fetch=not no_fetch, jobs=jobs, progress=obj.progress,
                              shard=shard_mod.parse(shard) if shard else None)
-    document = json.loads(json.dumps(check_json(report), default=_json_default))
+    document = check_json(report)
     obj.progress(f"check kept in {store.keep(workspace, document)}")
     if history:
         obj.progress(f"check appended to {store.append_history(history, document)}")
@@ -528,7 +530,9 @@ def export_cmd(obj: Ctx, model: str, upstream: str | None, check_only: bool, wor
 
 
 def check_json(report: Any) -> dict[str, Any]:
-    """The stable `rebase --check --json` document (schema: docs/rebase-check.md)."""
+    """The stable `rebase --check --json` document (schema: docs/rebase-check.md). Its series and their
+    patches are jsonstream.Streams: made from the report each time the document is read or written."""
+    from patchkit import jsonstream
     from patchkit.report.store import now
 
     counts = report.counts()
@@ -538,12 +542,20 @@ def check_json(report: Any) -> dict[str, Any]:
         "ok": report.ok,
         "allow_fuzz": report.allow_fuzz,
         "upstreams": {name: dataclasses.asdict(t) for name, t in report.targets.items()},
-        "series": [dataclasses.asdict(s) for s in report.series],
+        "series": jsonstream.Stream(lambda: (_series_json(s) for s in report.series)),
         "overlays": [o.as_json() for o in report.overlays],
         "summary": {**counts, "patches": sum(counts.values()),
                     "broken": sum(p.broken for s in report.series for p in s.patches)},
         **({"shard": {"index": report.shard.index, "count": report.shard.count}} if report.shard else {}),
     }
+
+
+def _series_json(series: Any) -> dict[str, Any]:
+    """A series of the check as dataclasses.asdict writes it, its patches a Stream."""
+    from patchkit import jsonstream
+
+    fields = {f.name: getattr(series, f.name) for f in dataclasses.fields(series)}
+    return {**fields, "patches": jsonstream.Stream(lambda: (dataclasses.asdict(p) for p in series.patches))}
 
 
 @cli.command("report")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def display(path: str | Path) -> str:
@@ -53,12 +56,20 @@ _FILE_MODE = 0o666 & ~_umask()  # what open() would have given the file
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write DATA to PATH so that a reader sees the old or the new file, never a mix."""
+    with atomic_writer(path) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A file to write PATH's new content into, piece by piece: on leaving it replaces PATH whole (a reader
+    sees the old or the new file, never a mix); an exception leaves PATH as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

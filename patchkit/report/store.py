@@ -23,7 +23,8 @@ from typing import Any
 
 from patchkit.errors import BadInput, Diagnostic, InvalidInput
 from patchkit.lock import FileLock
-from patchkit.paths import atomic_write, display
+from patchkit import jsonstream
+from patchkit.paths import atomic_write, atomic_writer, display
 from patchkit.shard import label
 
 CHECK_SCHEMA = "patchkit/rebase-check/"
@@ -42,7 +43,8 @@ def now() -> str:
 def keep(workspace: Path, document: dict[str, Any]) -> Path:
     """Write DOCUMENT as the workspace's newest check; return where."""
     path = latest_path(workspace)
-    atomic_write(path, (json.dumps(document, indent=1) + "\n").encode())
+    with atomic_writer(path) as fh:  # written piece by piece: a long check's document is never whole in memory
+        jsonstream.write(lambda text: fh.write(text.encode()), document, indent=1)
     return path
 
 
