@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,7 @@ class PatchCheck:
 class SeriesCheck:
     model: str
     upstream: str
-    patches: list[PatchCheck]
+    patches: Sequence[PatchCheck]  # a check's own: _Checks, made when read from what the replay kept
     variant: str | None = None  # the model's variant whose series this is (None: the model itself)
     target: str = ""  # the key in CheckReport.targets it was checked against ("" read as the upstream's name)
 
@@ -198,7 +198,7 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
     names = sorted(groups)
     memo = fingerprint.Memo.in_cache(settings.cache_root())
 
-    def one(name: str) -> tuple[dict[str, Target], list[tuple[_Unit, list[PatchCheck]]], list[OverlayResult]]:
+    def one(name: str) -> tuple[dict[str, Target], list[tuple[_Unit, _Checks]], list[OverlayResult]]:
         targets, results, overlay_checks = {}, [], []
         for i, (key, members) in enumerate(groups[name].items()):
             up = members[0].view.upstreams[name]
@@ -211,7 +211,7 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
             overlay_checks += checks
         return targets, results, overlay_checks
 
-    outcomes: dict[str, tuple[dict[str, Target], list[tuple[_Unit, list[PatchCheck]]], list[OverlayResult]]] = {}
+    outcomes: dict[str, tuple[dict[str, Target], list[tuple[_Unit, _Checks]], list[OverlayResult]]] = {}
     errors: list[PatchkitError] = []
     workers = max(1, min(jobs, len(names) or 1))
     if workers == 1:  # one at a time: no thread, and no concurrent.futures (nor logging) to import
@@ -252,7 +252,7 @@ def _label(model: str, variant: str | None) -> str:
 
 def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: bool, allow_fuzz: bool,
                 memo: fingerprint.Memo, progress: Progress,
-                ) -> tuple[Target, list[tuple[_Unit, list[PatchCheck]]], list[OverlayResult]]:
+                ) -> tuple[Target, list[tuple[_Unit, _Checks]], list[OverlayResult]]:
     """The series of MEMBERS, all made against UP's effective pin, replayed in one trie on its target."""
     sequences = [(u.label, u.patches) for u in members]
     overlays = {u.label: u.overlays for u in members if u.overlays}
@@ -361,13 +361,70 @@ class _PinSide(TreeReader):
         return self.reader(path).read(path)
 
 
-@dataclass
+Kept = str | tuple[int, tuple[str, ...]] | PatchCheck
+_CLEAN = "clean"  # what the replay keeps of a patch that applied as it is; (offset, lines) for one that moved;
+# a whole PatchCheck for the other outcomes (see _Checks)
+
+
 class _Node:
-    patch: Patch | None
-    children: dict[tuple[str, str], _Node] = field(default_factory=dict)
-    result: PatchCheck | None = None
-    ends: list[str] = field(default_factory=list)  # models whose series ends here
-    tree: str | None = None  # the index tree after this patch, kept where a series ends
+    """A patch of the trie (slots, and no containers where there is nothing: a node a patch)."""
+
+    __slots__ = ("patch", "children", "result", "ends", "tree")
+
+    def __init__(self, patch: Patch | None, tree: str | None = None) -> None:
+        self.patch = patch
+        self.children: list[_Node] = []  # in the order the series reach them; most nodes have one
+        self.result: Kept | None = None
+        self.ends: tuple[str, ...] = ()  # models whose series ends here
+        self.tree = tree  # the index tree after this patch, kept where a series ends
+
+    def child(self, patch: Patch) -> _Node | None:
+        """The child for PATCH: the same patch file and content."""
+        for node in self.children:
+            other = node.patch
+            assert other is not None
+            if other is patch or (other.sha256 == patch.sha256 and other.ref.id == patch.ref.id):
+                return node
+        return None
+
+
+class _Checks(Sequence[PatchCheck]):
+    """A series' outcomes as PatchChecks, made each time they are read from what the replay kept per
+    patch: nothing but the patch for a clean one, the offset and its lines for one that moved (memory flat
+    in the series' length: the report writes them one by one)."""
+
+    def __init__(self, patches: list[Patch], kept: list[Kept]) -> None:
+        self._patches, self._kept = patches, kept
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def __getitem__(self, index: int) -> PatchCheck:  # type: ignore[override]
+        return _check_of(self._patches[index], self._kept[index], {})
+
+    def __iter__(self) -> Iterator[PatchCheck]:
+        folders: dict[Path, str] = {}
+        return (_check_of(p, k, folders) for p, k in zip(self._patches, self._kept))
+
+
+def _check_of(patch: Patch, kept: Kept, folders: dict[Path, str]) -> PatchCheck:
+    if isinstance(kept, PatchCheck):
+        return kept
+    check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, _shown(patch.ref.path, folders), _CLEAN)
+    if not isinstance(kept, str):
+        check.outcome, check.offset, check.range_diff = "offset", kept[0], list(kept[1])
+    return check
+
+
+def _shown(path: Path, folders: dict[Path, str]) -> str:
+    """display(PATH), from its folder's (FOLDERS: those shown so far): the same string, one resolve per folder,
+    unless PATH itself is a symbolic link (then its own)."""
+    if os.path.islink(path):
+        return display(path)
+    if path.parent not in folders:
+        folders[path.parent] = display(path.parent)
+    folder = folders[path.parent]
+    return path.name if folder == "." else f"{folder}/{path.name}"
 
 
 @dataclass
@@ -410,7 +467,7 @@ class _Replayer:
 
     def run(self, target: str, sequences: list[tuple[str, list[Patch]]],
             overlays: dict[str, tuple[list[static.Target], list[static.FileOverlay]]] | None = None,
-            ) -> tuple[dict[str, list[PatchCheck]], list[OverlayResult]]:
+            ) -> tuple[dict[str, _Checks], list[OverlayResult]]:
         self.target = target
         overlays = overlays or {}
         root = _Node(None, tree=target)
@@ -418,8 +475,12 @@ class _Replayer:
         for model, patches in sequences:
             node = root
             for patch in patches:
-                node = node.children.setdefault((patch.ref.id, patch.sha256), _Node(patch))
-            node.ends.append(model)
+                found = node.child(patch)
+                if found is None:
+                    found = _Node(patch)
+                    node.children.append(found)
+                node = found
+            node.ends += (model,)
             ends[model] = node
         if root.children:
             self.new.reset(target)
@@ -428,12 +489,13 @@ class _Replayer:
                           for model, declared in overlays.items()]
         results = {}
         for model, patches in sequences:
-            node, checks = root, []
+            node, kept = root, []
             for patch in patches:
-                node = node.children[(patch.ref.id, patch.sha256)]
-                assert node.result is not None
-                checks.append(node.result)
-            results[model] = checks
+                found = node.child(patch)
+                assert found is not None and found.result is not None
+                node = found
+                kept.append(node.result)
+            results[model] = _Checks(patches, kept)
         return results, overlay_checks
 
     def _overlays(self, model: str, patches: list[Patch], end: _Node, targets: list[static.Target],
@@ -474,7 +536,7 @@ class _Replayer:
         pending: list[tuple[_Node, _State, str | None]] = []
 
         def push_children(node: _Node, state: _State) -> None:
-            children = list(node.children.values())
+            children = node.children
             saved = self.new.tree() if len(children) > 1 else None
             for i, child in reversed(list(enumerate(children))):
                 pending.append((child, state.copy() if saved else state, saved if i else None))
@@ -486,7 +548,7 @@ class _Replayer:
                 self.new.reset(restore)
             chain = [node]  # on to where the series part or a tree is read
             while len(chain[-1].children) == 1 and not read.intersection(chain[-1].ends):
-                chain.append(next(iter(chain[-1].children.values())))
+                chain.append(chain[-1].children[0])
             self._chain(chain, state)
             if read.intersection(chain[-1].ends):
                 chain[-1].tree = self.new.tree()
@@ -529,17 +591,17 @@ class _Replayer:
             self.new.reset(start)
             return None
         for node, patch, part in zip(run, patches, parts):
-            node.result = self._clean(patch, _parsed(patch), git.Result(result.args, 0, "", part))
+            node.result = self._clean(_parsed(patch), git.Result(result.args, 0, "", part))
         return len(parts)
 
     # one patch ------------------------------------------------------------------------------
 
-    def _step(self, patch: Patch, state: _State) -> PatchCheck:
+    def _step(self, patch: Patch, state: _State) -> Kept:
         parsed = _parsed(patch)
         data = _bytes(patch)
         strict = self.new.apply(data)
         if strict.ok:
-            return self._clean(patch, parsed, strict)
+            return self._clean(parsed, strict)
         check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, display(patch.ref.path), "clean")
         if self.new.apply(data, "--reverse", "--check").ok:
             check.outcome = "upstreamed"
@@ -556,14 +618,13 @@ class _Replayer:
             return check
         return self._merge_or_fuzz(patch, data, parsed, state, check, strict)
 
-    def _clean(self, patch: Patch, parsed: ParsedPatch, strict: git.Result) -> PatchCheck:
-        """PATCH applied as it is (STRICT: git's report): clean, or offset when a hunk moved."""
-        check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, display(patch.ref.path), "clean")
+    @staticmethod
+    def _clean(parsed: ParsedPatch, strict: git.Result) -> Kept:
+        """A patch that applied as it is (STRICT: git's report): clean, or (offset, lines) when a hunk moved."""
         moved = offsets(strict)
         if any(moved):
-            check.outcome, check.offset = "offset", max(moved, key=abs)
-            check.range_diff = _offset_lines(parsed, strict)
-        return check
+            return max(moved, key=abs), tuple(_offset_lines(parsed, strict))
+        return _CLEAN
 
     def _merge_or_fuzz(self, patch: Patch, data: bytes, parsed: ParsedPatch, state: _State, check: PatchCheck,
                        strict: git.Result) -> PatchCheck:

@@ -88,7 +88,7 @@ class Upstream:
         return "pypi" if self.pypi else "git"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PatchRef:
     """One entry of a series: where the patch file is and where it was named."""
 

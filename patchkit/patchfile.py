@@ -26,7 +26,7 @@ _EXTENDED = ("rename from ", "rename to ", "copy from ", "copy to ")
 SYMLINK_MODE = "120000"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hunk:
     source_start: int
     source_length: int
@@ -39,7 +39,7 @@ class Hunk:
         return f"{text} {self.section}".rstrip()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileChange:
     path: str  # the path after the patch (or before, for a deletion)
     paths: tuple[str, ...]  # every repo path this change reads or writes
@@ -47,7 +47,7 @@ class FileChange:
     creates_symlink: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Patch:
     ref: PatchRef
     data: bytes
@@ -59,7 +59,7 @@ class Patch:
         return self.ref.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ParsedPatch:
     """What a patch touches: small, and without the patch's bytes (parses are kept for the whole run)."""
 
