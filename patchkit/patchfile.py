@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -209,30 +210,32 @@ def _is_change(change: object) -> bool:
 def _parse(patch: Patch) -> tuple[ParsedPatch | None, list[Diagnostic]]:
     import unidiff  # only where a patch is parsed, not found kept (about 5 ms of start-up)
 
-    where = display(patch.ref.path)
+    def where() -> str:  # only for a problem: display resolves the path (and keeps it in its cache)
+        return display(patch.ref.path)
+
     if len(_MBOX_FROM.findall(patch.data)) > 1:
-        return None, [Diagnostic(where, 0, "holds more than one patch; keep one format-patch file per patch")]
+        return None, [Diagnostic(where(), 0, "holds more than one patch; keep one format-patch file per patch")]
     text = patch.data.decode("utf-8", "surrogateescape")
     headers = _headers(text[text.index("\n") + 1:] if text.startswith("From ") and "\n" in text else text)
     problems = []
     if "@" not in headers.get("from", ""):
-        problems.append(Diagnostic(where, 1, "not a git format-patch file: no 'From: Name <email>' header "
+        problems.append(Diagnostic(where(), 1, "not a git format-patch file: no 'From: Name <email>' header "
                                    "(make it with git format-patch)"))
     if not headers.get("subject"):
-        problems.append(Diagnostic(where, 1, "not a git format-patch file: no 'Subject:' header"))
+        problems.append(Diagnostic(where(), 1, "not a git format-patch file: no 'Subject:' header"))
     try:
         patchset = unidiff.PatchSet(text)
     except unidiff.UnidiffParseError as exc:
-        return None, [*problems, Diagnostic(where, _bad_hunk_line(text), f"does not parse as a diff: {exc}")]
+        return None, [*problems, Diagnostic(where(), _bad_hunk_line(text), f"does not parse as a diff: {exc}")]
     files = []
     for pf in patchset:
         files.append(_file_change(pf))
     if not files:
-        problems.append(Diagnostic(where, 0, "contains no diff"))
+        problems.append(Diagnostic(where(), 0, "contains no diff"))
     if problems:
         return None, problems
     subject = re.sub(r"^\[PATCH[^\]]*\]\s*", "", headers["subject"])
-    return ParsedPatch(patch.ref, subject, headers["from"], tuple(files)), []
+    return ParsedPatch(patch.ref, subject, sys.intern(headers["from"]), tuple(files)), []
 
 
 def _file_change(pf: unidiff.PatchedFile) -> FileChange:
@@ -240,21 +243,21 @@ def _file_change(pf: unidiff.PatchedFile) -> FileChange:
     for raw in (pf.source_file, pf.target_file):
         stripped = _strip_prefix(raw)
         if stripped is not None and stripped not in paths:
-            paths.append(stripped)
+            paths.append(sys.intern(stripped))  # one string for a file however many patches change it
     info = str(pf.patch_info or "")
     for line in info.splitlines():
         for prefix in _EXTENDED:
             if line.startswith(prefix):
                 value = line[len(prefix):].rstrip("\r")
                 if value not in paths:
-                    paths.append(value)
+                    paths.append(sys.intern(value))
     hunks = tuple(
         Hunk(h.source_start, h.source_length, h.target_start, h.target_length, h.section_header.strip())
         for h in pf
     )
     symlink = any(line.strip() in (f"new file mode {SYMLINK_MODE}", f"new mode {SYMLINK_MODE}") for line in info.splitlines())
     main_path = _strip_prefix(pf.target_file) or _strip_prefix(pf.source_file) or (paths[0] if paths else "")
-    return FileChange(main_path, tuple(paths), hunks, symlink)
+    return FileChange(sys.intern(main_path), tuple(paths), hunks, symlink)
 
 
 def path_problem(path: str) -> str | None:

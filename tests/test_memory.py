@@ -72,3 +72,75 @@ def test_atomic_writer_leaves_the_old_file_on_an_error(tmp_path: Path) -> None:
         fh.write(b"new ")
         fh.write(b"whole\n")
     assert path.read_bytes() == b"new whole\n"
+
+
+# -- per-patch retention of a whole check -----------------------------------------------------------
+
+FILES, LINES, GAP = 25, 420, 8  # patch i edits line 10 + GAP * (i // FILES) of file i % FILES
+
+
+def _edit_patch(i: int) -> bytes:
+    """A format-patch editing one line of one file, three lines of context each side (no blob ids)."""
+    name, line = f"f{i % FILES:02d}.py", 10 + GAP * (i // FILES)
+    context = [f"f{i % FILES:02d} line {n}" for n in range(line - 3, line + 4)]
+    body = "".join(f" {c}\n" for c in context[:3]) + f"-{context[3]}\n+{context[3]} npu {i}\n" \
+        + "".join(f" {c}\n" for c in context[4:])
+    return (f"From {i:040x} Mon Sep 17 00:00:00 2001\nFrom: Port Er <porter@example.org>\n"
+            f"Date: Tue, 14 Nov 2023 22:13:20 +0000\nSubject: [PATCH] npu: change {i}\n\n---\n"
+            f"diff --git a/{name} b/{name}\n--- a/{name}\n+++ b/{name}\n"
+            f"@@ -{line - 3},7 +{line - 3},7 @@ def f{i}():\n{body}").encode()
+
+
+def _long_port(root: Path, count: int) -> Path:
+    """One upstream, one model, COUNT patches; upstream then adds a header to every other file, so half
+    the patches are `offset` (a record with lines), the rest `clean`."""
+    from tests.gitfixtures import commit, make_upstream, numbered, write_layer, write_one_upstream_port
+
+    files = {f"f{j:02d}.py": numbered(f"f{j:02d}", LINES) for j in range(FILES)}
+    up = root / "up"
+    pin = make_upstream(up, files)
+    port = root / "port"
+    write_layer(port, "npu", "up", {f"{i:04d}-change.patch": _edit_patch(i) for i in range(count)})
+    write_one_upstream_port(port, up, pin)
+    commit(up, {name: "# header\n# header\n" + text for name, text in list(files.items())[::2]}, "headers")
+    return port
+
+
+_PEAK = ("import sys, tracemalloc\n"
+         "from patchkit.cli import main\n"
+         "import patchkit.check, patchkit.report.store, patchkit.report.text, unidiff  # imported untraced\n"
+         "tracemalloc.start()\n"
+         "try:\n"
+         "    main(sys.argv[1:])\n"
+         "except SystemExit as exc:\n"
+         "    sys.stderr.write(f'\\nPEAK {tracemalloc.get_traced_memory()[1]} EXIT {exc.code}\\n')\n")
+
+
+def _check_peak(port: Path, out: Path) -> int:
+    """Traced bytes at the peak of `rebase --check --json --jobs 1` in PORT, in a fresh interpreter (as
+    patchkit runs; no memo of another test's patches), stdout into the file OUT."""
+    import subprocess
+    import sys
+
+    with out.open("wb") as fh:
+        run = subprocess.run([sys.executable, "-c", _PEAK, "--quiet", "rebase", "--check", "--json", "--jobs", "1"],
+                             cwd=port, stdout=fh, stderr=subprocess.PIPE, text=True)
+    found = [line.split() for line in run.stderr.splitlines() if line.startswith("PEAK ")]
+    assert found and found[-1][3] == "0", run.stderr[-2000:]
+    return int(found[-1][1])
+
+
+def test_check_memory_is_flat_in_the_series_length(tmp_path: Path) -> None:
+    """Peak memory of a whole check (manifest, parse, replay, report kept and printed as JSON) for 200 and
+    for 800 patches: what the 600 more patches add, per patch, stays under a bound. Before the documents
+    were written piece by piece and the replay kept compact records it was 5.1 KB a patch (the parse, a
+    trie node and a PatchCheck per patch, and the JSON document made three times); now 1.9 KB (the series
+    list: the manifest's refs, each patch's hash and parse). The bound leaves room for the allocator and
+    other Python versions, not for a per-patch document again."""
+    small, large = _long_port(tmp_path / "small", 200), _long_port(tmp_path / "large", 800)
+    peaks = {n: _check_peak(port, tmp_path / f"{n}.json") for n, port in ((200, small), (800, large))}
+    document = json.loads((tmp_path / "800.json").read_text())
+    outcomes = [p["outcome"] for p in document["series"][0]["patches"]]
+    assert len(outcomes) == 800 and set(outcomes) == {"clean", "offset"}, set(outcomes)
+    per_patch = (peaks[800] - peaks[200]) / 600
+    assert per_patch < 2500, f"{per_patch:.0f} bytes a patch (peaks {peaks})"

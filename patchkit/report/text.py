@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from patchkit.am import GIT_SAYS_MORE
 from patchkit.apply import ApplyReport, RepoResult
 from patchkit.check import CheckReport, PatchCheck
@@ -76,25 +78,25 @@ def status_lines(models: list[ModelStatus]) -> list[str]:
 _LABEL = {"conflict": "CONFLICT", "target-missing": "TARGET-MISSING", "blocked": "BLOCKED"}
 
 
-def check_lines(report: CheckReport) -> list[str]:
-    lines: list[str] = []
+def check_lines(report: CheckReport) -> Iterator[str]:
+    """The check as text, line by line (a long check's lines are never all in memory)."""
     current = None
     for series in report.series:
         if (series.model, series.variant) != current:
             current = (series.model, series.variant)
-            lines.append(series.model + (f" (variant {series.variant})" if series.variant else ""))
+            yield series.model + (f" (variant {series.variant})" if series.variant else "")
         t = report.targets[series.target_key]
         moved = f"{t.commits_since_pin} commits ahead"
         if not t.pin_is_ancestor:
             moved += f", {t.commits_behind} behind: the pin is not an ancestor of the target"
         ref = "" if t.commit.startswith(t.ref) else f"{t.ref} "
-        lines.append(f"  {series.upstream}: {t.pin[:12]} -> {ref}{t.commit[:12]} ({moved})")
+        yield f"  {series.upstream}: {t.pin[:12]} -> {ref}{t.commit[:12]} ({moved})"
         for p in series.patches:
-            lines += _patch_lines(p)
+            yield from _patch_lines(p)
     for overlay in report.overlays:
         variant = f" (variant {overlay.variant})" if overlay.variant else ""
-        lines.append(f"{overlay.model}{variant}: overlays on {overlay.upstream}")
-        lines += overlay_lines(overlay.targets, overlay.files)
+        yield f"{overlay.model}{variant}: overlays on {overlay.upstream}"
+        yield from overlay_lines(overlay.targets, overlay.files)
     counts = {k: v for k, v in report.counts().items() if v}
     total = sum(counts.values())
     broken = sum(p.broken for s in report.series for p in s.patches) + sum(o.broken for o in report.overlays)
@@ -109,10 +111,9 @@ def check_lines(report: CheckReport) -> list[str]:
                 states[state] = states.get(state, 0) + 1
         overlays = "; overlays: " + ", ".join(f"{v} {k}" for k, v in states.items())
     detail = ", ".join(f"{v} {k}" for k, v in counts.items()) + overlays
-    lines.append(f"{total} patches in {models} model{'s' if models != 1 else ''}"
-                 + (f" and {variants} variant{'s' if variants != 1 else ''}" if variants else "")
-                 + (f": {detail}" if detail else "") + f" -- {verdict}")
-    return lines
+    yield (f"{total} patches in {models} model{'s' if models != 1 else ''}"
+           + (f" and {variants} variant{'s' if variants != 1 else ''}" if variants else "")
+           + (f": {detail}" if detail else "") + f" -- {verdict}")
 
 
 def overlay_lines(targets: list[TargetState], files: list[FileState]) -> list[str]:
