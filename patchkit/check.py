@@ -151,6 +151,15 @@ def target_key(manifest: Manifest, up: Upstream) -> str:
     return f"{up.name}@{up.pin[:12]}" + (f"~{up.track}" if up.track != own.track else "")
 
 
+def _parsed_units(manifest: Manifest, chosen: list[Model], shard: Shard | None) -> list[_Unit]:
+    """_units, their patches parsed with the parses kept in the cache, which are saved and let go (not held
+    through the replay: a long series' kept parses are megabytes)."""
+    kept = patchfile.parses_memo(settings.cache_root())
+    units = _units(manifest, chosen, shard, kept)
+    kept.save()
+    return units
+
+
 def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: memo.Memo | None = None) -> list[_Unit]:
     """Every series to check: each model's, then each variant's where it differs from the model's or
     where the variant's own overlay sets need its tree. With SHARD, only that shard's part. KEPT: the
@@ -187,9 +196,7 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
     from that pin towards its own track."""
     chosen = [manifest.model(m) for m in models] if models else list(manifest.models.values())
     onto = onto or {}
-    kept = patchfile.parses_memo(settings.cache_root())
-    units = _units(manifest, chosen, shard, kept)
-    kept.save()
+    units = _parsed_units(manifest, chosen, shard)
     _check_parse(units)
     groups: dict[str, dict[str, list[_Unit]]] = {}  # upstream -> target key -> its series
     for unit in units:

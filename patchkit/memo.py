@@ -13,12 +13,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from patchkit.paths import atomic_write
+from patchkit.paths import atomic_writer
 
 
 class Memo:
@@ -50,11 +51,16 @@ class Memo:
         if self.path is None or not self._dirty:
             return
         with self._lock:
-            kept = self._values if self.limit is None else dict(list(self._values.items())[-self.limit:])
-            data = json.dumps(kept, sort_keys=self.limit is None)
+            kept = list(self._values.items()) if self.limit is None else list(self._values.items())[-self.limit:]
             self._dirty = False
-        try:
-            atomic_write(self.path, data.encode())
+        if self.limit is None:
+            kept.sort()
+        try:  # entry by entry: json.dumps(dict(KEPT), sort_keys=...) written without the whole text in memory
+            with atomic_writer(self.path) as fh:
+                for i, (key, value) in enumerate(kept):
+                    fh.write(f"{', ' if i else '{'}{json.dumps(key)}: {json.dumps(value, sort_keys=self.limit is None)}"
+                             .encode())
+                fh.write(b"}" if kept else b"{}")
         except OSError:  # a read-only cache only costs the next run the work
             pass
 
@@ -99,28 +105,39 @@ def encode(value: Any) -> Any:
 
 
 def decoder(kinds: Iterable[type]) -> Any:
-    """decode(data): the value ENCODE made DATA from, with only the dataclasses KINDS."""
+    """decode(data): the value ENCODE made DATA from, with only the dataclasses KINDS. Equal strings come
+    back as one (interned: a repository path or layer name is held once however many values name it), and
+    equal paths of one DATA as one Path (a manifest's refs share their series file's)."""
     known = {"@" + kind.__name__: (kind, len(dataclasses.fields(kind))) for kind in kinds}
 
     def decode(data: Any) -> Any:
-        if data is None or isinstance(data, (str, bool, int, float)):
-            return data
-        if not isinstance(data, list) or not data or not isinstance(data[0], str):
-            raise Unreadable(f"not a memo value: {str(data)[:60]}")
-        tag, rest = data[0], data[1:]
-        if tag == "t":
-            return tuple(map(decode, rest))
-        if tag == "l":
-            return list(map(decode, rest))
-        if tag == "d":
-            if not all(isinstance(kv, list) and len(kv) == 2 for kv in rest):
-                raise Unreadable("not a memo dict")
-            return {decode(k): decode(v) for k, v in rest}
-        if tag == "p" and len(rest) == 1 and isinstance(rest[0], str):
-            return Path(rest[0])
-        kind = known.get(tag)
-        if kind is None or len(rest) != kind[1]:
-            raise Unreadable(f"not a memo value: {tag}")
-        return kind[0](*map(decode, rest))
+        paths: dict[str, Path] = {}
+
+        def one(data: Any) -> Any:
+            if isinstance(data, str):
+                return sys.intern(data)
+            if data is None or isinstance(data, (bool, int, float)):
+                return data
+            if not isinstance(data, list) or not data or not isinstance(data[0], str):
+                raise Unreadable(f"not a memo value: {str(data)[:60]}")
+            tag, rest = data[0], data[1:]
+            if tag == "t":
+                return tuple(map(one, rest))
+            if tag == "l":
+                return list(map(one, rest))
+            if tag == "d":
+                if not all(isinstance(kv, list) and len(kv) == 2 for kv in rest):
+                    raise Unreadable("not a memo dict")
+                return {one(k): one(v) for k, v in rest}
+            if tag == "p" and len(rest) == 1 and isinstance(rest[0], str):
+                if rest[0] not in paths:
+                    paths[rest[0]] = Path(rest[0])
+                return paths[rest[0]]
+            kind = known.get(tag)
+            if kind is None or len(rest) != kind[1]:
+                raise Unreadable(f"not a memo value: {tag}")
+            return kind[0](*map(one, rest))
+
+        return one(data)
 
     return decode
