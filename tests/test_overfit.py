@@ -57,6 +57,10 @@ def test_a_term_with_a_floor_is_judged_by_its_excess_over_it() -> None:
     worse = [f + e for f, e in zip(floor, [0.02] * 5 + [0.05] * 5)]  # excess 0.02 -> 0.05: the branch unlearns
     up = overfit.verdict(totals, {"loss_cns_0": worse}, {"loss_cns_0": floor})
     assert up is not None and not up.passed and up.terms_rising == ["loss_cns_0"]
+    columns: dict = {}  # the loop and the log reader keep every column one per step, None where a step had none
+    for step, row in enumerate(({"a": 1.0}, {"b": 2.0}, {"a": 3.0, "b": 4.0}), start=1):
+        overfit.extend(columns, row, step)
+    assert columns == {"a": [1.0, None, 3.0], "b": [None, 2.0, 4.0]}
     # the loop's stop rule uses the floors the same way
     assert overfit.reached(totals, {"loss_cns_0": cns}, {"loss_cns_0": floor})
     assert not overfit.reached(totals, {"loss_cns_0": cns})

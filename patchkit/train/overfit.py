@@ -32,6 +32,15 @@ class Overfit:
     floored: list[str] = field(default_factory=list)  # the terms judged by their excess over their floor
 
 
+def extend(columns: dict[str, list[float | None]], row: Mapping[str, float], length: int) -> None:
+    """Add one step's values to COLUMNS, each LENGTH long after it: a name first seen now gets None for the steps
+    before, a name missing now gets None for this one (the windows then leave those steps out)."""
+    for name in [n for n in row if n not in columns]:
+        columns[name] = [None] * (length - 1)
+    for name, values in columns.items():
+        values.append(row.get(name))
+
+
 def excess(terms: Mapping[str, Sequence[float | None]],
            floors: Mapping[str, Sequence[float | None]] | None = None) -> dict[str, list[float | None]]:
     """Each term as the bar judges it: a term with a floor (the least value the loss can take for that step's

@@ -21,7 +21,7 @@ from typing import Any
 
 from patchkit.errors import BadInput
 from patchkit.paths import atomic_write, display
-from patchkit.train.overfit import Overfit, verdict
+from patchkit.train.overfit import Overfit, extend, verdict
 from patchkit.train.recipe import Recipe
 
 SCHEMA = 2
@@ -159,16 +159,8 @@ def _append(out: Series, recipe: Recipe, line: str) -> None:
     out.step_s.append(_seconds(recipe, float(seconds)) if seconds else None)
     out.loss.append(float(total) if total else terms.get("loss"))
     terms.pop("loss", None)
-    _extend(out.terms, terms, len(out.step))
-    _extend(out.floors, {m.group("name"): float(m.group("value")) for m in FLOOR.finditer(line)}, len(out.step))
-
-
-def _extend(columns: dict[str, list[float | None]], row: dict[str, float], length: int) -> None:
-    """Add one step's values to COLUMNS (each LENGTH long after): a new name gets None for the steps before."""
-    for name in [n for n in row if n not in columns]:
-        columns[name] = [None] * (length - 1)
-    for name, values in columns.items():
-        values.append(row.get(name))
+    extend(out.terms, terms, len(out.step))
+    extend(out.floors, {m.group("name"): float(m.group("value")) for m in FLOOR.finditer(line)}, len(out.step))
 
 
 def bootstrap_value(text: str, key: str) -> dict[str, object] | None:

@@ -230,9 +230,9 @@ def _say(ctx: Context, message: str) -> None:
 class Curve:
     """What the steps gave: the total loss and each term (means over the ranks) and the step times."""
     totals: list[float] = field(default_factory=list)
-    terms: dict[str, list[float]] = field(default_factory=dict)
+    terms: dict[str, list[float | None]] = field(default_factory=dict)  # None: a step without that term
     times: list[float] = field(default_factory=list)
-    floors: dict[str, list[float]] = field(default_factory=dict)  # see `run`'s floors
+    floors: dict[str, list[float | None]] = field(default_factory=dict)  # see `run`'s floors
 
 
 class SoftTargetFloor(torch.nn.Module):
@@ -298,10 +298,8 @@ def run(ctx: Context, model: torch.nn.Module, batch: Callable[[int], Any],
         total, terms, least, elapsed, reached = step_once(to_device(batch(step), ctx.device), step)
         curve.totals.append(total)
         curve.times.append(elapsed)
-        for name, value in terms.items():
-            curve.terms.setdefault(name, []).append(value)
-        for name, value in least.items():
-            curve.floors.setdefault(name, []).append(value)
+        overfit_mod.extend(curve.terms, terms, len(curve.totals))
+        overfit_mod.extend(curve.floors, least, len(curve.totals))
         detail = " ".join([*(f"{k}={v:.6g}" for k, v in terms.items()),
                            *(f"floor({k})={v:.6g}" for k, v in least.items())])
         _say(ctx, f"step {step}/{ctx.steps} loss {total:.6f} time {elapsed:.3f} s grads={reached}/{len(params)} {detail}")
