@@ -31,7 +31,7 @@ from patchkit.patchfile import ParsedPatch, Patch
 from patchkit.paths import display
 from patchkit.overlay import drift, fingerprint, static
 from patchkit.overlay.drift import OverlayResult, TreeReader
-from patchkit.scratch import Scratch, offsets, replay, split_verbose
+from patchkit.scratch import Folder, Scratch, offsets, replay, split_verbose
 from patchkit.shard import Shard, assign
 
 Progress = Callable[[str], None]
@@ -204,13 +204,14 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
         groups.setdefault(unit.upstream, {}).setdefault(unit.target, []).append(unit)
     names = sorted(groups)
     memo = fingerprint.Memo.in_cache(settings.cache_root())
+    work = Folder()  # every upstream's scratch indexes and new objects, removed at once at the end
 
     def one(name: str) -> tuple[dict[str, Target], list[tuple[_Unit, _Checks]], list[OverlayResult]]:
         targets, results, overlay_checks = {}, [], []
         for i, (key, members) in enumerate(groups[name].items()):
             up = members[0].view.upstreams[name]
             target, found, checks = _check_base(up, members, onto.get(name), fetch and i == 0, allow_fuzz, memo,
-                                                progress)
+                                                progress, work)
             targets[key] = target
             results += found
             for o in checks:
@@ -238,6 +239,7 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
                 except PatchkitError as exc:
                     errors.append(exc)
     memo.save()
+    work.close()
     if errors:
         errors.sort(key=lambda e: -e.exit_code)
         first = errors[0]
@@ -258,13 +260,13 @@ def _label(model: str, variant: str | None) -> str:
 
 
 def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: bool, allow_fuzz: bool,
-                memo: fingerprint.Memo, progress: Progress,
+                memo: fingerprint.Memo, progress: Progress, within: Folder | None = None,
                 ) -> tuple[Target, list[tuple[_Unit, _Checks]], list[OverlayResult]]:
     """The series of MEMBERS, all made against UP's effective pin, replayed in one trie on its target."""
     sequences = [(u.label, u.patches) for u in members]
     overlays = {u.label: u.overlays for u in members if u.overlays}
     at = f" (pin {up.pin[:12]} of {up.pinned_by})" if up.pinned_by else ""
-    with _Replayer(cache.mirror_path(up), up, allow_fuzz, memo) as replayer:
+    with _Replayer(cache.mirror_path(up), up, allow_fuzz, memo, within) as replayer:
         target = _resolve(up, onto, fetch, progress, replayer.objects)
         n = sum(len(p) for _, p in sequences)
         progress(f"{up.name}{at}: replaying {n} patches of {len(sequences)} series on {target.ref} "
@@ -450,13 +452,14 @@ class _Replayer:
     """Replays the series of one upstream on its target. One `git apply` per patch that applies;
     the extra work (three-way merge, fuzz, the old world at the pin) only for patches that do not."""
 
-    def __init__(self, mirror: Path, up: Upstream, allow_fuzz: bool, memo: fingerprint.Memo | None = None) -> None:
+    def __init__(self, mirror: Path, up: Upstream, allow_fuzz: bool, memo: fingerprint.Memo | None = None,
+                 within: Folder | None = None) -> None:
         self.mirror, self.up, self.allow_fuzz, self.memo = mirror, up, allow_fuzz, memo
         self.target = up.pin
         self._renames: dict[str, str] | None = None
         self._moves: dict[str, list[tuple[int, int, int, int]]] = {}
-        self.new = Scratch(mirror)
-        self.old = Scratch(mirror, self.new.objects)
+        self.new = Scratch(mirror, within=within)
+        self.old = Scratch(mirror, self.new.objects, within=within)
         self.objects = git.Batch(mirror, self.new.env)  # reads both scratches' objects and the mirror's
         self._parsed: dict[str, ast.Module | None] = {}  # modules by blob, parsed once
         self._pin_trees: dict[tuple[tuple[str, str], ...], str | None] = {}

@@ -10,9 +10,11 @@ does not apply is looked at on its own.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 from patchkit import git, patchfile
@@ -24,17 +26,43 @@ _CHECKING = re.compile(r"^Checking patch (.+)\.\.\.$")
 _APPLIED = re.compile(r"^Applied patch (.+) cleanly\.$")
 
 
+class Folder:
+    """One temporary folder for the scratches of a whole run (a check's): their index files and one object
+    directory, so the objects of every upstream share git's fan-out folders and all is removed at once
+    (`close`, or when the folder is let go: a run that raised removes it too)."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="patchkit-scratch-"))
+        self.objects = self.path / "objects"
+        self.objects.mkdir()
+        self._names = itertools.count()
+        self._remove = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+    def index(self) -> Path:
+        """A new index file's name."""
+        return self.path / f"index-{next(self._names)}"
+
+    def close(self) -> None:
+        self._remove()
+
+
 class Scratch:
-    def __init__(self, mirror: Path, objects: Path | None = None) -> None:
-        """A new scratch index; OBJECTS shares another scratch's object directory (its blobs)."""
+    def __init__(self, mirror: Path, objects: Path | None = None, *, within: Folder | None = None) -> None:
+        """A new scratch index; OBJECTS shares another scratch's object directory (its blobs). WITHIN: in that
+        folder (its index there, its objects in the folder's), else in a folder of its own."""
         self.mirror = mirror
-        self.dir = Path(tempfile.mkdtemp(prefix="patchkit-scratch-"))
-        if objects is None:
-            objects = self.dir / "objects"
-            objects.mkdir()
+        self.dir = Path(tempfile.mkdtemp(prefix="patchkit-scratch-")) if within is None else None
+        if within is not None:
+            objects, self.index = within.objects, within.index()
+        else:
+            assert self.dir is not None
+            self.index = self.dir / "index"
+            if objects is None:
+                objects = self.dir / "objects"
+                objects.mkdir()
         self.objects = objects
         self.env = git.environment({
-            "GIT_INDEX_FILE": str(self.dir / "index"),
+            "GIT_INDEX_FILE": str(self.index),
             "GIT_OBJECT_DIRECTORY": str(objects),
             "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(mirror / "objects"),
         })
@@ -42,7 +70,10 @@ class Scratch:
         self._at: str | None = None  # a tree-ish the index equals (what it was last reset to), or None
 
     def close(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:  # in a Folder: the rest goes with it
+            self.index.unlink(missing_ok=True)
 
     def __enter__(self) -> Scratch:
         return self

@@ -498,3 +498,29 @@ def test_a_warm_check_reads_no_yaml_parses_no_patch_and_prints_the_same_document
     assert warm.code == 1, warm.text
     assert document(warm.out) == document(cold.out)
     assert len(applies) > 0  # the replay ran again: no check result is kept
+
+
+def test_the_scratches_of_a_check_live_in_one_folder_removed_at_the_end(history: History, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every upstream's scratch indexes and new objects in one temporary folder (the objects share git's fan-out
+    folders), removed once the check is done, also when it stopped on an error."""
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    seen: list[tuple[str, str]] = []
+    real = scratch.Scratch.__init__
+
+    def spy(self: scratch.Scratch, *a: object, **k: object) -> None:
+        real(self, *a, **k)  # type: ignore[arg-type]
+        seen.append((self.env["GIT_INDEX_FILE"], self.env["GIT_OBJECT_DIRECTORY"]))
+
+    monkeypatch.setattr(scratch.Scratch, "__init__", spy)
+    assert patchkit(history.port, "rebase", "--check", "--json").code == 1  # merged, fuzz, conflict: both scratches used
+    (folder,) = {Path(index).parent for index, _ in seen}
+    assert folder.parent == temp and len(seen) == 2 and len({index for index, _ in seen}) == 2
+    assert {objects for _, objects in seen} == {str(folder / "objects")}
+    assert list(temp.iterdir()) == []
+    assert patchkit(history.port, "rebase", "--check", "--onto", "up=no-such-branch").code == 2
+    assert list(temp.iterdir()) == []
