@@ -74,6 +74,20 @@ def test_a_kept_manifest_equals_a_fresh_read(which: str, tmp_path: Path, monkeyp
         assert again.toolchain["cpu"].tools == ("numpy<2",)
 
 
+def test_two_versions_of_patchkit_keep_their_manifests_side_by_side(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An A/B of two checkouts on one port and cache: each finds its own kept manifest (no eviction race)."""
+    path = port(tmp_path / "port", RICH)
+    fresh = manifest.load(path)
+    for code in ("A", "B"):
+        monkeypatch.setattr(manifest, "_CODE", code)
+        assert _load(path, tmp_path / "cache") == fresh
+    _no_yaml(monkeypatch)
+    for code in ("A", "B", "A"):
+        monkeypatch.setattr(manifest, "_CODE", code)
+        assert _load(path, tmp_path / "cache") == fresh
+
+
 def _change_text(root: Path) -> None:
     (root / "upstreams.yaml").write_text(RICH.replace("a" * 40, "d" * 40))
 
