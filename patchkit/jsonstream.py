@@ -34,8 +34,13 @@ def _streams(value: Any) -> bool:
 def pieces(value: Any, indent: int, default: Callable[[Any], Any] | None = None, level: int = 0) -> Iterator[str]:
     """VALUE as JSON with INDENT, in pieces that join to json.dumps(VALUE, indent=INDENT, default=DEFAULT)
     (Streams written as lists)."""
+    # one encoder for every piece: what json.dumps(value, indent=INDENT, default=DEFAULT) makes for each call
+    return _pieces(value, json.JSONEncoder(indent=indent, default=default), indent, level)
+
+
+def _pieces(value: Any, encoder: json.JSONEncoder, indent: int, level: int) -> Iterator[str]:
     if not _streams(value):
-        text = json.dumps(value, indent=indent, default=default)
+        text = encoder.encode(value)
         yield text.replace("\n", "\n" + " " * (indent * level)) if level else text
         return
     items: Iterable[tuple[str | None, Any]] = (value.items() if isinstance(value, dict)
@@ -47,7 +52,7 @@ def pieces(value: Any, indent: int, default: Callable[[Any], Any] | None = None,
         if key is not None and not isinstance(key, str):
             raise TypeError(f"keys of a streamed object must be strings, not {type(key).__name__}")
         yield (opening if first else ",") + inner + (json.dumps(key) + ": " if key is not None else "")
-        yield from pieces(item, indent, default, level + 1)
+        yield from _pieces(item, encoder, indent, level + 1)
         first = False
     yield opening + closing if first else "\n" + " " * (indent * level) + closing
 
