@@ -71,7 +71,7 @@ def _output_file(value: str, what: str) -> Path:
 
 
 def _emit_json(data: Any) -> None:
-    """DATA as indented JSON on stdout, written in pieces (see jsonstream: a check's patches are never all in memory)."""
+    """DATA as indented JSON on stdout, written in pieces (jsonstream: a check's patches are never all in memory)."""
     from patchkit import jsonstream
 
     jsonstream.write(lambda text: click.echo(text, nl=False), data, indent=2, default=_json_default)

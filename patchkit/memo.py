@@ -39,9 +39,13 @@ class Memo:
 
     def get(self, key: str) -> tuple[bool, Any]:
         with self._lock:
-            return key in self._values, self._values.get(key)
+            value = self._values.get(key)
+        return key in self._values, value() if callable(value) else value
 
     def put(self, key: str, value: Any) -> None:
+        """VALUE (JSON data), or a function that makes it: called when the memo is saved (or read back), so
+        a long run does not hold every new entry's encoding until then (a value read from JSON is never a
+        function)."""
         with self._lock:
             self._values.pop(key, None)  # newest last: what LIMIT keeps
             self._values[key] = value
@@ -58,8 +62,8 @@ class Memo:
         try:  # entry by entry: json.dumps(dict(KEPT), sort_keys=...) written without the whole text in memory
             with atomic_writer(self.path) as fh:
                 for i, (key, value) in enumerate(kept):
-                    fh.write(f"{', ' if i else '{'}{json.dumps(key)}: {json.dumps(value, sort_keys=self.limit is None)}"
-                             .encode())
+                    data = json.dumps(value() if callable(value) else value, sort_keys=self.limit is None)
+                    fh.write(f"{', ' if i else '{'}{json.dumps(key)}: {data}".encode())
                 fh.write(b"}" if kept else b"{}")
         except OSError:  # a read-only cache only costs the next run the work
             pass

@@ -178,7 +178,7 @@ def parse(patch: Patch, kept: memo.Memo | None = None) -> tuple[ParsedPatch | No
         _PARSED[key] = (known, []) if known else _parse(patch)
         parsed = _PARSED[key][0]
         if kept is not None and parsed and not known:
-            kept.put(f"{_PARSER}:{patch.sha256}", memo.encode((parsed.subject, parsed.author, parsed.files)))
+            kept.put(f"{_PARSER}:{patch.sha256}", lambda: memo.encode((parsed.subject, parsed.author, parsed.files)))
     return _PARSED[key]
 
 
