@@ -38,6 +38,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "launch": ("launch_overhead.py", ["--repeat", "5"], ["--repeat", "3"]),
     "apply": ("apply.py", ["--repeat", "4"], ["--repeat", "2"]),
     "overlay-startup": ("overlay_startup.py", ["--repeat", "15"], ["--repeat", "5"]),
+    "memory": ("memory.py", [], ["--quick"]),
 }
 
 
@@ -71,6 +72,9 @@ def main() -> None:
           f"load average before {' '.join(map(str, loads_before))}, after {' '.join(map(str, load()))}")
     for line in table(rows):
         print(line)
+    for doc in docs:  # the memory bench's own table: peaks and their growth, not ratios
+        for line in doc.get("memory_table", []):
+            print(line)
     for doc in docs:
         for note in doc.get("notes", []):
             print(f"note ({doc['name']}): {note}")
