@@ -170,7 +170,7 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: m
     known.save()
     units = []
     base: dict[str, Effective] = {}
-    loaded: dict[PatchRef, Patch] = {}  # a layer several series share is read once
+    loaded: dict[tuple[str, str, str], Patch] = {}  # a layer several series share is read once
     for view in views:
         base.setdefault(view.name, view)
         declared = ([t for s in view.overlays for t in sets[s][0]], [f for s in view.overlays for f in sets[s][1]])
@@ -281,19 +281,22 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
     return target, [(u, results[u.label]) for u in members], overlay_checks
 
 
-def _load(refs: tuple[PatchRef, ...], loaded: dict[PatchRef, Patch] | None = None,
+def _load(refs: tuple[PatchRef, ...], loaded: dict[tuple[str, str, str], Patch] | None = None,
           kept: memo.Memo | None = None) -> list[Patch]:
     """A series' patches, parsed while their bytes are read (the parse is kept), then without their bytes:
     the replay reads a patch again only where it looks at it alone, so memory stays flat in the series' size.
-    LOADED: the patches read so far, by ref (a patch of a shared layer is read and hashed once); KEPT: the
-    parses kept in the cache, by content."""
+    LOADED: the patches read so far, by layer, upstream and name (a patch of a shared layer is read and hashed
+    once); KEPT: the parses kept in the cache, by content."""
     loaded = {} if loaded is None else loaded
+    patches = []
     for ref in refs:
-        if ref not in loaded:
+        key = (ref.layer, ref.upstream, ref.name)  # what names a ref's file (hashing the ref hashes its Path)
+        if key not in loaded:
             patch = patchfile.read(ref)
             patchfile.parse(patch, kept)
-            loaded[ref] = dataclasses.replace(patch, data=b"")
-    return [loaded[ref] for ref in refs]
+            loaded[key] = dataclasses.replace(patch, data=b"")
+        patches.append(loaded[key])
+    return patches
 
 
 def _bytes(patch: Patch) -> bytes:
