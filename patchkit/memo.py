@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -109,17 +108,18 @@ def encode(value: Any) -> Any:
 
 
 def decoder(kinds: Iterable[type]) -> Any:
-    """decode(data): the value ENCODE made DATA from, with only the dataclasses KINDS. Equal strings come
-    back as one (interned: a repository path or layer name is held once however many values name it), and
-    equal paths of one DATA as one Path (a manifest's refs share their series file's)."""
+    """decode(data): the value ENCODE made DATA from, with only the dataclasses KINDS. Equal strings of one
+    DATA come back as one string, and equal paths as one Path (a manifest's refs share their layer's and
+    upstream's names and their series file's Path)."""
     known = {"@" + kind.__name__: (kind, len(dataclasses.fields(kind))) for kind in kinds}
 
     def decode(data: Any) -> Any:
         paths: dict[str, Path] = {}
+        strings: dict[str, str] = {}
 
         def one(data: Any) -> Any:
             if isinstance(data, str):
-                return sys.intern(data)
+                return strings.setdefault(data, data)
             if data is None or isinstance(data, (bool, int, float)):
                 return data
             if not isinstance(data, list) or not data or not isinstance(data[0], str):

@@ -194,8 +194,14 @@ def _kept(patch: Patch, kept: memo.Memo) -> ParsedPatch | None:
         return None
     if isinstance(subject, str) and isinstance(author, str) and isinstance(files, tuple) and files \
             and all(_is_change(f) for f in files):
-        return ParsedPatch(patch.ref, subject, author, files)
+        return ParsedPatch(patch.ref, subject, sys.intern(author), tuple(map(_interned, files)))
     return None
+
+
+def _interned(change: FileChange) -> FileChange:
+    """CHANGE with one string per repository path, as _file_change makes it (a memo gives new strings)."""
+    return FileChange(sys.intern(change.path), tuple(map(sys.intern, change.paths)), change.hunks,
+                      change.creates_symlink)
 
 
 def _is_change(change: object) -> bool:
