@@ -120,13 +120,14 @@ def _spawn(cmd: list[str], cwd: str | Path | None, env: dict[str, str], stdin: b
         if fds:
             cmd = [cmd[0], *(f for key, value in _NO_DAEMONS for f in ("-c", f"{key}={value}")), *cmd[1:]]
         try:
-            proc = subprocess.Popen(cmd, executable=_executable(env), cwd=cwd, env=env, stdin=subprocess.PIPE,
+            proc = subprocess.Popen(cmd, executable=_executable(env), cwd=cwd, env=env,
+                                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,  # no input: no pipe
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=fds, **_OWN_GROUP)  # type: ignore[call-overload]
         except FileNotFoundError as exc:  # pragma: no cover - git is a hard requirement
             raise GitError("git is not installed or not on PATH") from exc
         _children.add(proc)
     try:
-        stdout, stderr = proc.communicate(stdin)
+        stdout, stderr = proc.communicate(stdin or None)
     finally:
         with _guard:
             _children.discard(proc)
