@@ -94,7 +94,7 @@ OVERLAY_ID = "overlays/files"  # the series entry (and applied record) of a repo
 
 def overlay_ref(up: str, where: Path) -> PatchRef:
     layer, name = OVERLAY_ID.split("/")
-    return PatchRef(layer, up, name, where, where, 0)
+    return PatchRef(layer, up, name, str(where), where, 0)
 
 
 def model_series(manifest: Manifest, model: Effective) -> dict[str, list[Patch]]:

@@ -415,28 +415,29 @@ class _Checks(Sequence[PatchCheck]):
         return _check_of(self._patches[index], self._kept[index], {})
 
     def __iter__(self) -> Iterator[PatchCheck]:
-        folders: dict[Path, str] = {}
+        folders: dict[str, str] = {}
         return (_check_of(p, k, folders) for p, k in zip(self._patches, self._kept))
 
 
 def _check_of(patch: Patch, kept: Kept, folders: dict[Path, str]) -> PatchCheck:
     if isinstance(kept, PatchCheck):
         return kept
-    check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, _shown(patch.ref.path, folders), _CLEAN)
+    check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, _shown(patch.ref.file, folders), _CLEAN)
     if not isinstance(kept, str):
         check.outcome, check.offset, check.range_diff = "offset", kept[0], list(kept[1])
     return check
 
 
-def _shown(path: Path, folders: dict[Path, str]) -> str:
+def _shown(path: str, folders: dict[str, str]) -> str:
     """display(PATH), from its folder's (FOLDERS: those shown so far): the same string, one resolve per folder,
     unless PATH itself is a symbolic link (then its own)."""
     if os.path.islink(path):
         return display(path)
-    if path.parent not in folders:
-        folders[path.parent] = display(path.parent)
-    folder = folders[path.parent]
-    return path.name if folder == "." else f"{folder}/{path.name}"
+    parent, name = os.path.split(path)
+    if parent not in folders:
+        folders[parent] = display(parent or ".")
+    folder = folders[parent]
+    return name if folder == "." else f"{folder}/{name}"
 
 
 @dataclass
@@ -589,7 +590,7 @@ class _Replayer:
         git's report could not be cut per patch (the index is then as before)."""
         patches = [n.patch for n in run if n.patch is not None]
         names = [[c.paths for c in _parsed(p).files] for p in patches]
-        paths = [os.path.abspath(p.ref.path) for p in patches]  # git runs in the mirror
+        paths = [os.path.abspath(p.ref.file) for p in patches]  # git runs in the mirror
         start = self.new.at()
         result = self.new.apply_files(paths)
         parts = split_verbose(result.stderr, names)

@@ -190,7 +190,7 @@ def _new_ref(manifest: Manifest, model: Effective, up: str, layer: str, subject:
     numbers = [int(m.group(1)) for n in names if (m := re.match(r"^(\d+)-", n))]
     number = max(numbers, default=0) + 1
     name = f"{number:04d}-{_slug(subject)}.patch"
-    return PatchRef(layer, up, name, folder / name, folder / "series", 0)
+    return PatchRef(layer, up, name, str(folder / name), folder / "series", 0)
 
 
 def _check_order(plan: list[_Planned], layers: tuple[str, ...], report: RepoExport) -> None:

@@ -95,13 +95,17 @@ class PatchRef:
     layer: str
     upstream: str
     name: str
-    path: Path
+    file: str  # the patch file; a string, not a Path (~0.5 KB each, and a series can be thousands long)
     series_path: Path
     line: int
 
     @property
     def id(self) -> str:
         return f"{self.layer}/{self.name}"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -361,8 +360,7 @@ class Reader(Checker):
                 self.problems.append(Diagnostic(where, entry.line, f"patch file {entry.name} not found in {display(folder)} "
                                                 f"(layer {layer!r}, named in {self.where}:{node.start_mark.line + 1})"))
                 continue
-            # the name interned: the same string as the last part of its Path (pathlib interns the parts)
-            refs.append(PatchRef(layer, upstream, sys.intern(entry.name), patch_path, series_path, entry.line))
+            refs.append(PatchRef(layer, upstream, entry.name, str(patch_path), series_path, entry.line))
         return refs
 
     def _is(self, kind: str, path: Path) -> bool:

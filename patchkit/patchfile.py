@@ -74,7 +74,8 @@ class ParsedPatch:
 
 
 def read(ref: PatchRef) -> Patch:
-    data = ref.path.read_bytes()
+    with open(ref.file, "rb") as fh:
+        data = fh.read()
     return Patch(ref, data, hashlib.sha256(data).hexdigest())
 
 
@@ -172,7 +173,7 @@ def parse(patch: Patch, kept: memo.Memo | None = None) -> tuple[ParsedPatch | No
     """What PATCH touches, or the diagnostics that say why it cannot be used (memoised). KEPT: parses
     kept by the sha256 of the bytes (`parses_memo`), used and added to; only a patch that parses without a
     problem is kept there, so every diagnostic is made from the file itself and names it."""
-    key = (str(patch.ref.path), patch.sha256)
+    key = (patch.ref.file, patch.sha256)
     if key not in _PARSED:
         known = _kept(patch, kept) if kept is not None else None
         _PARSED[key] = (known, []) if known else _parse(patch)

@@ -49,7 +49,7 @@ def _load(path: Path, cache: Path) -> manifest.Manifest:
 
 
 def test_values_come_back_exactly() -> None:
-    ref = manifest.PatchRef("l", "u", "0001.patch", Path("/p/0001.patch"), Path("/p/series"), 3)
+    ref = manifest.PatchRef("l", "u", "0001.patch", "/p/0001.patch", Path("/p/series"), 3)
     value = {"a": (1, "x", None, True, 2.5), "b": [ref, (ref,)], "c": {"d": [Path("rel/x")]}, "e": ()}
     decode = memo.decoder([manifest.PatchRef])
     back = decode(json.loads(json.dumps(memo.encode(value))))
@@ -185,7 +185,7 @@ rename to new.py
 def _patch(tmp_path: Path, data: bytes, name: str = "0001-npu.patch") -> patchfile.Patch:
     path = tmp_path / name
     path.write_bytes(data)
-    return patchfile.read(manifest.PatchRef("npu", "up", name, path, tmp_path / "series", 1))
+    return patchfile.read(manifest.PatchRef("npu", "up", name, str(path), tmp_path / "series", 1))
 
 
 def _parse(patch: patchfile.Patch, cache: Path) -> tuple[patchfile.ParsedPatch | None, list[object]]:

@@ -105,6 +105,6 @@ def test_crlf_patch_file_paths_are_clean(port: Port) -> None:
     data = handmade("app/new.py", "app/new.py").replace(b"\n", b"\r\n")
     path = port.root / "crlf.patch"
     path.write_bytes(data)
-    parsed, problems = patchfile.parse(patchfile.read(PatchRef("l", "app", "crlf.patch", path, path, 1)))
+    parsed, problems = patchfile.parse(patchfile.read(PatchRef("l", "app", "crlf.patch", str(path), path, 1)))
     assert not problems and parsed is not None
     assert parsed.files[0].paths == ("app/new.py",)

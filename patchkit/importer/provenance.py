@@ -64,7 +64,7 @@ def cosmetic(diff: bytes) -> bool:
     from patchkit.manifest import PatchRef
 
     data = format_patch(diff, "probe", "", Origin(None, UNKNOWN_AUTHOR, UNKNOWN_DATE, "probe"))
-    ref = PatchRef("import", "import", "probe.patch", Path("/nonexistent/probe.patch"), Path("/nonexistent/series"), 0)
+    ref = PatchRef("import", "import", "probe.patch", "/nonexistent/probe.patch", Path("/nonexistent/series"), 0)
     patch = patchfile.Patch(ref, data, hashlib.sha256(data).hexdigest())
     parsed, _ = patchfile.parse(patch)
     return parsed is not None and any("only changes whitespace or comments" in d.message for d in lint.lint(patch, parsed))
