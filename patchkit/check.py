@@ -101,7 +101,7 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        return not any(p.broken for s in self.series for p in s.patches) and not any(o.broken for o in self.overlays)
+        return not self.broken() and not any(o.broken for o in self.overlays)
 
     @property
     def exit_code(self) -> int:
@@ -110,9 +110,13 @@ class CheckReport:
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(OUTCOMES, 0)
         for s in self.series:
-            for p in s.patches:
-                counts[p.outcome] += 1
+            for outcome, _ in _states(s.patches):
+                counts[outcome] += 1
         return counts
+
+    def broken(self) -> int:
+        """Patches that break (overlays not counted)."""
+        return sum(broken for s in self.series for _, broken in _states(s.patches))
 
 
 def parse_onto(items: tuple[str, ...], manifest: Manifest) -> dict[str, str]:
@@ -407,19 +411,32 @@ class _Checks(Sequence[PatchCheck]):
 
     def __init__(self, patches: list[Patch], kept: list[Kept]) -> None:
         self._patches, self._kept = patches, kept
+        self._folders: dict[str, tuple[str, frozenset[str]]] = {}  # see _shown
 
     def __len__(self) -> int:
         return len(self._kept)
 
     def __getitem__(self, index: int) -> PatchCheck:  # type: ignore[override]
-        return _check_of(self._patches[index], self._kept[index], {})
+        return _check_of(self._patches[index], self._kept[index], self._folders)
 
     def __iter__(self) -> Iterator[PatchCheck]:
-        folders: dict[str, str] = {}
-        return (_check_of(p, k, folders) for p, k in zip(self._patches, self._kept))
+        return (_check_of(p, k, self._folders) for p, k in zip(self._patches, self._kept))
+
+    def states(self) -> Iterator[tuple[str, bool]]:
+        """(outcome, broken) of each patch, as its PatchCheck says, without making the PatchChecks."""
+        for kept in self._kept:
+            if isinstance(kept, PatchCheck):
+                yield kept.outcome, kept.broken
+            else:
+                yield (_CLEAN if isinstance(kept, str) else "offset"), False
 
 
-def _check_of(patch: Patch, kept: Kept, folders: dict[Path, str]) -> PatchCheck:
+def _states(patches: Sequence[PatchCheck]) -> Iterator[tuple[str, bool]]:
+    """(outcome, broken) of each of PATCHES (a check's own _Checks: without making its PatchChecks)."""
+    return patches.states() if isinstance(patches, _Checks) else ((p.outcome, p.broken) for p in patches)
+
+
+def _check_of(patch: Patch, kept: Kept, folders: dict[str, tuple[str, frozenset[str]]]) -> PatchCheck:
     if isinstance(kept, PatchCheck):
         return kept
     check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, _shown(patch.ref.file, folders), _CLEAN)
@@ -428,16 +445,25 @@ def _check_of(patch: Patch, kept: Kept, folders: dict[Path, str]) -> PatchCheck:
     return check
 
 
-def _shown(path: str, folders: dict[str, str]) -> str:
-    """display(PATH), from its folder's (FOLDERS: those shown so far): the same string, one resolve per folder,
-    unless PATH itself is a symbolic link (then its own)."""
-    if os.path.islink(path):
-        return display(path)
+def _shown(path: str, folders: dict[str, tuple[str, frozenset[str]]]) -> str:
+    """display(PATH), from its folder's: the same string, one resolve per folder, unless PATH itself is a
+    symbolic link (then its own). FOLDERS: the folders shown so far, each with the names of the links in it
+    (one listing per folder, not a look-up per patch each time the series is read)."""
     parent, name = os.path.split(path)
     if parent not in folders:
-        folders[parent] = display(parent or ".")
-    folder = folders[parent]
-    return name if folder == "." else f"{folder}/{name}"
+        folders[parent] = (display(parent or "."), _links(parent or "."))
+    shown, links = folders[parent]
+    if name in links:
+        return display(path)
+    return name if shown == "." else f"{shown}/{name}"
+
+
+def _links(folder: str) -> frozenset[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset(e.name for e in entries if e.is_symlink())
+    except OSError:
+        return frozenset()
 
 
 @dataclass

@@ -545,7 +545,7 @@ def check_json(report: Any) -> dict[str, Any]:
         "series": jsonstream.Stream(lambda: (_series_json(s) for s in report.series)),
         "overlays": [o.as_json() for o in report.overlays],
         "summary": {**counts, "patches": sum(counts.values()),
-                    "broken": sum(p.broken for s in report.series for p in s.patches)},
+                    "broken": report.broken()},
         **({"shard": {"index": report.shard.index, "count": report.shard.count}} if report.shard else {}),
     }
 
