@@ -50,6 +50,14 @@ class Memo:
             self._values[key] = value
             self._dirty = True
 
+    def lighten(self, key: str, make: Any) -> None:
+        """Hold the entry KEY, read from the file and decoded, as MAKE (a function that gives its data again):
+        what json read for it is let go (a long series' kept parses are megabytes). The entry keeps its place,
+        and the memo is not changed by it."""
+        with self._lock:
+            if key in self._values:
+                self._values[key] = make
+
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return

@@ -187,15 +187,19 @@ _DECODE = memo.decoder((FileChange, Hunk))
 
 
 def _kept(patch: Patch, kept: memo.Memo) -> ParsedPatch | None:
-    """PATCH's parse from KEPT, or None when it has none or the entry is not a parse (then it is made again)."""
-    found, data = kept.get(f"{_PARSER}:{patch.sha256}")
+    """PATCH's parse from KEPT, or None when it has none or the entry is not a parse (then it is made again).
+    A parse found is held in KEPT as its encoder from then on, not as the data json read (see Memo.lighten)."""
+    key = f"{_PARSER}:{patch.sha256}"
+    found, data = kept.get(key)
     try:
         subject, author, files = _DECODE(data) if found else (None, None, None)
     except (memo.Unreadable, TypeError, ValueError):
         return None
     if isinstance(subject, str) and isinstance(author, str) and isinstance(files, tuple) and files \
             and all(_is_change(f) for f in files):
-        return ParsedPatch(patch.ref, subject, sys.intern(author), tuple(map(_interned, files)))
+        parsed = ParsedPatch(patch.ref, subject, sys.intern(author), tuple(map(_interned, files)))
+        kept.lighten(key, lambda: memo.encode((parsed.subject, parsed.author, parsed.files)))
+        return parsed
     return None
 
 
