@@ -299,11 +299,12 @@ _CODE = f"{MANIFESTS_VERSION}-{__version__}-" + memo.code_key("manifest.py", "ma
 
 
 def manifests_memo(cache_root: Path, path: Path) -> memo.Memo:
-    """Where the manifests read from PATH are kept (a relative PATH: from the current folder): the last two, so
-    two checkouts of patchkit (an A/B) or two versions of the file (switching branches) do not evict each other."""
+    """Where the manifest read from PATH is kept (a relative PATH: from the current folder): one file per path
+    and reading code, so two checkouts of patchkit on one port (an A/B) do not evict each other, and a run
+    reads one manifest's JSON, not every version's (a 60-model manifest's is about 0.8 MB)."""
     where = str(path) if path.is_absolute() else f"{os.getcwd()}\0{path}"
-    name = hashlib.sha256(where.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    return memo.Memo(cache_root / f"manifests-v{MANIFESTS_VERSION}" / f"{name}.json", limit=2)
+    name = hashlib.sha256(f"{where}\0{_CODE}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return memo.Memo(cache_root / f"manifests-v{MANIFESTS_VERSION}" / f"{name}.json", limit=1)
 
 
 _DECODE = memo.decoder((Manifest, Upstream, Model, Variant, PatchRef, Toolchain))

@@ -86,6 +86,8 @@ def test_two_versions_of_patchkit_keep_their_manifests_side_by_side(tmp_path: Pa
     for code in ("A", "B", "A"):
         monkeypatch.setattr(manifest, "_CODE", code)
         assert _load(path, tmp_path / "cache") == fresh
+    files = list((tmp_path / "cache" / f"manifests-v{manifest.MANIFESTS_VERSION}").iterdir())
+    assert len(files) == 2 and all(len(json.loads(f.read_text())) == 1 for f in files)  # a run reads its own only
 
 
 def _change_text(root: Path) -> None:
