@@ -416,7 +416,9 @@ class _Checks(Sequence[PatchCheck]):
     def __len__(self) -> int:
         return len(self._kept)
 
-    def __getitem__(self, index: int) -> PatchCheck:  # type: ignore[override]
+    def __getitem__(self, index: int | slice) -> Any:  # PatchCheck, or a list of them for a slice
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
         return _check_of(self._patches[index], self._kept[index], self._folders)
 
     def __iter__(self) -> Iterator[PatchCheck]:

@@ -148,3 +148,28 @@ def test_check_memory_is_flat_in_the_series_length(tmp_path: Path) -> None:
     outcomes = [p["outcome"] for p in document["series"][0]["patches"]]
     assert len(outcomes) == 600 and set(outcomes) == {"clean", "offset"}, set(outcomes)
     assert max(per_patch.values()) < 2500, f"bytes a patch: {per_patch}"
+
+
+def test_checks_read_as_the_list_of_patch_checks(tmp_path: Path) -> None:
+    """A check's series outcomes (_Checks, made when read from compact records) behave as the list of
+    PatchChecks they stand for: length, order, indexes, slices, and the same record each time."""
+    from patchkit.check import PatchCheck, _Checks
+    from patchkit.manifest import PatchRef
+    from patchkit.patchfile import Patch
+
+    folder = tmp_path / "patches" / "npu" / "up"
+    folder.mkdir(parents=True)
+    refs = [PatchRef("npu", "up", f"{i:04d}.patch", str(folder / f"{i:04d}.patch"), folder / "series", i + 1)
+            for i in range(4)]
+    for ref in refs:
+        ref.path.write_text("patch\n")
+    conflict = PatchCheck("npu/0003.patch", "npu", "0003.patch", "elsewhere/0003.patch", "conflict", broken=True)
+    checks = _Checks([Patch(ref, b"", "0" * 64) for ref in refs], ["clean", (3, ("a.py: hunk #1 moved +3 lines",)),
+                                                                    "clean", conflict])
+    expected = [(p.name, p.outcome, p.offset, p.range_diff, p.broken) for p in checks]
+    assert len(checks) == 4 and expected == [
+        ("0000.patch", "clean", 0, [], False), ("0001.patch", "offset", 3, ["a.py: hunk #1 moved +3 lines"], False),
+        ("0002.patch", "clean", 0, [], False), ("0003.patch", "conflict", 0, [], True)]
+    assert checks[-1] is conflict and checks[1] == list(checks)[1]
+    assert [c.name for c in checks[1:3]] == ["0001.patch", "0002.patch"]
+    assert checks[0].path.endswith("patches/npu/up/0000.patch") and checks[0].patch == "npu/0000.patch"
