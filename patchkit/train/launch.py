@@ -213,17 +213,18 @@ def plan(manifest: Manifest, recipe: Recipe, device: Device, workspace_root: Pat
 
 def _smoke_env(smoke: Smoke, options: Options, notes: list[str]) -> dict[str, str]:
     """The smoke loop's settings (patchkit/train/smoke.py reads them), and the note saying what the run is."""
-    env = {"PATCHKIT_SMOKE_BATCH": str(smoke.batch), **({"PATCHKIT_SMOKE_SEED": str(options.seed)}
-                                                         if options.seed is not None else {})}
+    env = {"PATCHKIT_SMOKE_BATCH": str(smoke.batch)}
+    source = smoke.script
+    if options.seed is not None:
+        env["PATCHKIT_SMOKE_SEED"] = str(options.seed)
+        source += f", seed {options.seed}"
     if not options.overfit:
         steps = options.steps or smoke.steps
-        notes.append(f"smoke run: the real model on a synthetic batch for {steps} steps ({smoke.script}"
-                     f"{f', seed {options.seed}' if options.seed is not None else ''})")
+        notes.append(f"smoke run: the real model on a synthetic batch for {steps} steps ({source})")
         return {**env, "PATCHKIT_SMOKE_STEPS": str(steps)}
     steps, run = options.steps or smoke.overfit.steps, smoke.overfit
     notes.append(f"overfit run: the real model on one fixed synthetic batch, up to {steps} steps at lr "
-                 f"{run.lr:g}{overfit_setup(run)}, until {overfit_mod.BAR} ({smoke.script}"
-                 f"{f', seed {options.seed}' if options.seed is not None else ''})")
+                 f"{run.lr:g}{overfit_setup(run)}, until {overfit_mod.BAR} ({source})")
     return {**env, "PATCHKIT_SMOKE_STEPS": str(steps), "PATCHKIT_SMOKE_OVERFIT": "1",
             "PATCHKIT_SMOKE_LR": repr(run.lr), "PATCHKIT_SMOKE_WARMUP": f"{run.warmup_steps}:{run.warmup_ratio!r}",
             "PATCHKIT_SMOKE_SCHEDULE": run.schedule,

@@ -77,17 +77,18 @@ def init(seed: int = 0) -> Context:
     amp = os.environ.get("PATCHKIT_SMOKE_AMP", "0") not in ("", "0", "false", "no")
     batch = _env_int("PATCHKIT_SMOKE_BATCH", 1)
     seed = _env_int("PATCHKIT_SMOKE_SEED", seed)  # `patchkit train --seed`
-    generator = torch.Generator().manual_seed(seed * 1000 + rank)
+    per_rank = seed * 1000 + rank
+    generator = torch.Generator().manual_seed(per_rank)
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     # The upstream code draws from the global generators too (Sparse4D's GridMask from numpy's): seeded per rank,
     # a run repeats itself, as the synthetic batch does.
-    random.seed(seed * 1000 + rank)
+    random.seed(per_rank)
     try:
         import numpy
     except ImportError:  # torch runs without numpy; then nothing draws from it
         pass
     else:
-        numpy.random.seed(seed * 1000 + rank)
+        numpy.random.seed(per_rank)
     overfit = os.environ.get("PATCHKIT_SMOKE_OVERFIT", "0") not in ("", "0")
     ctx = Context(device, kind, backend, rank, local_rank, world_size, steps, amp, generator, max(1, batch),
                   overfit, _env_float("PATCHKIT_SMOKE_LR") if overfit else None)
