@@ -264,7 +264,7 @@ def _label(model: str, variant: str | None) -> str:
 
 
 def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: bool, allow_fuzz: bool,
-                memo: fingerprint.Memo, progress: Progress, within: Folder | None = None,
+                memo: fingerprint.Memo, progress: Progress, within: Folder,
                 ) -> tuple[Target, list[tuple[_Unit, _Checks]], list[OverlayResult]]:
     """The series of MEMBERS, all made against UP's effective pin, replayed in one trie on its target."""
     sequences = [(u.label, u.patches) for u in members]
@@ -280,7 +280,7 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
     by_label = {u.label: u for u in members}
     for o in overlay_checks:  # the replayer names series by label: give each its model and variant
         o.model, o.variant = by_label[o.model].view.name, by_label[o.model].view.variant
-    broken = sum(p.broken for checks in results.values() for p in checks) + sum(o.broken for o in overlay_checks)
+    broken = sum(b for checks in results.values() for _, b in _states(checks)) + sum(o.broken for o in overlay_checks)
     progress(f"{up.name}{at}: done, {broken} broken" if broken else f"{up.name}{at}: done, all hold")
     return target, [(u, results[u.label]) for u in members], overlay_checks
 
@@ -484,14 +484,14 @@ class _Replayer:
     """Replays the series of one upstream on its target. One `git apply` per patch that applies;
     the extra work (three-way merge, fuzz, the old world at the pin) only for patches that do not."""
 
-    def __init__(self, mirror: Path, up: Upstream, allow_fuzz: bool, memo: fingerprint.Memo | None = None,
-                 within: Folder | None = None) -> None:
+    def __init__(self, mirror: Path, up: Upstream, allow_fuzz: bool, memo: fingerprint.Memo | None,
+                 within: Folder) -> None:
         self.mirror, self.up, self.allow_fuzz, self.memo = mirror, up, allow_fuzz, memo
         self.target = up.pin
         self._renames: dict[str, str] | None = None
         self._moves: dict[str, list[tuple[int, int, int, int]]] = {}
         self.new = Scratch(mirror, within=within)
-        self.old = Scratch(mirror, self.new.objects, within=within)
+        self.old = Scratch(mirror, within=within)  # the folder's objects, shared with self.new
         self.objects = git.Batch(mirror, self.new.env)  # reads both scratches' objects and the mirror's
         self._parsed: dict[str, ast.Module | None] = {}  # modules by blob, parsed once
         self._pin_trees: dict[tuple[tuple[str, str], ...], str | None] = {}

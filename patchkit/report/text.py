@@ -99,7 +99,7 @@ def check_lines(report: CheckReport) -> Iterator[str]:
         yield from overlay_lines(overlay.targets, overlay.files)
     counts = {k: v for k, v in report.counts().items() if v}
     total = sum(counts.values())
-    broken = sum(p.broken for s in report.series for p in s.patches) + sum(o.broken for o in report.overlays)
+    broken = report.broken() + sum(o.broken for o in report.overlays)
     verdict = "all hold" if report.ok else f"{broken} broken"
     models = len({s.model for s in report.series})
     variants = len({(s.model, s.variant) for s in report.series if s.variant})
