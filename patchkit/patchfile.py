@@ -11,7 +11,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from patchkit import memo
 from patchkit.errors import Diagnostic
@@ -19,6 +19,8 @@ from patchkit.manifest import PatchRef
 from patchkit.paths import display
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import unidiff
 
 _MBOX_FROM = re.compile(rb"^From [0-9a-f]{40} ", re.M)
@@ -175,30 +177,37 @@ def parse(patch: Patch, kept: memo.Memo | None = None) -> tuple[ParsedPatch | No
     problem is kept there, so every diagnostic is made from the file itself and names it."""
     key = (patch.ref.file, patch.sha256)
     if key not in _PARSED:
-        known = _kept(patch, kept) if kept is not None else None
+        kept_key = f"{_PARSER}:{patch.sha256}"
+        known = _kept(patch, kept, kept_key) if kept is not None else None
         _PARSED[key] = (known, []) if known else _parse(patch)
         parsed = _PARSED[key][0]
         if kept is not None and parsed and not known:
-            kept.put(f"{_PARSER}:{patch.sha256}", lambda: memo.encode((parsed.subject, parsed.author, parsed.files)))
+            kept.put(kept_key, _encoding(parsed))
     return _PARSED[key]
+
+
+def _encoding(parsed: ParsedPatch) -> Callable[[], Any]:
+    """How a memo keeps PARSED (made when the memo is saved): its subject, author and files."""
+    return lambda: memo.encode((parsed.subject, parsed.author, parsed.files))
 
 
 _DECODE = memo.decoder((FileChange, Hunk))
 
 
-def _kept(patch: Patch, kept: memo.Memo) -> ParsedPatch | None:
-    """PATCH's parse from KEPT, or None when it has none or the entry is not a parse (then it is made again).
-    A parse found is held in KEPT as its encoder from then on, not as the data json read (see Memo.lighten)."""
-    key = f"{_PARSER}:{patch.sha256}"
+def _kept(patch: Patch, kept: memo.Memo, key: str) -> ParsedPatch | None:
+    """PATCH's parse from KEPT (under KEY), or None when it has none or the entry is not a parse (then it is made
+    again). A parse found is held in KEPT as its encoder from then on, not as the data json read (Memo.lighten)."""
     found, data = kept.get(key)
+    if not found:
+        return None
     try:
-        subject, author, files = _DECODE(data) if found else (None, None, None)
+        subject, author, files = _DECODE(data)
     except (memo.Unreadable, TypeError, ValueError):
         return None
     if isinstance(subject, str) and isinstance(author, str) and isinstance(files, tuple) and files \
             and all(_is_change(f) for f in files):
         parsed = ParsedPatch(patch.ref, subject, sys.intern(author), tuple(map(_interned, files)))
-        kept.lighten(key, lambda: memo.encode((parsed.subject, parsed.author, parsed.files)))
+        kept.lighten(key, _encoding(parsed))
         return parsed
     return None
 
