@@ -35,17 +35,15 @@ def script(manifest_path: Path, cache_root: Path, targets: dict[str, dict[str, s
     lines = ["#!/bin/bash", "set -u", "failed=0", "s=$(mktemp -d)", 'mkdir "$s/objects"',
              'export GIT_OBJECT_DIRECTORY="$s/objects" GIT_INDEX_FILE="$s/index"']
     tries: dict[str, dict] = {}  # target key (check.target_key: `up`, or `up@pin12~track` for another base)
-    mirrors: dict[str, Path] = {}
     for view in manifest.views():  # every model and variant, at its effective pins (manifest version 2)
         for name, refs in view.patches.items():
             key = target_key(manifest, view.upstreams[name])
-            mirrors[key] = cache.mirror_path(manifest.upstreams[name], cache_root)
             node = tries.setdefault(key, {})
             for patch in patchfile.load_series(refs):
                 node = node.setdefault((str(patch.ref.path), patch.sha256), {})
     q = shlex.quote
     for key in sorted(targets):
-        mirror = mirrors.get(key) or cache.mirror_path(manifest.upstreams[key.split("@")[0]], cache_root)
+        mirror = cache.mirror_path(manifest.upstreams[key.split("@")[0]], cache_root)  # key: `up` or `up@...`
         trie = tries.get(key, {})
         lines += [f"export GIT_DIR={q(str(mirror))} GIT_ALTERNATE_OBJECT_DIRECTORIES={q(str(mirror / 'objects'))}",
                   f"c=$(git rev-parse --verify -q {q(_candidate(mirror, targets[key]['ref']))})"]

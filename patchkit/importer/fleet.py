@@ -130,7 +130,7 @@ def _default_pins(ports: list[Path], names: dict[Path, str], decided: dict[Path,
     out = {}
     for base, found in wanted.items():
         counts = Counter(_key(e) for _, e in found)
-        best = max(counts, key=lambda k: (counts[k], -next(i for i, (_, e) in enumerate(found) if _key(e) == k)))
+        best = counts.most_common(1)[0][0]  # a tie: the pin found first (Counter keeps first-seen order)
         owner, entry = next((m, e) for m, e in found if _key(e) == best)
         out[base] = (entry, owner)
     return out
