@@ -30,8 +30,8 @@ from patchkit.manifest import Effective, Manifest, Model, PatchRef, Upstream
 from patchkit.patchfile import ParsedPatch, Patch
 from patchkit.paths import display
 from patchkit.overlay import drift, fingerprint, static
-from patchkit.overlay.drift import OverlayResult, TreeReader
-from patchkit.scratch import Folder, Scratch, offsets, replay, split_verbose
+from patchkit.overlay.drift import IndexReader, OverlayResult, TreeReader
+from patchkit.scratch import Folder, Saved, Scratch, offsets, replay, split_verbose
 from patchkit.shard import Shard, assign
 
 Progress = Callable[[str], None]
@@ -387,12 +387,12 @@ class _Node:
 
     __slots__ = ("patch", "children", "result", "ends", "tree")
 
-    def __init__(self, patch: Patch | None, tree: str | None = None) -> None:
+    def __init__(self, patch: Patch | None) -> None:
         self.patch = patch
         self.children: list[_Node] = []  # in the order the series reach them; most nodes have one
         self.result: Kept | None = None
         self.ends: tuple[str, ...] = ()  # models whose series ends here
-        self.tree = tree  # the index tree after this patch, kept where a series ends
+        self.tree: Saved | None = None  # the index after this patch, saved where a series whose overlays are read ends
 
     def child(self, patch: Patch) -> _Node | None:
         """The child for PATCH: the same patch file and content."""
@@ -512,7 +512,7 @@ class _Replayer:
             ) -> tuple[dict[str, _Checks], list[OverlayResult]]:
         self.target = target
         overlays = overlays or {}
-        root = _Node(None, tree=target)
+        root = _Node(None)
         ends: dict[str, _Node] = {}
         for model, patches in sequences:
             node = root
@@ -527,8 +527,12 @@ class _Replayer:
         if root.children:
             self.new.reset(target)
             self._walk(root, set(overlays))
-        overlay_checks = [self._overlays(model, dict(sequences)[model], ends[model], *declared)
-                          for model, declared in overlays.items()]
+        overlay_checks = []
+        last = {id(ends[model]): model for model in overlays}  # the last model to read each saved index
+        for model, declared in overlays.items():
+            overlay_checks.append(self._overlays(model, dict(sequences)[model], ends[model], *declared))
+            if last[id(ends[model])] == model and ends[model].tree is not None:
+                ends[model].tree.drop()
         results = {}
         for model, patches in sequences:
             node, kept = root, []
@@ -546,9 +550,9 @@ class _Replayer:
         The pin side (what a drifted target is diffed against, where a file overlay's base blob may
         only exist) is replayed only when a reader asks for a file, and only as far as that file
         needs: the series' patches on it (and on the files those also change), once per distinct set."""
-        assert end.tree is not None
         shared = {"objects": self.objects, "parsed": self._parsed, "memo": self.memo}
-        new = TreeReader(self.mirror, end.tree, self.new.env, **shared)
+        new: TreeReader = (IndexReader(self.mirror, end.tree.path, self.new.env, len(self.target), **shared)
+                           if end.tree is not None else TreeReader(self.mirror, self.target, self.new.env, **shared))
         pin = _PinSide(lambda paths: self._pin_tree(patches, paths), self.mirror, self.old.env, **shared)
         return OverlayResult(model, [drift.classify(t, new, pin) for t in targets],
                              [drift.check_file(f, new, [new, pin.reader(f.path)]) for f in files], self.up.name)
@@ -572,28 +576,30 @@ class _Replayer:
 
     def _walk(self, root: _Node, read: set[str]) -> None:
         """Every patch of the trie, depth first, with an explicit stack: a series is as long as time
-        allows, not as deep as the interpreter's stack. Siblings restart from their parent's tree
-        and get their own copy of its state; an only child goes on in place. Where the series of a
-        model in READ ends (its overlays read the result), the index's tree is kept."""
-        pending: list[tuple[_Node, _State, str | None]] = []
+        allows, not as deep as the interpreter's stack. Siblings restart from their parent's index
+        (a saved copy of the file) and get their own copy of its state; an only child goes on in place.
+        Where the series of a model in READ ends (its overlays read the result), the index is saved."""
+        pending: list[tuple[_Node, _State, Saved | None, bool]] = []
 
         def push_children(node: _Node, state: _State) -> None:
             children = node.children
-            saved = self.new.tree() if len(children) > 1 else None
+            saved = self.new.save() if len(children) > 1 else None
             for i, child in reversed(list(enumerate(children))):
-                pending.append((child, state.copy() if saved else state, saved if i else None))
+                pending.append((child, state.copy() if saved else state, saved if i else None, i == len(children) - 1))
 
         push_children(root, _State())
         while pending:
-            node, state, restore = pending.pop()
+            node, state, restore, last = pending.pop()
             if restore is not None:
-                self.new.reset(restore)
+                self.new.restore(restore)
+                if last:  # no sibling after this one starts from it
+                    restore.drop()
             chain = [node]  # on to where the series part or a tree is read
             while len(chain[-1].children) == 1 and not read.intersection(chain[-1].ends):
                 chain.append(chain[-1].children[0])
             self._chain(chain, state)
             if read.intersection(chain[-1].ends):
-                chain[-1].tree = self.new.tree()
+                chain[-1].tree = self.new.save()
             push_children(chain[-1], state)
 
     def _chain(self, chain: list[_Node], state: _State) -> None:
@@ -619,7 +625,14 @@ class _Replayer:
         patches = [n.patch for n in run if n.patch is not None]
         names = [[c.paths for c in _parsed(p).files] for p in patches]
         paths = [os.path.abspath(p.ref.file) for p in patches]  # git runs in the mirror
-        start = self.new.at()
+        start = self.new.save()
+        try:
+            return self._strict_run_from(start, run, patches, names, paths)
+        finally:
+            start.drop()
+
+    def _strict_run_from(self, start: Saved, run: list[_Node], patches: list[Patch], names: list[list[tuple[str, ...]]],
+                         paths: list[str]) -> int | None:
         result = self.new.apply_files(paths)
         parts = split_verbose(result.stderr, names)
         expected = len(patches) if result.ok else 0
@@ -630,7 +643,7 @@ class _Replayer:
                 return 0
             parts = split_verbose(result.stderr, names[:expected])
         if len(parts) != expected:
-            self.new.reset(start)
+            self.new.restore(start)
             return None
         for node, patch, part in zip(run, patches, parts):
             node.result = self._clean(_parsed(patch), git.Result(result.args, 0, "", part))

@@ -300,3 +300,71 @@ class Batch:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def index_files(index: Path, repo: str | Path, env: Mapping[str, str], hexsz: int) -> dict[str, str]:
+    """Path -> object id of the files (stage 0; regular files and symbolic links, not submodules) of the
+    index file INDEX of REPO, whose object ids are HEXSZ hex digits long: read from the file itself (what
+    `git ls-files -s` prints, without a process), or by `git ls-files -s` where the file is one this does
+    not read (a split or sparse index, another version)."""
+    found = _read_index(index.read_bytes(), hexsz // 2)
+    if found is not None:
+        return found
+    listing = run(["ls-files", "-s", "-z"], repo, env={**env, "GIT_INDEX_FILE": str(index)}).stdout
+    files = {}
+    for entry in filter(None, listing.split("\0")):
+        info, path = entry.split("\t", 1)
+        mode, oid, stage = info.split()
+        if stage == "0" and mode in ("100644", "100755", "120000"):
+            files[path] = oid
+    return files
+
+
+def _read_index(data: bytes, rawsz: int) -> dict[str, str] | None:
+    """The stage-0 files of an index file's DATA (versions 2-4, see git's gitformat-index), None when
+    it holds what a listing of its own entries would get wrong (a split index's link, a sparse index)."""
+    if data[:4] != b"DIRC" or len(data) < 12:
+        return None
+    version, count = int.from_bytes(data[4:8], "big"), int.from_bytes(data[8:12], "big")
+    if version not in (2, 3, 4):
+        return None
+    files: dict[str, str] = {}
+    pos, fixed, name = 12, 40 + rawsz + 2, b""  # ten 32-bit stat fields, the object id, 16 bits of flags
+    try:
+        for _ in range(count):
+            mode = int.from_bytes(data[pos + 24:pos + 28], "big")
+            flags = int.from_bytes(data[pos + fixed - 2:pos + fixed], "big")
+            start = pos + fixed + (2 if flags & 0x4000 else 0)  # extended flags (version 3 and later)
+            if version == 4:  # the name: how much of the previous one to drop, then the rest of it
+                drop, start = _varint(data, start)
+                end = data.index(b"\0", start)
+                name = name[:len(name) - drop] + data[start:end]
+                next_pos = end + 1
+            else:
+                end = data.index(b"\0", start)
+                name = data[start:end]
+                next_pos = pos + ((end - pos + 8) & ~7)  # padded with 1-8 NULs to a multiple of 8
+            kind = mode >> 12  # 0b1000 a file, 0b1010 a link, 0b1110 a submodule, 0b0100 a sparse folder
+            if kind == 0b0100:
+                return None
+            if kind in (0b1000, 0b1010) and not flags & 0x3000:  # stage 0
+                files[name.decode("utf-8", "surrogateescape")] = data[pos + 40:pos + 40 + rawsz].hex()
+            pos = next_pos
+        while pos + 8 <= len(data) - rawsz:  # the extensions, before the checksum
+            if data[pos:pos + 4] in (b"link", b"sdir"):
+                return None
+            pos += 8 + int.from_bytes(data[pos + 4:pos + 8], "big")
+    except (ValueError, IndexError):  # cut short: not a file this reads
+        return None
+    return files
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """git's offset varint at POS (varint.c): (value, the position after it)."""
+    byte = data[pos]
+    value = byte & 127
+    while byte & 128:
+        pos += 1
+        byte = data[pos]
+        value = ((value + 1) << 7) | (byte & 127)
+    return value, pos + 1

@@ -46,6 +46,21 @@ class Folder:
         self._remove()
 
 
+_SAVES = itertools.count()
+
+
+class Saved:
+    """A copy of a scratch's index (`Scratch.save`), with the tree-ish it equals where that is known."""
+
+    __slots__ = ("path", "tree", "at")
+
+    def __init__(self, path: Path, tree: str | None, at: str | None) -> None:
+        self.path, self.tree, self.at = path, tree, at
+
+    def drop(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class Scratch:
     def __init__(self, mirror: Path, objects: Path | None = None, *, within: Folder | None = None) -> None:
         """A new scratch index; OBJECTS shares another scratch's object directory (its blobs). WITHIN: in that
@@ -90,15 +105,23 @@ class Scratch:
         self.run(["read-tree", treeish])
         self._at = treeish
 
+    def save(self) -> Saved:
+        """The index as it is now, copied aside (no git process, no tree written): to `restore` later, or to
+        read its files (`git.index_files`). It goes with the scratch's folder, or at `Saved.drop`."""
+        saved = Saved(self.index.with_name(f"{self.index.name}-saved-{next(_SAVES)}"), self._tree, self._at)
+        shutil.copyfile(self.index, saved.path)
+        return saved
+
+    def restore(self, saved: Saved) -> None:
+        """The index as it was when SAVED was made."""
+        shutil.copyfile(saved.path, self.index)
+        self._tree, self._at = saved.tree, saved.at
+
     def tree(self) -> str:
         if self._tree is None:
             # --missing-ok: a snapshot may lack blobs of files no patch touches (demo media)
             self._tree = self.run(["write-tree", "--missing-ok"]).stdout.strip()
         return self._tree
-
-    def at(self) -> str:
-        """A tree-ish the index equals, to reset it to later: what it was last reset to, else its tree."""
-        return self._tree or self._at or self.tree()
 
     def apply(self, data: bytes, *options: str) -> git.Result:
         """`git apply --cached -v OPTIONS` of DATA; the index is unchanged when it fails (atomic)."""

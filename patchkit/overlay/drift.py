@@ -101,6 +101,26 @@ class TreeReader:
         self.close()
 
 
+class IndexReader(TreeReader):
+    """Files of an index file INDEX (a scratch's, saved where a series ends): looked up in the file itself,
+    read once when first asked (`git.index_files`), so no tree is written for them. HEXSZ: how long the
+    repository's object ids are."""
+
+    def __init__(self, repo: Path, index: Path, env: Mapping[str, str], hexsz: int, **shared: Any) -> None:
+        super().__init__(repo, str(index), {**env, "GIT_INDEX_FILE": str(index)}, **shared)
+        self.index, self.hexsz = index, hexsz
+        self._files: dict[str, str] | None = None
+
+    def blob(self, path: str) -> str | None:
+        if self._files is None:
+            self._files = git.index_files(self.index, self.repo, self.env or {}, self.hexsz)
+        return self._files.get(path)
+
+    def grep(self, pattern: str) -> list[str]:
+        result = git.run(["grep", "--cached", "-n", "-E", pattern, "--", "*.py"], self.repo, check=False, env=self.env)
+        return result.stdout.splitlines()
+
+
 @dataclass
 class TargetState:
     target: str
