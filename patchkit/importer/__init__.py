@@ -42,16 +42,10 @@ def import_port(port: Path, root: Path, name: str | None = None,
 
 def _fleet_note(root: Path, model: str) -> list:
     """A model that shared layers of an `import --all` served is imported alone with its whole series: say so."""
-    import json
-
-    from patchkit.importer.fleet import REPORT
+    from patchkit.importer.fleet import REPORT, previous_layers
     from patchkit.importer.model import Finding
 
-    try:
-        layers = [d["name"] for d in json.loads((root / REPORT).read_text(encoding="utf-8"))["shared_layers"]
-                  if model in d["models"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+    layers = [d["name"] for d in previous_layers(root) if model in (d.get("models") or ())]
     return [Finding(REPORT, f"shared layers {', '.join(layers)}", "imported alone, the model keeps all its changes in "
                     "its own layer (the shared layers still serve the others); `patchkit import --all` shares them "
                     "again")] if layers else []

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from patchkit import manifest as manifest_mod
 from patchkit.errors import PatchkitError
@@ -215,12 +216,10 @@ def _write(root: Path, imported: list[_Imported], layers: list[tuple[shared.Laye
     root.mkdir(parents=True, exist_ok=True)
     files: dict[str, bytes] = {}
     for layer, series in layers:
-        folder = f"patches/{layer.name}/{layer.upstream}"
-        files[f"{folder}/series"] = (f"# {layer.name}: the changes {', '.join(layer.models)} share on {layer.upstream} "
-                                     f"(made by `patchkit import --all`; {REPORT} says from what)\n" +
-                                     "".join(f"{n}\n" for n, _ in series)).encode()
-        files.update({f"{folder}/{n}": data for n, data in series})
-    changed = writer.remove_stale(root, [f"patches/{old}" for old in _previous_layers(root)], files)
+        files.update(writer.series_files(f"patches/{layer.name}/{layer.upstream}",
+                                         f"{layer.name}: the changes {', '.join(layer.models)} share on {layer.upstream} "
+                                         f"(made by `patchkit import --all`; {REPORT} says from what)", series))
+    changed = writer.remove_stale(root, [f"patches/{old['name']}" for old in previous_layers(root)], files)
     changed += writer.put_all(root, files)
     for item in imported:
         item.report.changed = writer.write(root, item.out, item.report, manifest=False)
@@ -230,10 +229,12 @@ def _write(root: Path, imported: list[_Imported], layers: list[tuple[shared.Laye
     return changed
 
 
-def _previous_layers(root: Path) -> list[str]:
+def previous_layers(root: Path) -> list[dict[str, Any]]:
+    """The shared layers (name, models, ...) the last `import --all` into ROOT made, as its report says
+    (none when there is no readable report)."""
     try:
-        data = json.loads((root / REPORT).read_text(encoding="utf-8"))
-        return [str(layer["name"]) for layer in data.get("shared_layers", [])]
+        layers = json.loads((root / REPORT).read_text(encoding="utf-8"))["shared_layers"]
+        return [layer for layer in layers if isinstance(layer, dict) and isinstance(layer.get("name"), str)]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 

@@ -93,26 +93,29 @@ def _put(path: Path, data: bytes) -> bool:
     return True
 
 
+def series_files(folder: str, header: str, series: list[tuple[str, bytes]]) -> dict[str, bytes]:
+    """A layer's folder of SERIES (name, bytes): its `series` file, HEADER its comment, and each patch file."""
+    files = {f"{folder}/series": ("".join([f"# {header}\n", *(f"{name}\n" for name, _ in series)])).encode()}
+    files.update({f"{folder}/{name}": data for name, data in series})
+    return files
+
+
 def _files(outputs: Outputs, report: ImportReport) -> dict[str, bytes]:
     m = outputs.model
     files: dict[str, bytes] = {}
     for upstream, series in outputs.patches.items():
         if not series:
             continue
-        lines = [f"# {m} on {upstream}: imported by `patchkit import` from {report.port.rsplit('/', 1)[-1]} "
-                 "(imports/" + m + ".json says from what), one patch a file", *[name for name, _ in series]]
-        files[f"patches/{m}/{upstream}/series"] = ("\n".join(lines) + "\n").encode()
-        for name, data in series:
-            files[f"patches/{m}/{upstream}/{name}"] = data
+        files.update(series_files(f"patches/{m}/{upstream}", f"{m} on {upstream}: imported by `patchkit import` from "
+                                  f"{report.port.rsplit('/', 1)[-1]} (imports/{m}.json says from what), one patch a file",
+                                  series))
     for module in outputs.overlay_modules:
         files[f"overlays/{m}/{module.name}.py"] = module.text.encode()
     for variant, by_upstream in outputs.variant_patches.items():
         for upstream, series in by_upstream.items():
-            folder = f"patches/{m}-{variant}/{upstream}"
-            files[f"{folder}/series"] = (f"# the {variant} variant of {m} on {upstream}: imported by `patchkit import` "
-                                         f"(imports/{m}.json says from what), one patch a file\n" +
-                                         "".join(f"{n}\n" for n, _ in series)).encode()
-            files.update({f"{folder}/{n}": data for n, data in series})
+            files.update(series_files(f"patches/{m}-{variant}/{upstream}", f"the {variant} variant of {m} on {upstream}: "
+                                      f"imported by `patchkit import` (imports/{m}.json says from what), one patch a file",
+                                      series))
     for variant, modules in outputs.variant_overlays.items():
         files.update({f"overlays/{m}-{variant}/{module.name}.py": module.text.encode() for module in modules})
     if outputs.file_overlays:
