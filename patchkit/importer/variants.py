@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from patchkit.errors import BadInput
 from patchkit.importer import patcher, patches as patches_mod, provenance, regen
 from patchkit.importer.model import Finding, ImportReport, OverlayModuleOut
 from patchkit.importer.patches import FileDiff
 from patchkit.importer.regen import Tree
+
+if TYPE_CHECKING:  # run imports the modules this one does: the annotation alone needs it
+    from patchkit.importer.run import Outputs
 
 _A5 = re.compile(r"(^|_)a5$", re.I)
 _TORCH = re.compile(r"^requirements_pytorch(\d+(?:\.\d+)+)$")
@@ -39,22 +43,22 @@ def names(port: Path) -> dict[str, list[Path]]:
     return out
 
 
-def find(port: Path, out: object, report: ImportReport) -> list[dict[str, object]]:
+def find(port: Path, out: Outputs, report: ImportReport) -> list[dict[str, object]]:
     """Make the variants of the imported model OUT (run.Outputs) from PORT's files; their report entries."""
-    if not out.layers:  # type: ignore[attr-defined]
+    if not out.layers:
         return []
     made = []
     for variant, files in names(port).items():
         entry, summary = _variant(port, variant, files, out, report)
         if entry:
-            out.variants[variant] = entry  # type: ignore[attr-defined]
-            made.append({"model": out.model, "name": variant, "files": [f.name for f in files],  # type: ignore[attr-defined]
+            out.variants[variant] = entry
+            made.append({"model": out.model, "name": variant, "files": [f.name for f in files],
                          "summary": summary, **entry})
     return made
 
 
-def _variant(port: Path, variant: str, files: list[Path], out: object, report: ImportReport) -> tuple[dict[str, object], str]:
-    layer = f"{out.model}-{variant}"  # type: ignore[attr-defined]
+def _variant(port: Path, variant: str, files: list[Path], out: Outputs, report: ImportReport) -> tuple[dict[str, object], str]:
+    layer = f"{out.model}-{variant}"
     entry: dict[str, object] = {"description": _description(variant, files)}
     said = []
     patch_files = [f for f in files if f.suffix == ".patch"]
@@ -64,14 +68,14 @@ def _variant(port: Path, variant: str, files: list[Path], out: object, report: I
         for path in patch_files:
             _patch(port, path, variant, trees, out, report, series)
         if series:
-            out.variant_patches[variant] = series  # type: ignore[attr-defined]
+            out.variant_patches[variant] = series
             entry["upstreams"] = {up: [layer] for up in series}
             said.append(f"{sum(len(s) for s in series.values())} patches in layer {layer} "
                         f"({', '.join(f'{up}: {len(s)}' for up, s in series.items())})")
         for path in (f for f in files if f.suffix == ".py"):
             modules = _overlays(port, path, trees, out, report)
             if modules:
-                out.variant_overlays[variant] = modules  # type: ignore[attr-defined]
+                out.variant_overlays[variant] = modules
                 entry["overlays"] = [layer]
                 said.append(f"{len(modules)} patcher functions that differ or are added, overlay set {layer}")
     finally:
@@ -93,25 +97,25 @@ def _description(variant: str, files: list[Path]) -> str:
     return f"{what}: DrivingSDK's {', '.join(f.name for f in files)} (imported by patchkit import)"
 
 
-def _trees(out: object) -> dict[str, Tree]:
+def _trees(out: Outputs) -> dict[str, Tree]:
     """Each upstream of the model at its pin with the model's whole series applied (strictly)."""
     trees = {}
-    for up, (mirror, pin) in out.bases.items():  # type: ignore[attr-defined]
+    for up, (mirror, pin) in out.bases.items():
         tree = Tree(mirror, pin)
         for _, data in _series_of(out, up):
             if not tree.scratch.apply(data).ok:
                 tree.close()
-                raise BadInput(f"internal: {out.model}'s series of {up} does not apply at its pin")  # type: ignore[attr-defined]
+                raise BadInput(f"internal: {out.model}'s series of {up} does not apply at its pin")
         trees[up] = tree
     return trees
 
 
-def _series_of(out: object, up: str) -> list[tuple[str, bytes]]:
+def _series_of(out: Outputs, up: str) -> list[tuple[str, bytes]]:
     """The model's patches of UP in order: its shared layers' then its own (what `apply` replays)."""
-    return [*out.shared_series.get(up, []), *out.patches.get(up, [])]  # type: ignore[attr-defined]
+    return [*out.shared_series.get(up, []), *out.patches.get(up, [])]
 
 
-def _patch(port: Path, path: Path, variant: str, trees: dict[str, Tree], out: object, report: ImportReport,
+def _patch(port: Path, path: Path, variant: str, trees: dict[str, Tree], out: Outputs, report: ImportReport,
            series: dict[str, list[tuple[str, bytes]]]) -> None:
     rel = path.relative_to(port).as_posix()
     try:
@@ -151,11 +155,11 @@ def _patch(port: Path, path: Path, variant: str, trees: dict[str, Tree], out: ob
                     provenance.format_patch(diff, f"{p}: {variant} variant, from {path.name}", body, origin)))
 
 
-def _replaced(port: Path, fds: list[FileDiff], out: object) -> tuple[str, str, str] | None:
+def _replaced(port: Path, fds: list[FileDiff], out: Outputs) -> tuple[str, str, str] | None:
     """(port patch, upstream, folder) of the applied port patch sharing the most files with FDS."""
     paths = {fd.path for fd in fds}
     best = None
-    for rel, (up, prefix) in sorted(out.sources.items()):  # type: ignore[attr-defined]
+    for rel, (up, prefix) in sorted(out.sources.items()):
         try:
             theirs = {fd.path for fd in patches_mod.parse((port / rel).read_bytes(), rel)[0]}
         except (BadInput, OSError):
@@ -166,13 +170,13 @@ def _replaced(port: Path, fds: list[FileDiff], out: object) -> tuple[str, str, s
     return best[1:] if best else None
 
 
-def _overlays(port: Path, path: Path, trees: dict[str, Tree], out: object, report: ImportReport) -> list[OverlayModuleOut]:
+def _overlays(port: Path, path: Path, trees: dict[str, Tree], out: Outputs, report: ImportReport) -> list[OverlayModuleOut]:
     """The variant patcher's functions whose overlay differs from the model's (or that it lacks)."""
     rel = path.relative_to(port).as_posix()
     result = patcher.PatcherResult()
     patcher._file(path, rel, trees, result)
     report.external_hooks += [Finding(f.where, f.what, f"{f.reason} (variant patcher)") for f in result.hooks]
-    mine = {m.name: _body(m.text) for m in out.overlay_modules}  # type: ignore[attr-defined]
+    mine = {m.name: _body(m.text) for m in out.overlay_modules}
     return [m for m in result.modules if mine.get(m.name) != _body(m.text)]
 
 
