@@ -3,7 +3,7 @@
 The floor is the least git work that replays the same series: per upstream, one `rev-parse` of the
 target, one `read-tree` of it into a temporary index, then one `git apply --cached` per patch of
 the trie of all series on that upstream (a layer several models share is applied once; where the
-series part, the tree is written once and read back before each other branch). New objects go to
+series part, the index file is copied aside and copied back before each other branch: no git process). New objects go to
 a temporary object directory (the mirror's objects are an alternate), so no mirror is written. No
 overlay is looked at: patchkit's overlay check is measured against this floor as it stands.
 """
@@ -74,14 +74,14 @@ def _walk(trie: dict, counter: list[int]) -> list[str]:
         if len(node) > 1:
             counter[0] += 1
             saved = f"t{counter[0]}"
-            lines.append(f"{saved}=$(git write-tree --missing-ok)")
+            lines.append(f'cp "$GIT_INDEX_FILE" "$s/{saved}"')
         stack.extend((p, child, saved if i else None) for i, ((p, _), child) in reversed(list(enumerate(node.items()))))
 
     push(trie)
     while stack:
         path, node, restore = stack.pop()
         if restore:
-            lines.append(f'git read-tree "${restore}"')
+            lines.append(f'cp "$s/{restore}" "$GIT_INDEX_FILE"')
         lines.append(f"git apply --cached {shlex.quote(path)} 2>/dev/null || failed=$((failed + 1))")
         push(node)
     return lines
