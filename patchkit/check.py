@@ -225,23 +225,23 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
 
     outcomes: dict[str, tuple[dict[str, Target], list[tuple[_Unit, _Checks]], list[OverlayResult]]] = {}
     errors: list[PatchkitError] = []
+
+    def keep(name: str, outcome: Callable[[], Any]) -> None:
+        try:
+            outcomes[name] = outcome()
+        except PatchkitError as exc:
+            errors.append(exc)
+
     workers = max(1, min(jobs, len(names) or 1))
     if workers == 1:  # one at a time: no thread, and no concurrent.futures (nor logging) to import
         for name in names:
-            try:
-                outcomes[name] = one(name)
-            except PatchkitError as exc:
-                errors.append(exc)
+            keep(name, lambda: one(name))  # noqa: B023 - called at once
     else:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {name: pool.submit(one, name) for name in names}
-            for name, future in futures.items():
-                try:
-                    outcomes[name] = future.result()
-                except PatchkitError as exc:
-                    errors.append(exc)
+            for name, future in [(name, pool.submit(one, name)) for name in names]:
+                keep(name, future.result)
     memo.save()
     work.close()
     if errors:
