@@ -164,7 +164,7 @@ def _parsed_units(manifest: Manifest, chosen: list[Model], shard: Shard | None) 
     return units
 
 
-def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: memo.Memo | None = None) -> list[_Unit]:
+def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: memo.Entries | None = None) -> list[_Unit]:
     """Every series to check: each model's, then each variant's where it differs from the model's or
     where the variant's own overlay sets need its tree. With SHARD, only that shard's part. KEPT: the
     parses kept in the cache (patchfile.parses_memo)."""
@@ -286,7 +286,7 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
 
 
 def _load(refs: tuple[PatchRef, ...], loaded: dict[tuple[str, str, str], Patch] | None = None,
-          kept: memo.Memo | None = None) -> list[Patch]:
+          kept: memo.Entries | None = None) -> list[Patch]:
     """A series' patches, parsed while their bytes are read (the parse is kept), then without their bytes:
     the replay reads a patch again only where it looks at it alone, so memory stays flat in the series' size.
     LOADED: the patches read so far, by layer, upstream and name (a patch of a shared layer is read and hashed

@@ -9,12 +9,15 @@ saves work; deleting the cache folder loses nothing.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 import threading
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +53,6 @@ class Memo:
             self._values[key] = value
             self._dirty = True
 
-    def lighten(self, key: str, make: Any) -> None:
-        """Hold the entry KEY, read from the file and decoded, as MAKE (a function that gives its data again):
-        what json read for it is let go (a long series' kept parses are megabytes). The entry keeps its place,
-        and the memo is not changed by it."""
-        with self._lock:
-            if key in self._values:
-                self._values[key] = make
-
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
@@ -74,6 +69,164 @@ class Memo:
                 fh.write(b"}" if kept else b"{}")
         except OSError:  # a read-only cache only costs the next run the work
             pass
+
+
+class Entries:
+    """Values by key in the JSON file PATH, read one entry at a time: a memo with many entries (a parse per patch
+    of every series) that a run does not decode, nor hold, whole. The file is a JSON object written one entry a
+    line; what is held is a sorted index of the lines (a hash, an offset and a length each: 20 bytes an entry),
+    and a value put is written at once to a spill file, so neither grows the process with the number of
+    entries. LIMIT: the most entries the file keeps; those used or added by the last run that added one go
+    last and the oldest first (least recently used)."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path, self.limit = path, limit
+        self._lock = threading.Lock()
+        self._hashes, self._offsets, self._lengths = array("q"), array("q"), array("i")
+        self._hits = array("l")  # indexes into the above of the entries read, in the order read
+        self._put = array("q")  # the hashes of the keys put, in order
+        self._spill: Any = None  # a temporary file of the lines put, in order
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+            self._index(os.fdopen(os.dup(self._fd), "rb"))
+        except OSError:
+            pass
+
+    def _index(self, fh: Any) -> None:
+        hashes, offsets, lengths = array("q"), array("q"), array("i")
+        at = 0
+        with fh:
+            for line in fh:
+                end = line.find(b'": ')
+                if line.startswith(b'"') and end > 0 and line.endswith((b",\n", b"\n")):
+                    hashes.append(hash(line[:end + 1]))
+                    offsets.append(at)
+                    lengths.append(len(line))
+                at += len(line)
+        order = sorted(range(len(hashes)), key=hashes.__getitem__)  # the lines in the order of their hashes
+        self._hashes = array("q", (hashes[i] for i in order))
+        self._offsets = array("q", (offsets[i] for i in order))
+        self._lengths = array("i", (lengths[i] for i in order))
+
+    def _find(self, raw: bytes) -> tuple[int, bytes] | None:
+        """The index and value text of the line whose key (JSON text) is RAW."""
+        i = bisect.bisect_left(self._hashes, hash(raw))
+        while i < len(self._hashes) and self._hashes[i] == hash(raw) and self._fd is not None:
+            line = os.pread(self._fd, self._lengths[i], self._offsets[i])
+            if line.startswith(raw + b": "):
+                return i, line[len(raw) + 2:].rstrip(b"\n").rstrip(b",")
+            i += 1
+        return None
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        with self._lock:
+            found = self._find(json.dumps(key).encode())
+            if found is None:
+                return False, None
+            try:
+                value = json.loads(found[1])
+            except ValueError:
+                return False, None
+            self._hits.append(found[0])
+        return True, value
+
+    def put(self, key: str, value: Any) -> None:
+        """VALUE (JSON data, or a function that makes it: called now), written to the spill file; read back only
+        after the memo is saved (a run puts what it did not find)."""
+        raw = json.dumps(key).encode()
+        line = raw + b": " + json.dumps(value() if callable(value) else value).encode() + b"\n"
+        with self._lock:
+            if self._spill is None:
+                self._spill = tempfile.TemporaryFile(dir=self.path.parent if self.path.parent.is_dir() else None)
+            self._spill.write(line)
+            self._put.append(hash(raw))
+
+    def save(self) -> None:
+        """The file again when something was put (else nothing is written): the entries not used by this run,
+        then those used, then those put (a key put again keeps its last value), the last LIMIT of them."""
+        with self._lock:
+            spill, self._spill = self._spill, None
+            if spill is None:
+                return
+            try:
+                self._save(spill)
+            except OSError:  # a read-only cache only costs the next run the work
+                pass
+            finally:
+                spill.close()
+            self.close()
+            self.__init__(self.path, self.limit)  # type: ignore[misc]  # the new file's index
+
+    def _save(self, spill: Any) -> None:
+        put = array("q", sorted(self._put))
+        again = {a for a, b in zip(put, put[1:]) if a == b}  # keys put twice (the same bytes in two files)
+        last = {h: i for i, h in enumerate(self._put) if h in again}
+        state = bytearray(len(self._hashes))  # 1: read by this run, 2: replaced by a line put
+        for i in self._hits:
+            state[i] = 1
+        for i, h in enumerate(self._hashes):
+            j = bisect.bisect_left(put, h)
+            if j < len(put) and put[j] == h:
+                state[i] = 2
+        unused = state.count(0)
+        used = state.count(1)
+        skip = unused + used + len(self._put) - sum(self._put.count(h) - 1 for h in again) - self.limit
+        first = True
+
+        def write(fh: Any, line: bytes) -> None:
+            nonlocal first, skip
+            if skip > 0:
+                skip -= 1
+                return
+            fh.write((b"{\n" if first else b",\n") + line.rstrip(b"\n").rstrip(b","))
+            first = False
+
+        with atomic_writer(self.path) as fh:
+            if self._fd is not None and unused:
+                for at, line in self._lines():
+                    i = self._at(line, at)
+                    if i is not None and not state[i]:
+                        write(fh, line)
+            seen = bytearray(len(self._hashes))
+            for i in self._hits:
+                if state[i] == 1 and not seen[i]:
+                    seen[i] = 1
+                    assert self._fd is not None
+                    write(fh, os.pread(self._fd, self._lengths[i], self._offsets[i]))
+            spill.seek(0)
+            for n, line in enumerate(spill):
+                if self._put[n] not in last or last[self._put[n]] == n:
+                    write(fh, line)
+            fh.write(b"{}\n" if first else b"\n}\n")
+
+    def _lines(self) -> Iterator[tuple[int, bytes]]:
+        """(offset, line) of the file read, in order."""
+        assert self._fd is not None
+        at = 0
+        with os.fdopen(os.dup(self._fd), "rb") as fh:
+            fh.seek(0)
+            for line in fh:
+                yield at, line
+                at += len(line)
+
+    def _at(self, line: bytes, at: int) -> int | None:
+        """The index of LINE, read at offset AT (None: not an entry)."""
+        end = line.find(b'": ')
+        if end <= 0:
+            return None
+        h = hash(line[:end + 1])
+        i = bisect.bisect_left(self._hashes, h)
+        while i < len(self._hashes) and self._hashes[i] == h:
+            if self._offsets[i] == at:
+                return i
+            i += 1
+        return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def code_key(*files: str) -> str:

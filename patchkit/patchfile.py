@@ -161,17 +161,18 @@ def _bad_hunk_line(text: str) -> int:
 
 
 _PARSED: dict[tuple[str, str], tuple[ParsedPatch | None, list[Diagnostic]]] = {}
-PARSES_VERSION = 1  # of what a kept parse holds and how _parse reads a patch: a change starts a new file
-PARSES_KEPT = 4096  # parses the cache's file keeps (the oldest go first)
+PARSES_VERSION = 2  # of what a kept parse holds and how _parse reads a patch: a change starts a new file
+PARSES_KEPT = 1 << 15  # parses the cache's file keeps (those least recently used go first)
 _PARSER = memo.code_key("patchfile.py")  # a parse kept by other code of this file is not used
 
 
-def parses_memo(cache_root: Path) -> memo.Memo:
-    """The parses kept in the cache folder, by the sha256 of the patch's bytes (see `parse`)."""
-    return memo.Memo(cache_root / f"parses-v{PARSES_VERSION}.json", PARSES_KEPT)
+def parses_memo(cache_root: Path) -> memo.Entries:
+    """The parses kept in the cache folder, by the sha256 of the patch's bytes (see `parse`), read one entry
+    at a time (a run holds an index of them, not the parses)."""
+    return memo.Entries(cache_root / f"parses-v{PARSES_VERSION}.json", PARSES_KEPT)
 
 
-def parse(patch: Patch, kept: memo.Memo | None = None) -> tuple[ParsedPatch | None, list[Diagnostic]]:
+def parse(patch: Patch, kept: memo.Entries | None = None) -> tuple[ParsedPatch | None, list[Diagnostic]]:
     """What PATCH touches, or the diagnostics that say why it cannot be used (memoised). KEPT: parses
     kept by the sha256 of the bytes (`parses_memo`), used and added to; only a patch that parses without a
     problem is kept there, so every diagnostic is made from the file itself and names it."""
@@ -194,9 +195,9 @@ def _encoding(parsed: ParsedPatch) -> Callable[[], Any]:
 _DECODE = memo.decoder((FileChange, Hunk))
 
 
-def _kept(patch: Patch, kept: memo.Memo, key: str) -> ParsedPatch | None:
+def _kept(patch: Patch, kept: memo.Entries, key: str) -> ParsedPatch | None:
     """PATCH's parse from KEPT (under KEY), or None when it has none or the entry is not a parse (then it is made
-    again). A parse found is held in KEPT as its encoder from then on, not as the data json read (Memo.lighten)."""
+    again)."""
     found, data = kept.get(key)
     if not found:
         return None
@@ -206,9 +207,7 @@ def _kept(patch: Patch, kept: memo.Memo, key: str) -> ParsedPatch | None:
         return None
     if isinstance(subject, str) and isinstance(author, str) and isinstance(files, tuple) and files \
             and all(_is_change(f) for f in files):
-        parsed = ParsedPatch(patch.ref, subject, sys.intern(author), tuple(map(_interned, files)))
-        kept.lighten(key, _encoding(parsed))
-        return parsed
+        return ParsedPatch(patch.ref, subject, sys.intern(author), tuple(map(_interned, files)))
     return None
 
 
