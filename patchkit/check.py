@@ -155,13 +155,13 @@ def target_key(manifest: Manifest, up: Upstream) -> str:
     return f"{up.name}@{up.pin[:12]}" + (f"~{up.track}" if up.track != own.track else "")
 
 
-def _parsed_units(manifest: Manifest, chosen: list[Model], shard: Shard | None) -> list[_Unit]:
-    """_units, their patches parsed with the parses kept in the cache, which are saved and let go (not held
-    through the replay: a long series' kept parses are megabytes)."""
+def _parsed_units(manifest: Manifest, chosen: list[Model], shard: Shard | None) -> tuple[list[_Unit], memo.Entries]:
+    """_units, their patches parsed with the parses kept in the cache (saved with the new ones), and those kept
+    parses, where the replay reads a patch's whole parse again (a check holds what each patch touches)."""
     kept = patchfile.parses_memo(settings.cache_root())
     units = _units(manifest, chosen, shard, kept)
     kept.save()
-    return units
+    return units, kept
 
 
 def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: memo.Entries | None = None) -> list[_Unit]:
@@ -175,6 +175,7 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: m
     units = []
     base: dict[str, Effective] = {}
     loaded: dict[tuple[str, str, str], Patch] = {}  # a layer several series share is read once
+    problems: dict[tuple[str, str, str], list[Diagnostic]] = {}  # why a patch loaded cannot be used
     for view in views:
         base.setdefault(view.name, view)
         declared = ([t for s in view.overlays for t in sets[s][0]], [f for s in view.overlays for f in sets[s][1]])
@@ -184,11 +185,14 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: m
             mine = ([t for t in declared[0] if t.upstream == up], [f for f in declared[1] if f.upstream == up])
             adds = up in own  # the variant's own overlay sets have targets on UP
             if differs or adds:
-                units.append(_Unit(view, up, _load(view.patches[up], loaded, kept), differs,
+                units.append(_Unit(view, up, _load(view.patches[up], loaded, kept, problems), differs,
                                    mine if mine[0] or mine[1] else None))
     if shard:
         keep = assign({(u.label, u.upstream): len(u.patches) for u in units}, shard.count)[shard.index - 1]
         units = [u for u in units if (u.label, u.upstream) in keep]
+    found = [d for u in units for p in u.patches for d in problems.get(_key(p.ref), ())]
+    if found:
+        raise InvalidInput(list(dict.fromkeys(found)))
     return units
 
 
@@ -200,8 +204,7 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
     from that pin towards its own track."""
     chosen = [manifest.model(m) for m in models] if models else list(manifest.models.values())
     onto = onto or {}
-    units = _parsed_units(manifest, chosen, shard)
-    _check_parse(units)
+    units, parses = _parsed_units(manifest, chosen, shard)
     groups: dict[str, dict[str, list[_Unit]]] = {}  # upstream -> target key -> its series
     for unit in units:
         unit.target = target_key(manifest, unit.view.upstreams[unit.upstream])
@@ -215,7 +218,7 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
         for i, (key, members) in enumerate(groups[name].items()):
             up = members[0].view.upstreams[name]
             target, found, checks = _check_base(up, members, onto.get(name), fetch and i == 0, allow_fuzz, memo,
-                                                progress, work)
+                                                progress, work, parses)
             targets[key] = target
             results += found
             for o in checks:
@@ -264,13 +267,15 @@ def _label(model: str, variant: str | None) -> str:
 
 
 def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: bool, allow_fuzz: bool,
-                memo: fingerprint.Memo, progress: Progress, within: Folder,
+                memo: fingerprint.Memo, progress: Progress, within: Folder, parses: memo.Entries | None = None,
                 ) -> tuple[Target, list[tuple[_Unit, _Checks]], list[OverlayResult]]:
-    """The series of MEMBERS, all made against UP's effective pin, replayed in one trie on its target."""
+    """The series of MEMBERS, all made against UP's effective pin, replayed in one trie on its target
+    (PARSES: the kept parses, where a patch's whole parse is read again)."""
     sequences = [(u.label, u.patches) for u in members]
     overlays = {u.label: u.overlays for u in members if u.overlays}
     at = f" (pin {up.pin[:12]} of {up.pinned_by})" if up.pinned_by else ""
     with _Replayer(cache.mirror_path(up), up, allow_fuzz, memo, within) as replayer:
+        replayer.parses = parses
         target = _resolve(up, onto, fetch, progress, replayer.objects)
         n = sum(len(p) for _, p in sequences)
         progress(f"{up.name}{at}: replaying {n} patches of {len(sequences)} series on {target.ref} "
@@ -285,20 +290,30 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
     return target, [(u, results[u.label]) for u in members], overlay_checks
 
 
+def _key(ref: PatchRef) -> tuple[str, str, str]:
+    return ref.layer, ref.upstream, ref.name  # what names a ref's file (hashing the ref hashes its Path)
+
+
 def _load(refs: tuple[PatchRef, ...], loaded: dict[tuple[str, str, str], Patch] | None = None,
-          kept: memo.Entries | None = None) -> list[Patch]:
-    """A series' patches, parsed while their bytes are read (the parse is kept), then without their bytes:
-    the replay reads a patch again only where it looks at it alone, so memory stays flat in the series' size.
-    LOADED: the patches read so far, by layer, upstream and name (a patch of a shared layer is read and hashed
-    once); KEPT: the parses kept in the cache, by content."""
+          kept: memo.Entries | None = None, problems: dict[tuple[str, str, str], list[Diagnostic]] | None = None,
+          ) -> list[Patch]:
+    """A series' patches, parsed and checked while their bytes are read, then held without their bytes and
+    parse: only the paths each file change touches (Patch.touched, one tuple for equal ones). The replay reads
+    a patch again only where it looks at it alone, so memory stays flat in the series' size. LOADED: the
+    patches read so far, by layer, upstream and name (a patch of a shared layer is read and hashed once);
+    KEPT: the parses kept in the cache, by content; PROBLEMS: why a patch cannot be used, by the same key."""
     loaded = {} if loaded is None else loaded
+    shapes: dict[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]] = {}
     patches = []
     for ref in refs:
-        key = (ref.layer, ref.upstream, ref.name)  # what names a ref's file (hashing the ref hashes its Path)
+        key = _key(ref)
         if key not in loaded:
             patch = patchfile.read(ref)
-            patchfile.parse(patch, kept)
-            loaded[key] = dataclasses.replace(patch, data=b"")
+            parsed, found = patchfile.check(patch, kept, hold=False)
+            if found and problems is not None:
+                problems[key] = found
+            touched = tuple(c.paths for c in parsed.files) if parsed else ()
+            loaded[key] = dataclasses.replace(patch, data=b"", touched=shapes.setdefault(touched, touched))
         patches.append(loaded[key])
     return patches
 
@@ -309,14 +324,6 @@ def _bytes(patch: Patch) -> bytes:
     if hashlib.sha256(data).hexdigest() != patch.sha256:
         raise BadInput(f"{display(patch.ref.path)} changed while rebase --check ran; run it again")
     return data
-
-
-def _check_parse(units: list[_Unit]) -> None:
-    problems: list[Diagnostic] = []
-    for patch in {id(p): p for unit in units for p in unit.patches}.values():  # a shared patch once
-        problems += patchfile.check(patch)[1]
-    if problems:
-        raise InvalidInput(list(dict.fromkeys(problems)))
 
 
 def resolve_ref(mirror: Path, ref: str, objects: git.Batch | None = None) -> str | None:
@@ -389,7 +396,7 @@ class _Node:
 
     def __init__(self, patch: Patch | None) -> None:
         self.patch = patch
-        self.children: list[_Node] = []  # in the order the series reach them; most nodes have one
+        self.children: tuple[_Node, ...] = ()  # in the order the series reach them; most nodes have one
         self.result: Kept | None = None
         self.ends: tuple[str, ...] = ()  # models whose series ends here
         self.tree: Saved | None = None  # the index after this patch, saved where a series whose overlays are read ends
@@ -495,6 +502,7 @@ class _Replayer:
         self.objects = git.Batch(mirror, self.new.env)  # reads both scratches' objects and the mirror's
         self._parsed: dict[str, ast.Module | None] = {}  # modules by blob, parsed once
         self._pin_trees: dict[tuple[tuple[str, str], ...], str | None] = {}
+        self.parses: memo.Entries | None = None  # the kept parses (see _parsed)
 
     def close(self) -> None:
         self.objects.close()
@@ -520,7 +528,7 @@ class _Replayer:
                 found = node.child(patch)
                 if found is None:
                     found = _Node(patch)
-                    node.children.append(found)
+                    node.children += (found,)  # a tuple: most nodes have one child (no list each)
                 node = found
             node.ends += (model,)
             ends[model] = node
@@ -564,7 +572,7 @@ class _Replayer:
         while grown:  # the patches on the needed files, and the files they change too
             grown = False
             for i, patch in enumerate(patches):
-                touched = _files(_parsed(patch))
+                touched = _touched(patch)
                 if not chosen[i] and touched & needed:
                     chosen[i], grown = True, True
                     needed |= touched
@@ -623,7 +631,7 @@ class _Replayer:
         `_step` would (clean or offset); how many (the index then holds exactly those), or None when
         git's report could not be cut per patch (the index is then as before)."""
         patches = [n.patch for n in run if n.patch is not None]
-        names = [[c.paths for c in _parsed(p).files] for p in patches]
+        names = [list(p.touched) for p in patches]
         paths = [os.path.abspath(p.ref.file) for p in patches]  # git runs in the mirror
         start = self.new.save()
         try:
@@ -646,17 +654,17 @@ class _Replayer:
             self.new.restore(start)
             return None
         for node, patch, part in zip(run, patches, parts):
-            node.result = self._clean(_parsed(patch), git.Result(result.args, 0, "", part))
+            node.result = self._clean(patch, git.Result(result.args, 0, "", part))
         return len(parts)
 
     # one patch ------------------------------------------------------------------------------
 
     def _step(self, patch: Patch, state: _State) -> Kept:
-        parsed = _parsed(patch)
         data = _bytes(patch)
         strict = self.new.apply(data)
         if strict.ok:
-            return self._clean(parsed, strict)
+            return self._clean(patch, strict)
+        parsed = self._parse(patch, data)
         check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, display(patch.ref.path), "clean")
         if self.new.apply(data, "--reverse", "--check").ok:
             check.outcome = "upstreamed"
@@ -673,13 +681,19 @@ class _Replayer:
             return check
         return self._merge_or_fuzz(patch, data, parsed, state, check, strict)
 
-    @staticmethod
-    def _clean(parsed: ParsedPatch, strict: git.Result) -> Kept:
+    def _clean(self, patch: Patch, strict: git.Result) -> Kept:
         """A patch that applied as it is (STRICT: git's report): clean, or (offset, lines) when a hunk moved."""
         moved = offsets(strict)
         if any(moved):
-            return max(moved, key=abs), tuple(_offset_lines(parsed, strict))
+            return max(moved, key=abs), tuple(_offset_lines(self._parse(patch), strict))
         return _CLEAN
+
+    def _parse(self, patch: Patch, data: bytes | None = None) -> ParsedPatch:
+        """PATCH's whole parse (its hunks), where one is looked at: from the kept parses, else made again from
+        its bytes (DATA, when read already). A check holds only what each patch touches (Patch.touched)."""
+        parsed, _ = patchfile.parse(dataclasses.replace(patch, data=data or _bytes(patch)), self.parses, hold=False)
+        assert parsed is not None  # every series was checked to parse before the replay
+        return parsed
 
     def _merge_or_fuzz(self, patch: Patch, data: bytes, parsed: ParsedPatch, state: _State, check: PatchCheck,
                        strict: git.Result) -> PatchCheck:
@@ -712,7 +726,7 @@ class _Replayer:
 
     def _needed_broken(self, patch: Patch, parsed: ParsedPatch, state: _State) -> Patch | None:
         """The broken patch PATCH needs: it fails on the pin without the broken patches on its files."""
-        files = _files(parsed)
+        files = _touched(patch)
         broken = _on(state.broken, files)
         if not broken:
             return None  # no broken patch touches its files, so it cannot need one
@@ -728,7 +742,7 @@ class _Replayer:
         The first patch on a file was made against the pin's blob, which the mirror has; a later
         one against the pin plus the earlier patches on that file, which only replaying makes.
         """
-        earlier = _on(state.history, _files(parsed))
+        earlier = _on(state.history, _touched(parsed))
         if earlier:
             self._old_world(earlier)
 
@@ -799,26 +813,23 @@ class _Replayer:
         return max(first, 1), max(last, first)
 
     def _range_diff(self, patch: Patch, before: str, after: str) -> list[str]:
-        paths = [p for c in _parsed(patch).files for p in c.paths]
+        paths = [p for paths in patch.touched for p in paths]
         new = self.new.run(["diff-tree", "-p", "-M", before, after, "--", *paths]).stdout
         old = _bytes(patch).decode("utf-8", "replace")
         old = old[old.find("diff --git"):] if "diff --git" in old else old
         return _diff_of_diffs(old, new)
 
 
-def _parsed(patch: Patch) -> ParsedPatch:
-    parsed, _ = patchfile.parse(patch)
-    assert parsed is not None  # every series was checked to parse before the replay
-    return parsed
-
-
-def _files(parsed: ParsedPatch | None) -> set[str]:
-    return {p for c in parsed.files for p in c.paths} if parsed else set()
+def _touched(patch: Patch | ParsedPatch) -> set[str]:
+    """The paths PATCH (held by a check: its `touched`) or a parse reads or writes."""
+    if isinstance(patch, ParsedPatch):
+        return {p for c in patch.files for p in c.paths}
+    return {p for paths in patch.touched for p in paths}
 
 
 def _on(patches: list[Patch], files: set[str]) -> list[Patch]:
     """Those of PATCHES that change one of FILES, in order."""
-    return [p for p in patches if files & _files(_parsed(p))]
+    return [p for p in patches if any(x in files for paths in p.touched for x in paths)]
 
 
 def _offset_lines(parsed: ParsedPatch, result: git.Result) -> list[str]:

@@ -56,6 +56,7 @@ class Patch:
     data: bytes
     sha256: str
     files: tuple[tuple[str, bytes], ...] = ()  # whole-file overlays: (path, content), not a diff
+    touched: tuple[tuple[str, ...], ...] = ()  # each file change's paths, where its parse is not held (a check)
 
     @property
     def name(self) -> str:
@@ -172,19 +173,23 @@ def parses_memo(cache_root: Path) -> memo.Entries:
     return memo.Entries(cache_root / f"parses-v{PARSES_VERSION}.json", PARSES_KEPT)
 
 
-def parse(patch: Patch, kept: memo.Entries | None = None) -> tuple[ParsedPatch | None, list[Diagnostic]]:
-    """What PATCH touches, or the diagnostics that say why it cannot be used (memoised). KEPT: parses
-    kept by the sha256 of the bytes (`parses_memo`), used and added to; only a patch that parses without a
-    problem is kept there, so every diagnostic is made from the file itself and names it."""
+def parse(patch: Patch, kept: memo.Entries | None = None, hold: bool = True,
+          ) -> tuple[ParsedPatch | None, list[Diagnostic]]:
+    """What PATCH touches, or the diagnostics that say why it cannot be used (memoised in the process unless
+    HOLD is false: a long check holds what each patch touches, not its parse). KEPT: parses kept by the sha256
+    of the bytes (`parses_memo`), used and added to; only a patch that parses without a problem is kept there,
+    so every diagnostic is made from the file itself and names it."""
     key = (patch.ref.file, patch.sha256)
-    if key not in _PARSED:
+    found = _PARSED.get(key)
+    if found is None:
         kept_key = f"{_PARSER}:{patch.sha256}"
         known = _kept(patch, kept, kept_key) if kept is not None else None
-        _PARSED[key] = (known, []) if known else _parse(patch)
-        parsed = _PARSED[key][0]
-        if kept is not None and parsed and not known:
-            kept.put(kept_key, _encoding(parsed))
-    return _PARSED[key]
+        found = (known, []) if known else _parse(patch)
+        if kept is not None and found[0] and not known:
+            kept.put(kept_key, _encoding(found[0]))
+        if hold:
+            _PARSED[key] = found
+    return found
 
 
 def _encoding(parsed: ParsedPatch) -> Callable[[], Any]:
@@ -285,7 +290,7 @@ def path_problem(path: str) -> str | None:
         return "an empty path"
     if path.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", path):
         return "an absolute path"
-    parts = PurePosixPath(path).parts
+    parts = path.split("/")  # as PurePosixPath(path).parts for these tests, without interning every part
     if ".." in parts:
         return "a '..' path that leaves the repository"
     if any(p.casefold().rstrip(". ") == ".git" for p in parts):
@@ -293,9 +298,11 @@ def path_problem(path: str) -> str | None:
     return None
 
 
-def check(patch: Patch) -> tuple[ParsedPatch | None, list[Diagnostic]]:
-    """PATCH parsed, with every reason it cannot be used: parse errors and paths escaping the repo."""
-    parsed, problems = parse(patch)
+def check(patch: Patch, kept: memo.Entries | None = None, hold: bool = True,
+          ) -> tuple[ParsedPatch | None, list[Diagnostic]]:
+    """PATCH parsed, with every reason it cannot be used: parse errors and paths escaping the repo (KEPT and
+    HOLD: as for `parse`)."""
+    parsed, problems = parse(patch, kept, hold)
     if parsed:
         problems = problems + [Diagnostic(display(patch.ref.path), 0, f"{path!r} is {why}")
                                for path, why in unsafe_paths(parsed)]
