@@ -252,10 +252,16 @@ class Unreadable(ValueError):
     """Memo data that is not an encoding of the expected kinds of value."""
 
 
+_SAME = (str, int, float, bool, type(None))  # with paths: kinds whose equal values are interchangeable
+
+
 def encode(value: Any) -> Any:
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, tuple):
+        kind = type(value[0]) if len(value) > 1 else None
+        if kind is not None and dataclasses.is_dataclass(kind) and all(type(v) is kind for v in value):
+            return _columns(value, kind)
         return ["t", *map(encode, value)]
     if isinstance(value, list):
         return ["l", *map(encode, value)]
@@ -266,6 +272,20 @@ def encode(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return ["@" + type(value).__name__, *(encode(getattr(value, f.name)) for f in dataclasses.fields(value))]
     raise TypeError(f"cannot keep a {type(value).__name__} in a memo")
+
+
+def _columns(rows: tuple[Any, ...], kind: type) -> list[Any]:
+    """A tuple of dataclasses of one KIND by field (a column each, one value where all rows share it): a long
+    series' refs decode into their own fields, not into a list and ten objects each."""
+    columns: list[Any] = []
+    for f in dataclasses.fields(kind):
+        values = [getattr(row, f.name) for row in rows]
+        first = values[0]
+        if (type(first) in _SAME or isinstance(first, Path)) and all(type(v) is type(first) and v == first for v in values):
+            columns.append(["=", encode(first)])
+        else:
+            columns.append(["l", *map(encode, values)])
+    return ["T", "@" + kind.__name__, len(rows), *columns]
 
 
 def decoder(kinds: Iterable[type]) -> Any:
@@ -288,6 +308,15 @@ def decoder(kinds: Iterable[type]) -> Any:
             tag, rest = data[0], data[1:]
             if tag == "t":
                 return tuple(map(one, rest))
+            if tag == "T":  # a tuple of dataclasses by column (see _columns)
+                kind = known.get(rest[0]) if rest and isinstance(rest[0], str) else None
+                if kind is None or len(rest) != 2 + kind[1] or type(rest[1]) is not int or not all(
+                        isinstance(c, list) and c and (c[0] == "=" and len(c) == 2 or c[0] == "l" and len(c) == rest[1] + 1)
+                        for c in rest[2:]):
+                    raise Unreadable("not a memo tuple of columns")
+                count = rest[1]
+                columns = [[one(c[1])] * count if c[0] == "=" else list(map(one, c[1:])) for c in rest[2:]]
+                return tuple(kind[0](*row) for row in zip(*columns))
             if tag == "l":
                 return list(map(one, rest))
             if tag == "d":
@@ -303,6 +332,9 @@ def decoder(kinds: Iterable[type]) -> Any:
                 raise Unreadable(f"not a memo value: {tag}")
             return kind[0](*map(one, rest))
 
-        return one(data)
+        try:
+            return one(data)
+        finally:
+            one = None  # type: ignore[assignment]  # `one` refers to itself: a cycle that held each value decoded
 
     return decode

@@ -236,13 +236,15 @@ def test_a_corrupt_or_foreign_parse_is_made_again(damage: str, tmp_path: Path) -
     good = json.loads(kept.read_text())
     (key,) = good
     assert key.endswith(f":{patch.sha256}")  # by content (and the parser's code)
+    assert kept.read_text() == f"{{\n{json.dumps(key)}: {json.dumps(good[key])}\n}}\n"  # an entry a line
     if damage == "garbage":
         kept.write_bytes(b"\xff\xfe garbage")
     elif damage == "wrong shape":
-        kept.write_text(json.dumps({key: ["t", "subject only"]}))
-    else:  # decodes, but a hunk's start is a string
-        kept.write_text(json.dumps({key: json.loads(json.dumps(good[key]).replace('["@Hunk", 1,', '["@Hunk", "1",'))}))
-        assert kept.read_text() != json.dumps(good)
+        kept.write_text(f"{{\n{json.dumps(key)}: {json.dumps(['t', 'subject only'])}\n}}\n")
+    else:  # decodes, but a hunk's start is a string (the first file's two hunks are kept by column)
+        text = kept.read_text().replace('["T", "@Hunk", 2, ["l", 1, 10]', '["T", "@Hunk", 2, ["l", "1", 10]')
+        assert text != kept.read_text()
+        kept.write_text(text)
     assert _parse(patch, tmp_path / "cache") == (fresh, [])
     assert json.loads(kept.read_text()) == good  # replaced by the real parse
 
