@@ -174,8 +174,8 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: m
     known.save()
     units = []
     base: dict[str, Effective] = {}
-    loaded: dict[tuple[str, str, str], Patch] = {}  # a layer several series share is read once
-    problems: dict[tuple[str, str, str], list[Diagnostic]] = {}  # why a patch loaded cannot be used
+    loaded: dict[str, Patch] = {}  # a layer several series share is read once
+    problems: dict[str, list[Diagnostic]] = {}  # why a patch loaded cannot be used
     for view in views:
         base.setdefault(view.name, view)
         declared = ([t for s in view.overlays for t in sets[s][0]], [f for s in view.overlays for f in sets[s][1]])
@@ -190,7 +190,7 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: m
     if shard:
         keep = assign({(u.label, u.upstream): len(u.patches) for u in units}, shard.count)[shard.index - 1]
         units = [u for u in units if (u.label, u.upstream) in keep]
-    found = [d for u in units for p in u.patches for d in problems.get(_key(p.ref), ())]
+    found = [d for u in units for p in u.patches for d in problems.get(p.ref.file, ())]
     if found:
         raise InvalidInput(list(dict.fromkeys(found)))
     return units
@@ -290,23 +290,19 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
     return target, [(u, results[u.label]) for u in members], overlay_checks
 
 
-def _key(ref: PatchRef) -> tuple[str, str, str]:
-    return ref.layer, ref.upstream, ref.name  # what names a ref's file (hashing the ref hashes its Path)
-
-
-def _load(refs: tuple[PatchRef, ...], loaded: dict[tuple[str, str, str], Patch] | None = None,
-          kept: memo.Entries | None = None, problems: dict[tuple[str, str, str], list[Diagnostic]] | None = None,
-          ) -> list[Patch]:
+def _load(refs: tuple[PatchRef, ...], loaded: dict[str, Patch] | None = None, kept: memo.Entries | None = None,
+          problems: dict[str, list[Diagnostic]] | None = None) -> list[Patch]:
     """A series' patches, parsed and checked while their bytes are read, then held without their bytes and
     parse: only the paths each file change touches (Patch.touched, one tuple for equal ones). The replay reads
     a patch again only where it looks at it alone, so memory stays flat in the series' size. LOADED: the
-    patches read so far, by layer, upstream and name (a patch of a shared layer is read and hashed once);
-    KEPT: the parses kept in the cache, by content; PROBLEMS: why a patch cannot be used, by the same key."""
+    patches read so far, by file (a patch of a shared layer is read and hashed once; the ref's own string, not a
+    key made per patch); KEPT: the parses kept in the cache, by content; PROBLEMS: why a patch cannot be used,
+    by file."""
     loaded = {} if loaded is None else loaded
     shapes: dict[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]] = {}
     patches = []
     for ref in refs:
-        key = _key(ref)
+        key = ref.file
         if key not in loaded:
             patch = patchfile.read(ref)
             parsed, found = patchfile.check(patch, kept, hold=False)
@@ -384,22 +380,33 @@ class _PinSide(TreeReader):
         return self.reader(path).read(path)
 
 
-Kept = str | tuple[int, tuple[str, ...]] | PatchCheck
-_CLEAN = "clean"  # what the replay keeps of a patch that applied as it is; (offset, lines) for one that moved;
+Kept = str | tuple[int, str] | PatchCheck
+_CLEAN = "clean"  # what the replay keeps of a patch that applied as it is; (offset, its lines joined by line breaks)
+# for one that moved (one string, not a tuple of them);
 # a whole PatchCheck for the other outcomes (see _Checks)
 
 
 class _Node:
     """A patch of the trie (slots, and no containers where there is nothing: a node a patch)."""
 
-    __slots__ = ("patch", "children", "result", "ends", "tree")
+    __slots__ = ("patch", "_next", "result", "ends", "tree")
 
     def __init__(self, patch: Patch | None) -> None:
         self.patch = patch
-        self.children: tuple[_Node, ...] = ()  # in the order the series reach them; most nodes have one
+        self._next: _Node | tuple[_Node, ...] | None = None  # the children: most nodes have one, held as itself
         self.result: Kept | None = None
         self.ends: tuple[str, ...] = ()  # models whose series ends here
         self.tree: Saved | None = None  # the index after this patch, saved where a series whose overlays are read ends
+
+    @property
+    def children(self) -> tuple[_Node, ...]:
+        """The nodes after this one, in the order the series reach them."""
+        after = self._next
+        return () if after is None else (after,) if isinstance(after, _Node) else after
+
+    def add(self, child: _Node) -> None:
+        after = self._next
+        self._next = child if after is None else (after, child) if isinstance(after, _Node) else (*after, child)
 
     def child(self, patch: Patch) -> _Node | None:
         """The child for PATCH: the same patch file and content."""
@@ -450,7 +457,7 @@ def _check_of(patch: Patch, kept: Kept, folders: dict[str, tuple[str, frozenset[
         return kept
     check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, _shown(patch.ref.file, folders), _CLEAN)
     if not isinstance(kept, str):
-        check.outcome, check.offset, check.range_diff = "offset", kept[0], list(kept[1])
+        check.outcome, check.offset, check.range_diff = "offset", kept[0], kept[1].split("\n") if kept[1] else []
     return check
 
 
@@ -528,7 +535,7 @@ class _Replayer:
                 found = node.child(patch)
                 if found is None:
                     found = _Node(patch)
-                    node.children += (found,)  # a tuple: most nodes have one child (no list each)
+                    node.add(found)
                 node = found
             node.ends += (model,)
             ends[model] = node
@@ -685,7 +692,7 @@ class _Replayer:
         """A patch that applied as it is (STRICT: git's report): clean, or (offset, lines) when a hunk moved."""
         moved = offsets(strict)
         if any(moved):
-            return max(moved, key=abs), tuple(_offset_lines(self._parse(patch), strict))
+            return max(moved, key=abs), "\n".join(_offset_lines(self._parse(patch), strict))  # no line holds a break
         return _CLEAN
 
     def _parse(self, patch: Patch, data: bytes | None = None) -> ParsedPatch:

@@ -6,6 +6,7 @@ raised. Imported only where a manifest is read from its text (not when the cache
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,17 +355,18 @@ class Reader(Checker):
         entries, problems = series_mod.parse_bytes(data, where)
         self.problems += problems
         refs = []
+        base = str(folder)
         for entry in entries:
-            patch_path = folder / entry.name
-            if not self._is("is_file", patch_path):
+            patch_file = os.path.join(base, entry.name)  # a string: no Path (nor its interned parts) per patch
+            if not self._is("is_file", patch_file):
                 self.problems.append(Diagnostic(where, entry.line, f"patch file {entry.name} not found in {display(folder)} "
                                                 f"(layer {layer!r}, named in {self.where}:{node.start_mark.line + 1})"))
                 continue
-            refs.append(PatchRef(layer, upstream, entry.name, str(patch_path), series_path, entry.line))
+            refs.append(PatchRef(layer, upstream, entry.name, patch_file, series_path, entry.line))
         return refs
 
-    def _is(self, kind: str, path: Path) -> bool:
+    def _is(self, kind: str, path: Path | str) -> bool:
         """PATH.is_file() or PATH.is_dir() (KIND), noted in `reads`."""
-        found = path.is_file() if kind == "is_file" else path.is_dir()
+        found = os.path.isfile(path) if kind == "is_file" else os.path.isdir(path)
         self.reads.append((kind, str(path), found))
         return found
