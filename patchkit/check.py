@@ -159,8 +159,10 @@ def _parsed_units(manifest: Manifest, chosen: list[Model], shard: Shard | None) 
     """_units, their patches parsed with the parses kept in the cache (saved with the new ones), and those kept
     parses, where the replay reads a patch's whole parse again (a check holds what each patch touches)."""
     kept = patchfile.parses_memo(settings.cache_root())
-    units = _units(manifest, chosen, shard, kept)
-    kept.save()
+    try:
+        units = _units(manifest, chosen, shard, kept)
+    finally:  # the parses made are kept also when a patch of the check does not parse
+        kept.save()
     return units, kept
 
 
@@ -247,6 +249,7 @@ def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None 
                 keep(name, future.result)
     memo.save()
     work.close()
+    parses.close()
     if errors:
         errors.sort(key=lambda e: -e.exit_code)
         first = errors[0]

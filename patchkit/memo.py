@@ -83,7 +83,7 @@ class Entries:
         self.path, self.limit = path, limit
         self._lock = threading.Lock()
         self._hashes, self._offsets, self._lengths = array("q"), array("q"), array("i")
-        self._hits = array("l")  # indexes into the above of the entries read, in the order read
+        self._hits = array("i")  # indexes into the above of the entries read, in the order read
         self._put = array("q")  # the hashes of the keys put, in order
         self._spill: Any = None  # a temporary file of the lines put, in order
         self._fd: int | None = None
