@@ -166,7 +166,8 @@ def _parsed_units(manifest: Manifest, chosen: list[Model], shard: Shard | None) 
     return units, kept
 
 
-def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None, kept: memo.Entries | None = None) -> list[_Unit]:
+def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None,
+           kept: memo.Entries | None = None) -> list[_Unit]:
     """Every series to check: each model's, then each variant's where it differs from the model's or
     where the variant's own overlay sets need its tree. With SHARD, only that shard's part. KEPT: the
     parses kept in the cache (patchfile.parses_memo)."""

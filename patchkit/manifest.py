@@ -333,7 +333,8 @@ def _grouped(reads: list[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
             nxt = reads[i + 1] if i + 1 < len(reads) else None
             if nxt and nxt[0] == kind and nxt[2] == found and os.path.dirname(nxt[1]) == folder:
                 continue
-            out.append(("is_files", folder, "\n".join(run), found) if len(run) > 1 else (kind, name, found))  # type: ignore[arg-type]
+            grouped = ("is_files", folder, "\n".join(run), found)
+            out.append(grouped if len(run) > 1 else (kind, name, found))  # type: ignore[arg-type]
             run = []
         else:
             out.append((kind, name, found))

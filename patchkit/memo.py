@@ -281,7 +281,8 @@ def _columns(rows: tuple[Any, ...], kind: type) -> list[Any]:
     for f in dataclasses.fields(kind):
         values = [getattr(row, f.name) for row in rows]
         first = values[0]
-        if (type(first) in _SAME or isinstance(first, Path)) and all(type(v) is type(first) and v == first for v in values):
+        same = type(first) in _SAME or isinstance(first, Path)
+        if same and all(type(v) is type(first) and v == first for v in values):
             columns.append(["=", encode(first)])
         else:
             columns.append(["l", *map(encode, values)])
@@ -311,8 +312,8 @@ def decoder(kinds: Iterable[type]) -> Any:
             if tag == "T":  # a tuple of dataclasses by column (see _columns)
                 kind = known.get(rest[0]) if rest and isinstance(rest[0], str) else None
                 if kind is None or len(rest) != 2 + kind[1] or type(rest[1]) is not int or not all(
-                        isinstance(c, list) and c and (c[0] == "=" and len(c) == 2 or c[0] == "l" and len(c) == rest[1] + 1)
-                        for c in rest[2:]):
+                        isinstance(c, list) and c and (c[0] == "=" and len(c) == 2
+                                                       or c[0] == "l" and len(c) == rest[1] + 1) for c in rest[2:]):
                     raise Unreadable("not a memo tuple of columns")
                 count = rest[1]
                 columns = [[one(c[1])] * count if c[0] == "=" else list(map(one, c[1:])) for c in rest[2:]]

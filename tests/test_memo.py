@@ -60,6 +60,55 @@ def test_values_come_back_exactly() -> None:
             decode(foreign)
 
 
+def test_a_tuple_of_dataclasses_comes_back_exactly_by_column() -> None:
+    """A series' refs are kept by field (one value where all share it): equal values of other types (1 and
+    True) stay apart, and a damaged column is refused."""
+    refs = tuple(manifest.PatchRef("l", "u", f"{i:04d}.patch", f"/p/{i:04d}.patch", Path("/p/series"), i)
+                 for i in range(300))
+    hunks = (patchfile.Hunk(1, 2, 1, 2, "a"), patchfile.Hunk(1, True, 1, 2, "a"))
+    decode = memo.decoder([manifest.PatchRef, patchfile.Hunk])
+    data = json.loads(json.dumps(memo.encode({"refs": refs, "hunks": hunks})))
+    assert data[1][1][:3] == ["T", "@PatchRef", 300] and data[1][1][3] == ["=", "l"]
+    back = decode(data)
+    assert back == {"refs": refs, "hunks": hunks} and type(back["hunks"][1].source_length) is bool
+    assert back["refs"][0].series_path is back["refs"][1].series_path  # one Path for the whole column
+    for foreign in (["T", "@PatchRef", 2, ["=", "l"]], ["T", "@PatchRef", 2, *[["l", 1]] * 6], ["T", "@Nope", 1]):
+        with pytest.raises(memo.Unreadable):
+            decode(foreign)
+
+
+def test_entries_are_read_one_at_a_time_and_the_least_recently_used_go_first(tmp_path: Path) -> None:
+    """memo.Entries (the parses): a JSON object an entry a line; what a run puts is read only once saved; a save
+    keeps those read and put by the run last (a key put twice with its last value), the last LIMIT in all."""
+    path = tmp_path / "cache" / "entries.json"
+    kept = memo.Entries(path, 4)
+    assert kept.get("a") == (False, None)
+    for key in "abc":
+        kept.put(key, ["v", key])
+    kept.put("a", ["v", "a2"])
+    assert kept.get("a") == (False, None)  # not before the save
+    kept.save()
+    assert path.read_text() == '{\n"b": ["v", "b"],\n"c": ["v", "c"],\n"a": ["v", "a2"]\n}\n'
+    assert json.loads(path.read_text()) == {"a": ["v", "a2"], "b": ["v", "b"], "c": ["v", "c"]}
+    kept = memo.Entries(path, 4)
+    assert kept.get("b") == (True, ["v", "b"]) and kept.get("z") == (False, None)
+    kept.save()  # nothing put: the file is not written
+    assert list(json.loads(path.read_text())) == ["b", "c", "a"]
+    kept = memo.Entries(path, 4)
+    assert kept.get("b")[0]
+    for key in "de":
+        kept.put(key, key)
+    kept.save()
+    assert list(json.loads(path.read_text())) == ["a", "b", "d", "e"]  # c: the least recently used
+    assert memo.Entries(path, 4).get("e") == (True, "e")
+    path.write_bytes(b"\xff\xfe garbage\n")
+    kept = memo.Entries(path, 4)
+    assert kept.get("e") == (False, None)
+    kept.put("f", 1)
+    kept.save()
+    assert json.loads(path.read_text()) == {"f": 1}
+
+
 @pytest.mark.parametrize("which", ["rich", "this repository"])
 def test_a_kept_manifest_equals_a_fresh_read(which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = port(tmp_path / "port", RICH) if which == "rich" else ROOT / "upstreams.yaml"
