@@ -95,13 +95,19 @@ class PatchRef:
     layer: str
     upstream: str
     name: str
-    file: str  # the patch file; a string, not a Path (~0.5 KB each, and a series can be thousands long)
+    given: str  # the patch file where it is not NAME beside the series file ("": it is, see `file`)
     series_path: Path
     line: int
 
     @property
     def id(self) -> str:
         return f"{self.layer}/{self.name}"
+
+    @property
+    def file(self) -> str:
+        """The patch file, a string: NAME in the series file's folder unless another was given (a series of
+        thousands holds no path string per patch, only its name)."""
+        return self.given or os.path.join(os.fspath(self.series_path.parent), self.name)
 
     @property
     def path(self) -> Path:

@@ -362,7 +362,7 @@ class Reader(Checker):
                 self.problems.append(Diagnostic(where, entry.line, f"patch file {entry.name} not found in {display(folder)} "
                                                 f"(layer {layer!r}, named in {self.where}:{node.start_mark.line + 1})"))
                 continue
-            refs.append(PatchRef(layer, upstream, entry.name, patch_file, series_path, entry.line))
+            refs.append(PatchRef(layer, upstream, entry.name, "", series_path, entry.line))  # its file: PatchRef.file
         return refs
 
     def _is(self, kind: str, path: Path | str) -> bool:
