@@ -136,7 +136,7 @@ class _Unit:
 
     view: Effective
     upstream: str
-    patches: list[Patch]
+    refs: tuple[PatchRef, ...]  # its series (the patches are read when its upstream is replayed)
     report: bool  # a series entry of its own (a variant's series identical to the model's is not repeated)
     overlays: tuple[list[static.Target], list[static.FileOverlay]] | None = None  # checked on this series
     target: str = ""  # the key of the target it is checked against (target_key)
@@ -177,8 +177,6 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None,
     known.save()
     units = []
     base: dict[str, Effective] = {}
-    loaded: dict[str, Patch] = {}  # a layer several series share is read once
-    problems: dict[str, list[Diagnostic]] = {}  # why a patch loaded cannot be used
     for view in views:
         base.setdefault(view.name, view)
         declared = ([t for s in view.overlays for t in sets[s][0]], [f for s in view.overlays for f in sets[s][1]])
@@ -188,15 +186,32 @@ def _units(manifest: Manifest, chosen: list[Model], shard: Shard | None,
             mine = ([t for t in declared[0] if t.upstream == up], [f for f in declared[1] if f.upstream == up])
             adds = up in own  # the variant's own overlay sets have targets on UP
             if differs or adds:
-                units.append(_Unit(view, up, _load(view.patches[up], loaded, kept, problems), differs,
-                                   mine if mine[0] or mine[1] else None))
+                units.append(_Unit(view, up, view.patches[up], differs, mine if mine[0] or mine[1] else None))
     if shard:
-        keep = assign({(u.label, u.upstream): len(u.patches) for u in units}, shard.count)[shard.index - 1]
+        keep = assign({(u.label, u.upstream): len(u.refs) for u in units}, shard.count)[shard.index - 1]
         units = [u for u in units if (u.label, u.upstream) in keep]
-    found = [d for u in units for p in u.patches for d in problems.get(p.ref.file, ())]
-    if found:
-        raise InvalidInput(list(dict.fromkeys(found)))
+    _check_patches(units, kept)
     return units
+
+
+def _check_patches(units: list[_Unit], kept: memo.Entries | None) -> None:
+    """Every patch of UNITS read and checked before any is replayed (a shared one once), none held: an
+    InvalidInput with every problem. KEPT: the parses kept in the cache."""
+    problems: dict[str, list[Diagnostic]] = {}
+    seen: set[tuple[Path, str]] = set()  # a series file and a name: no path string made per patch
+    for ref in (r for unit in units for r in unit.refs):
+        if (ref.series_path, ref.name) not in seen:
+            seen.add((ref.series_path, ref.name))
+            found = patchfile.check(patchfile.read(ref), kept, hold=False)[1]
+            if found:
+                problems[ref.file] = found
+    _refuse(problems)
+
+
+def _refuse(problems: dict[str, list[Diagnostic]]) -> None:
+    """Raise InvalidInput with every diagnostic of PROBLEMS (why patch files cannot be used), if any."""
+    if problems:
+        raise InvalidInput(list(dict.fromkeys(d for found in problems.values() for d in found)))
 
 
 def check(manifest: Manifest, models: list[str], *, onto: dict[str, str] | None = None, allow_fuzz: bool = False,
@@ -275,7 +290,11 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
                 ) -> tuple[Target, list[tuple[_Unit, _Checks]], list[OverlayResult]]:
     """The series of MEMBERS, all made against UP's effective pin, replayed in one trie on its target
     (PARSES: the kept parses, where a patch's whole parse is read again)."""
-    sequences = [(u.label, u.patches) for u in members]
+    loaded: dict[str, Patch] = {}
+    problems: dict[str, list[Diagnostic]] = {}
+    sequences = [(u.label, _load(u.refs, loaded, parses, problems)) for u in members]
+    _refuse(problems)  # checked before the replay; changed since (to something that cannot be used)
+    del loaded
     overlays = {u.label: u.overlays for u in members if u.overlays}
     at = f" (pin {up.pin[:12]} of {up.pinned_by})" if up.pinned_by else ""
     with _Replayer(cache.mirror_path(up), up, allow_fuzz, memo, within) as replayer:
@@ -289,20 +308,20 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
     by_label = {u.label: u for u in members}
     for o in overlay_checks:  # the replayer names series by label: give each its model and variant
         o.model, o.variant = by_label[o.model].view.name, by_label[o.model].view.variant
-    broken = sum(b for checks in results.values() for _, b in _states(checks)) + sum(o.broken for o in overlay_checks)
+    checks = [(u, _Checks(u.refs, results[u.label])) for u in members]
+    broken = sum(b for _, c in checks for _, b in c.states()) + sum(o.broken for o in overlay_checks)
     progress(f"{up.name}{at}: done, {broken} broken" if broken else f"{up.name}{at}: done, all hold")
-    return target, [(u, results[u.label]) for u in members], overlay_checks
+    return target, checks, overlay_checks
 
 
-def _load(refs: tuple[PatchRef, ...], loaded: dict[str, Patch] | None = None, kept: memo.Entries | None = None,
-          problems: dict[str, list[Diagnostic]] | None = None) -> list[Patch]:
+def _load(refs: tuple[PatchRef, ...], loaded: dict[str, Patch], kept: memo.Entries | None,
+          problems: dict[str, list[Diagnostic]]) -> list[Patch]:
     """A series' patches, parsed and checked while their bytes are read, then held without their bytes and
     parse: only the paths each file change touches (Patch.touched, one tuple for equal ones). The replay reads
-    a patch again only where it looks at it alone, so memory stays flat in the series' size. LOADED: the
-    patches read so far, by file (a patch of a shared layer is read and hashed once; the ref's own string, not a
-    key made per patch); KEPT: the parses kept in the cache, by content; PROBLEMS: why a patch cannot be used,
-    by file."""
-    loaded = {} if loaded is None else loaded
+    a patch again only where it looks at it alone, and an upstream's patches are read when it is replayed, so
+    memory stays flat in the series' size. LOADED: the patches read so far, by file (a patch of a shared layer
+    is read and hashed once); KEPT: the parses kept in the cache, by content; PROBLEMS: why a patch cannot be
+    used, by file, added to."""
     shapes: dict[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]] = {}
     patches = []
     for ref in refs:
@@ -310,7 +329,7 @@ def _load(refs: tuple[PatchRef, ...], loaded: dict[str, Patch] | None = None, ke
         if key not in loaded:
             patch = patchfile.read(ref)
             parsed, found = patchfile.check(patch, kept, hold=False)
-            if found and problems is not None:
+            if found:
                 problems[key] = found
             touched = tuple(c.paths for c in parsed.files) if parsed else ()
             loaded[key] = dataclasses.replace(patch, data=b"", touched=shapes.setdefault(touched, touched))
@@ -320,7 +339,11 @@ def _load(refs: tuple[PatchRef, ...], loaded: dict[str, Patch] | None = None, ke
 
 def _bytes(patch: Patch) -> bytes:
     """PATCH's bytes, read again; refused when the file changed since the check read it."""
-    data = patch.data or patch.ref.path.read_bytes()
+    if not patch.data:
+        with open(patch.ref.file, "rb") as fh:  # no Path: pathlib interns every name it parses
+            data = fh.read()
+    else:
+        data = patch.data
     if hashlib.sha256(data).hexdigest() != patch.sha256:
         raise BadInput(f"{display(patch.ref.path)} changed while rebase --check ran; run it again")
     return data
@@ -427,8 +450,8 @@ class _Checks(Sequence[PatchCheck]):
     patch: nothing but the patch for a clean one, the offset and its lines for one that moved (memory flat
     in the series' length: the report writes them one by one)."""
 
-    def __init__(self, patches: list[Patch], kept: list[Kept]) -> None:
-        self._patches, self._kept = patches, kept
+    def __init__(self, refs: Sequence[PatchRef], kept: list[Kept]) -> None:
+        self._refs, self._kept = refs, kept
         self._folders: dict[str, tuple[str, frozenset[str]]] = {}  # see _shown
 
     def __len__(self) -> int:
@@ -437,10 +460,10 @@ class _Checks(Sequence[PatchCheck]):
     def __getitem__(self, index: int | slice) -> Any:  # PatchCheck, or a list of them for a slice
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return _check_of(self._patches[index], self._kept[index], self._folders)
+        return _check_of(self._refs[index], self._kept[index], self._folders)
 
     def __iter__(self) -> Iterator[PatchCheck]:
-        return (_check_of(p, k, self._folders) for p, k in zip(self._patches, self._kept))
+        return (_check_of(r, k, self._folders) for r, k in zip(self._refs, self._kept))
 
     def states(self) -> Iterator[tuple[str, bool]]:
         """(outcome, broken) of each patch, as its PatchCheck says, without making the PatchChecks."""
@@ -456,10 +479,10 @@ def _states(patches: Sequence[PatchCheck]) -> Iterator[tuple[str, bool]]:
     return patches.states() if isinstance(patches, _Checks) else ((p.outcome, p.broken) for p in patches)
 
 
-def _check_of(patch: Patch, kept: Kept, folders: dict[str, tuple[str, frozenset[str]]]) -> PatchCheck:
+def _check_of(ref: PatchRef, kept: Kept, folders: dict[str, tuple[str, frozenset[str]]]) -> PatchCheck:
     if isinstance(kept, PatchCheck):
         return kept
-    check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, _shown(patch.ref.file, folders), _CLEAN)
+    check = PatchCheck(ref.id, ref.layer, ref.name, _shown(ref.file, folders), _CLEAN)
     if not isinstance(kept, str):
         check.outcome, check.offset, check.range_diff = "offset", kept[0], kept[1].split("\n") if kept[1] else []
     return check
@@ -528,7 +551,9 @@ class _Replayer:
 
     def run(self, target: str, sequences: list[tuple[str, list[Patch]]],
             overlays: dict[str, tuple[list[static.Target], list[static.FileOverlay]]] | None = None,
-            ) -> tuple[dict[str, _Checks], list[OverlayResult]]:
+            ) -> tuple[dict[str, list[Kept]], list[OverlayResult]]:
+        """Replay SEQUENCES (series by label) on TARGET and check their OVERLAYS; what was kept of each patch
+        (see _Checks), by label, and the overlays' results."""
         self.target = target
         overlays = overlays or {}
         root = _Node(None)
@@ -560,7 +585,7 @@ class _Replayer:
                 assert found is not None and found.result is not None
                 node = found
                 kept.append(node.result)
-            results[model] = _Checks(patches, kept)
+            results[model] = kept
         return results, overlay_checks
 
     def _overlays(self, model: str, patches: list[Patch], end: _Node, targets: list[static.Target],

@@ -449,6 +449,28 @@ def test_split_verbose_attributes_each_patch(tmp_path: Path) -> None:
         assert s.tree() == git(up, "rev-parse", f"{pin}^{{tree}}")  # nothing applied
 
 
+def test_a_patch_made_unusable_after_the_first_look_is_refused(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every patch is checked before the replay, and read again (with its upstream's) when it is replayed: one that
+    became unusable in between is refused then, with its diagnostic, not replayed."""
+    from patchkit import check, manifest
+    from patchkit.errors import InvalidInput
+    from tests.test_safety import handmade
+
+    port = manifest.load(runs / "upstreams.yaml")
+    ref = port.models["m"].patches["up"][1]
+    real = check._check_patches
+
+    def then_spoiled(units: list, kept: object) -> None:  # type: ignore[type-arg]
+        real(units, kept)  # type: ignore[arg-type]
+        ref.path.write_bytes(handmade("../x", "../x"))
+
+    monkeypatch.setattr(check, "_check_patches", then_spoiled)
+    monkeypatch.chdir(runs)
+    with pytest.raises(InvalidInput) as raised:
+        check.check(port, [], fetch=False, jobs=1)
+    assert any("'../x' is a '..' path" in str(d) for d in raised.value.diagnostics)
+
+
 def test_replay_keeps_no_patch_bytes(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The replay holds each patch's hash, not its bytes (memory flat in the series' size): a patch is
     read again where it is looked at alone, and refused when its file changed since the check read it."""
@@ -468,7 +490,7 @@ def test_replay_keeps_no_patch_bytes(runs: Path, monkeypatch: pytest.MonkeyPatch
     report = check.check(port, [], fetch=False, jobs=1)
     assert len(seen) == 12 and set(seen) == {b""}
     assert [p.outcome for p in report.series[0].patches].count("conflict") == 1  # read again to classify it
-    light = check._load(port.models["m"].patches["up"])[5]
+    light = check._load(port.models["m"].patches["up"], {}, None, {})[5]
     assert check._bytes(light) == light.ref.path.read_bytes()
     light.ref.path.write_bytes(light.ref.path.read_bytes() + b"\n")
     with pytest.raises(BadInput, match="changed while rebase --check ran"):

@@ -157,7 +157,6 @@ def test_checks_read_as_the_list_of_patch_checks(tmp_path: Path) -> None:
     PatchChecks they stand for: length, order, indexes, slices, and the same record each time."""
     from patchkit.check import PatchCheck, _Checks
     from patchkit.manifest import PatchRef
-    from patchkit.patchfile import Patch
 
     folder = tmp_path / "patches" / "npu" / "up"
     folder.mkdir(parents=True)
@@ -166,8 +165,7 @@ def test_checks_read_as_the_list_of_patch_checks(tmp_path: Path) -> None:
     for ref in refs:
         ref.path.write_text("patch\n")
     conflict = PatchCheck("npu/0003.patch", "npu", "0003.patch", "elsewhere/0003.patch", "conflict", broken=True)
-    checks = _Checks([Patch(ref, b"", "0" * 64) for ref in refs], ["clean", (3, "a.py: hunk #1 moved +3 lines"),
-                                                                    "clean", conflict])
+    checks = _Checks(refs, ["clean", (3, "a.py: hunk #1 moved +3 lines"), "clean", conflict])
     expected = [(p.name, p.outcome, p.offset, p.range_diff, p.broken) for p in checks]
     assert len(checks) == 4 and expected == [
         ("0000.patch", "clean", 0, [], False), ("0001.patch", "offset", 3, ["a.py: hunk #1 moved +3 lines"], False),
