@@ -290,7 +290,7 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
                 ) -> tuple[Target, list[tuple[_Unit, _Checks]], list[OverlayResult]]:
     """The series of MEMBERS, all made against UP's effective pin, replayed in one trie on its target
     (PARSES: the kept parses, where a patch's whole parse is read again)."""
-    loaded: dict[str, Patch] = {}
+    loaded: dict[tuple[Path, str], Patch] = {}
     problems: dict[str, list[Diagnostic]] = {}
     sequences = [(u.label, _load(u.refs, loaded, parses, problems)) for u in members]
     _refuse(problems)  # checked before the replay; changed since (to something that cannot be used)
@@ -314,23 +314,23 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
     return target, checks, overlay_checks
 
 
-def _load(refs: tuple[PatchRef, ...], loaded: dict[str, Patch], kept: memo.Entries | None,
+def _load(refs: tuple[PatchRef, ...], loaded: dict[tuple[Path, str], Patch], kept: memo.Entries | None,
           problems: dict[str, list[Diagnostic]]) -> list[Patch]:
     """A series' patches, parsed and checked while their bytes are read, then held without their bytes and
     parse: only the paths each file change touches (Patch.touched, one tuple for equal ones). The replay reads
     a patch again only where it looks at it alone, and an upstream's patches are read when it is replayed, so
-    memory stays flat in the series' size. LOADED: the patches read so far, by file (a patch of a shared layer
-    is read and hashed once); KEPT: the parses kept in the cache, by content; PROBLEMS: why a patch cannot be
+    memory stays flat in the series' size. LOADED: the patches read so far, by series file and name (a patch of
+    a shared layer is read and hashed once; no path string made per patch); KEPT: the parses kept in the cache, by content; PROBLEMS: why a patch cannot be
     used, by file, added to."""
     shapes: dict[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]] = {}
     patches = []
     for ref in refs:
-        key = ref.file
+        key = (ref.series_path, ref.name)
         if key not in loaded:
             patch = patchfile.read(ref)
             parsed, found = patchfile.check(patch, kept, hold=False)
             if found:
-                problems[key] = found
+                problems[ref.file] = found
             touched = tuple(c.paths for c in parsed.files) if parsed else ()
             loaded[key] = dataclasses.replace(patch, data=b"", touched=shapes.setdefault(touched, touched))
         patches.append(loaded[key])
