@@ -74,3 +74,25 @@ def test_save_and_restore_bring_back_the_index(tmp_path: Path) -> None:
         assert pkgit.index_files(saved.path, repo, scratch.env, 40) == {"a.py": _blob(repo, "x = 1\n")}
         saved.drop()
         assert not saved.path.exists()
+
+
+def test_an_index_reader_reads_as_a_tree_reader_of_the_same_index(tmp_path: Path) -> None:
+    """What rebase --check's overlay check sees at a series' end (its saved index) is what a reader of the
+    index's written tree would: blobs, contents and where a name is defined (grep)."""
+    from patchkit.overlay.drift import IndexReader, TreeReader
+
+    repo = tmp_path / "repo"
+    pin = make_upstream(repo, {"pkg/core.py": "def f():\n    return 1\n", "pkg/other.py": "X = 1\n"})
+    with Scratch(repo / ".git") as scratch:
+        scratch.reset(pin)
+        patch = (b"--- a/pkg/core.py\n+++ b/pkg/core.py\n@@ -1,2 +1,2 @@\n-def f():\n-    return 1\n"
+                 b"+def g():\n+    return 2\n--- /dev/null\n+++ b/pkg/new.py\n@@ -0,0 +1,2 @@\n+def f():\n+    pass\n")
+        assert scratch.apply(patch).ok
+        saved = scratch.save()
+        with TreeReader(repo / ".git", scratch.tree(), scratch.env) as tree, \
+                IndexReader(repo / ".git", saved.path, scratch.env, 40) as index:
+            for path in ("pkg/core.py", "pkg/new.py", "pkg/other.py", "pkg/gone.py", "pkg"):
+                assert index.blob(path) == tree.blob(path), path
+                assert index.read(path) == tree.read(path), path
+            assert index.read("pkg/new.py") == "def f():\n    pass\n"
+            assert index.grep(r"^def f\b") == tree.grep(r"^def f\b") == ["pkg/new.py:1:def f():"]
