@@ -202,10 +202,19 @@ def _check_patches(units: list[_Unit], kept: memo.Entries | None) -> None:
     for ref in (r for unit in units for r in unit.refs):
         if (ref.series_path, ref.name) not in seen:
             seen.add((ref.series_path, ref.name))
-            found = patchfile.check(patchfile.read(ref), kept, hold=False)[1]
-            if found:
-                problems[ref.file] = found
+            _read_checked(ref, kept, problems)
     _refuse(problems)
+
+
+def _read_checked(ref: PatchRef, kept: memo.Entries | None, problems: dict[str, list[Diagnostic]],
+                  ) -> tuple[Patch, ParsedPatch | None]:
+    """REF's patch and its parse (not held in the process: see patchfile.parse), why it cannot be used added to
+    PROBLEMS under its file. KEPT: the parses kept in the cache."""
+    patch = patchfile.read(ref)
+    parsed, found = patchfile.check(patch, kept, hold=False)
+    if found:
+        problems[ref.file] = found
+    return patch, parsed
 
 
 def _refuse(problems: dict[str, list[Diagnostic]]) -> None:
@@ -286,7 +295,7 @@ def _label(model: str, variant: str | None) -> str:
 
 
 def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: bool, allow_fuzz: bool,
-                memo: fingerprint.Memo, progress: Progress, within: Folder, parses: memo.Entries | None = None,
+                memo: fingerprint.Memo, progress: Progress, within: Folder, parses: memo.Entries,
                 ) -> tuple[Target, list[tuple[_Unit, _Checks]], list[OverlayResult]]:
     """The series of MEMBERS, all made against UP's effective pin, replayed in one trie on its target
     (PARSES: the kept parses, where a patch's whole parse is read again)."""
@@ -297,8 +306,7 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
     del loaded
     overlays = {u.label: u.overlays for u in members if u.overlays}
     at = f" (pin {up.pin[:12]} of {up.pinned_by})" if up.pinned_by else ""
-    with _Replayer(cache.mirror_path(up), up, allow_fuzz, memo, within) as replayer:
-        replayer.parses = parses
+    with _Replayer(cache.mirror_path(up), up, allow_fuzz, memo, within, parses) as replayer:
         target = _resolve(up, onto, fetch, progress, replayer.objects)
         n = sum(len(p) for _, p in sequences)
         progress(f"{up.name}{at}: replaying {n} patches of {len(sequences)} series on {target.ref} "
@@ -320,17 +328,14 @@ def _load(refs: tuple[PatchRef, ...], loaded: dict[tuple[Path, str], Patch], kep
     parse: only the paths each file change touches (Patch.touched, one tuple for equal ones). The replay reads
     a patch again only where it looks at it alone, and an upstream's patches are read when it is replayed, so
     memory stays flat in the series' size. LOADED: the patches read so far, by series file and name (a patch of
-    a shared layer is read and hashed once; no path string made per patch); KEPT: the parses kept in the cache, by content; PROBLEMS: why a patch cannot be
-    used, by file, added to."""
+    a shared layer is read and hashed once; no path string made per patch); KEPT: the parses kept in the cache,
+    by content; PROBLEMS: why a patch cannot be used, by file, added to."""
     shapes: dict[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]] = {}
     patches = []
     for ref in refs:
         key = (ref.series_path, ref.name)
         if key not in loaded:
-            patch = patchfile.read(ref)
-            parsed, found = patchfile.check(patch, kept, hold=False)
-            if found:
-                problems[ref.file] = found
+            patch, parsed = _read_checked(ref, kept, problems)
             touched = tuple(c.paths for c in parsed.files) if parsed else ()
             loaded[key] = dataclasses.replace(patch, data=b"", touched=shapes.setdefault(touched, touched))
         patches.append(loaded[key])
@@ -416,14 +421,14 @@ _CLEAN = "clean"  # what the replay keeps of a patch that applied as it is; (off
 class _Node:
     """A patch of the trie (slots, and no containers where there is nothing: a node a patch)."""
 
-    __slots__ = ("patch", "_next", "result", "ends", "tree")
+    __slots__ = ("patch", "_next", "result", "ends", "saved")
 
     def __init__(self, patch: Patch | None) -> None:
         self.patch = patch
         self._next: _Node | tuple[_Node, ...] | None = None  # the children: most nodes have one, held as itself
         self.result: Kept | None = None
         self.ends: tuple[str, ...] = ()  # models whose series ends here
-        self.tree: Saved | None = None  # the index after this patch, saved where a series whose overlays are read ends
+        self.saved: Saved | None = None  # the index after this patch, where a series whose overlays are read ends
 
     @property
     def children(self) -> tuple[_Node, ...]:
@@ -526,7 +531,8 @@ class _Replayer:
     the extra work (three-way merge, fuzz, the old world at the pin) only for patches that do not."""
 
     def __init__(self, mirror: Path, up: Upstream, allow_fuzz: bool, memo: fingerprint.Memo | None,
-                 within: Folder) -> None:
+                 within: Folder, parses: memo.Entries | None = None) -> None:
+        """PARSES: the parses kept in the cache, where a patch's whole parse is read again (see _parse)."""
         self.mirror, self.up, self.allow_fuzz, self.memo = mirror, up, allow_fuzz, memo
         self.target = up.pin
         self._renames: dict[str, str] | None = None
@@ -536,7 +542,7 @@ class _Replayer:
         self.objects = git.Batch(mirror, self.new.env)  # reads both scratches' objects and the mirror's
         self._parsed: dict[str, ast.Module | None] = {}  # modules by blob, parsed once
         self._pin_trees: dict[tuple[tuple[str, str], ...], str | None] = {}
-        self.parses: memo.Entries | None = None  # the kept parses (see _parsed)
+        self.parses = parses
 
     def close(self) -> None:
         self.objects.close()
@@ -557,36 +563,31 @@ class _Replayer:
         self.target = target
         overlays = overlays or {}
         root = _Node(None)
-        ends: dict[str, _Node] = {}
+        nodes: dict[str, list[_Node]] = {}  # each series' nodes, in its order
         for model, patches in sequences:
-            node = root
+            node, mine = root, nodes.setdefault(model, [])
             for patch in patches:
                 found = node.child(patch)
                 if found is None:
                     found = _Node(patch)
                     node.add(found)
                 node = found
+                mine.append(node)
             node.ends += (model,)
-            ends[model] = node
+        ends = {model: mine[-1] if mine else root for model, mine in nodes.items()}
         if root.children:
             self.new.reset(target)
             self._walk(root, set(overlays))
         overlay_checks = []
+        series = dict(sequences)
         last = {id(ends[model]): model for model in overlays}  # the last model to read each saved index
         for model, declared in overlays.items():
-            overlay_checks.append(self._overlays(model, dict(sequences)[model], ends[model], *declared))
-            if last[id(ends[model])] == model and ends[model].tree is not None:
-                ends[model].tree.drop()
-        results = {}
-        for model, patches in sequences:
-            node, kept = root, []
-            for patch in patches:
-                found = node.child(patch)
-                assert found is not None and found.result is not None
-                node = found
-                kept.append(node.result)
-            results[model] = kept
-        return results, overlay_checks
+            overlay_checks.append(self._overlays(model, series[model], ends[model], *declared))
+            if last[id(ends[model])] == model and ends[model].saved is not None:
+                ends[model].saved.drop()
+        results = {model: [n.result for n in mine] for model, mine in nodes.items()}
+        assert all(r is not None for kept in results.values() for r in kept)  # the walk reached every node
+        return results, overlay_checks  # type: ignore[return-value]
 
     def _overlays(self, model: str, patches: list[Patch], end: _Node, targets: list[static.Target],
                   files: list[static.FileOverlay]) -> OverlayResult:
@@ -595,8 +596,8 @@ class _Replayer:
         only exist) is replayed only when a reader asks for a file, and only as far as that file
         needs: the series' patches on it (and on the files those also change), once per distinct set."""
         shared = {"objects": self.objects, "parsed": self._parsed, "memo": self.memo}
-        new: TreeReader = (IndexReader(self.mirror, end.tree.path, self.new.env, len(self.target), **shared)
-                           if end.tree is not None else TreeReader(self.mirror, self.target, self.new.env, **shared))
+        new: TreeReader = (IndexReader(self.mirror, end.saved.path, self.new.env, len(self.target), **shared)
+                           if end.saved is not None else TreeReader(self.mirror, self.target, self.new.env, **shared))
         pin = _PinSide(lambda paths: self._pin_tree(patches, paths), self.mirror, self.old.env, **shared)
         return OverlayResult(model, [drift.classify(t, new, pin) for t in targets],
                              [drift.check_file(f, new, [new, pin.reader(f.path)]) for f in files], self.up.name)
@@ -643,7 +644,7 @@ class _Replayer:
                 chain.append(chain[-1].children[0])
             self._chain(chain, state)
             if read.intersection(chain[-1].ends):
-                chain[-1].tree = self.new.save()
+                chain[-1].saved = self.new.save()
             push_children(chain[-1], state)
 
     def _chain(self, chain: list[_Node], state: _State) -> None:
@@ -669,26 +670,19 @@ class _Replayer:
         patches = [n.patch for n in run if n.patch is not None]
         names = [list(p.touched) for p in patches]
         paths = [os.path.abspath(p.ref.file) for p in patches]  # git runs in the mirror
-        start = self.new.save()
-        try:
-            return self._strict_run_from(start, run, patches, names, paths)
-        finally:
-            start.drop()
-
-    def _strict_run_from(self, start: Saved, run: list[_Node], patches: list[Patch], names: list[list[tuple[str, ...]]],
-                         paths: list[str]) -> int | None:
-        result = self.new.apply_files(paths)
-        parts = split_verbose(result.stderr, names)
-        expected = len(patches) if result.ok else 0
-        if not result.ok and parts:  # nothing was applied: again, those before the first that failed
-            expected = len(parts)
-            result = self.new.apply_files(paths[:expected])
-            if not result.ok:
-                return 0
-            parts = split_verbose(result.stderr, names[:expected])
-        if len(parts) != expected:
-            self.new.restore(start)
-            return None
+        with self.new.save() as start:  # where a report that cannot be cut goes back to
+            result = self.new.apply_files(paths)
+            parts = split_verbose(result.stderr, names)
+            expected = len(patches) if result.ok else 0
+            if not result.ok and parts:  # nothing was applied: again, those before the first that failed
+                expected = len(parts)
+                result = self.new.apply_files(paths[:expected])
+                if not result.ok:
+                    return 0
+                parts = split_verbose(result.stderr, names[:expected])
+            if len(parts) != expected:
+                self.new.restore(start)
+                return None
         for node, patch, part in zip(run, patches, parts):
             node.result = self._clean(patch, git.Result(result.args, 0, "", part))
         return len(parts)
@@ -705,7 +699,7 @@ class _Replayer:
         if self.new.apply(data, "--reverse", "--check").ok:
             check.outcome = "upstreamed"
             return check
-        culprit = self._needed_broken(patch, parsed, state)
+        culprit = self._needed_broken(patch, data, state)
         if culprit is not None:
             check.outcome, check.broken, check.blocked_by = "blocked", True, culprit.ref.id
             state.broken.append(patch)
@@ -734,20 +728,20 @@ class _Replayer:
     def _merge_or_fuzz(self, patch: Patch, data: bytes, parsed: ParsedPatch, state: _State, check: PatchCheck,
                        strict: git.Result) -> PatchCheck:
         before = self.new.tree()
-        self._old_blobs(parsed, state)
+        self._old_blobs(patch, state)
         if self.new.apply(data, "--3way").ok:
             after = self.new.tree()
             if after == before:
                 check.outcome = "upstreamed"
                 return check
-            check.outcome, check.range_diff = "merged", self._range_diff(patch, before, after)
+            check.outcome, check.range_diff = "merged", self._range_diff(patch, data, before, after)
             return check
         self.new.reset(before)  # a failed three-way apply leaves unmerged entries
         for context in (_CONTEXT - 1, 1):
             if self.new.apply(data, f"-C{context}").ok:
                 check.outcome, check.fuzz = "fuzz", _CONTEXT - context
                 check.broken = not self.allow_fuzz
-                check.range_diff = self._range_diff(patch, before, self.new.tree())
+                check.range_diff = self._range_diff(patch, data, before, self.new.tree())
                 return check
         check.outcome, check.broken = "conflict", True
         check.files = self._conflicts(parsed, strict)
@@ -760,25 +754,26 @@ class _Replayer:
         for patch in patches:
             self.old.apply(_bytes(patch))
 
-    def _needed_broken(self, patch: Patch, parsed: ParsedPatch, state: _State) -> Patch | None:
-        """The broken patch PATCH needs: it fails on the pin without the broken patches on its files."""
+    def _needed_broken(self, patch: Patch, data: bytes, state: _State) -> Patch | None:
+        """The broken patch PATCH (its bytes: DATA) needs: it fails on the pin without the broken patches on its
+        files."""
         files = _touched(patch)
         broken = _on(state.broken, files)
         if not broken:
             return None  # no broken patch touches its files, so it cannot need one
         skip = {p.ref.id for p in state.broken}
         self._old_world([p for p in _on(state.history, files) if p.ref.id not in skip])
-        if self.old.apply(_bytes(patch), "--check").ok:
+        if self.old.apply(data, "--check").ok:
             return None
         return broken[-1]
 
-    def _old_blobs(self, parsed: ParsedPatch, state: _State) -> None:
+    def _old_blobs(self, patch: Patch, state: _State) -> None:
         """Make the blobs PATCH was made against exist, so a three-way merge can use them.
 
         The first patch on a file was made against the pin's blob, which the mirror has; a later
         one against the pin plus the earlier patches on that file, which only replaying makes.
         """
-        earlier = _on(state.history, _touched(parsed))
+        earlier = _on(state.history, _touched(patch))
         if earlier:
             self._old_world(earlier)
 
@@ -848,18 +843,16 @@ class _Replayer:
                 last += delta
         return max(first, 1), max(last, first)
 
-    def _range_diff(self, patch: Patch, before: str, after: str) -> list[str]:
+    def _range_diff(self, patch: Patch, data: bytes, before: str, after: str) -> list[str]:
         paths = [p for paths in patch.touched for p in paths]
         new = self.new.run(["diff-tree", "-p", "-M", before, after, "--", *paths]).stdout
-        old = _bytes(patch).decode("utf-8", "replace")
+        old = data.decode("utf-8", "replace")
         old = old[old.find("diff --git"):] if "diff --git" in old else old
         return _diff_of_diffs(old, new)
 
 
-def _touched(patch: Patch | ParsedPatch) -> set[str]:
-    """The paths PATCH (held by a check: its `touched`) or a parse reads or writes."""
-    if isinstance(patch, ParsedPatch):
-        return {p for c in patch.files for p in c.paths}
+def _touched(patch: Patch) -> set[str]:
+    """The paths PATCH (as a check holds it: its `touched`) reads or writes."""
     return {p for paths in patch.touched for p in paths}
 
 

@@ -50,15 +50,22 @@ _SAVES = itertools.count()
 
 
 class Saved:
-    """A copy of a scratch's index (`Scratch.save`), with the tree-ish it equals where that is known."""
+    """A copy of a scratch's index (`Scratch.save`), with its tree where that was written; dropped when its
+    `with` block ends."""
 
-    __slots__ = ("path", "tree", "at")
+    __slots__ = ("path", "tree")
 
-    def __init__(self, path: Path, tree: str | None, at: str | None) -> None:
-        self.path, self.tree, self.at = path, tree, at
+    def __init__(self, path: Path, tree: str | None) -> None:
+        self.path, self.tree = path, tree
 
     def drop(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Saved:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.drop()
 
 
 class Scratch:
@@ -82,7 +89,6 @@ class Scratch:
             "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(mirror / "objects"),
         })
         self._tree: str | None = None  # the index's tree while no patch changed it
-        self._at: str | None = None  # a tree-ish the index equals (what it was last reset to), or None
 
     def close(self) -> None:
         if self.dir is not None:
@@ -98,24 +104,23 @@ class Scratch:
 
     def run(self, args: list[str], *, check: bool = True, input_bytes: bytes | None = None) -> git.Result:
         if args[0] not in _READ_ONLY and "--check" not in args:
-            self._tree = self._at = None  # the index may change: its tree is written again when asked for
+            self._tree = None  # the index may change: its tree is written again when asked for
         return git.run(args, self.mirror, check=check, env=self.env, input_bytes=input_bytes)
 
     def reset(self, treeish: str) -> None:
         self.run(["read-tree", treeish])
-        self._at = treeish
 
     def save(self) -> Saved:
         """The index as it is now, copied aside (no git process, no tree written): to `restore` later, or to
         read its files (`git.index_files`). It goes with the scratch's folder, or at `Saved.drop`."""
-        saved = Saved(self.index.with_name(f"{self.index.name}-saved-{next(_SAVES)}"), self._tree, self._at)
+        saved = Saved(self.index.with_name(f"{self.index.name}-saved-{next(_SAVES)}"), self._tree)
         shutil.copyfile(self.index, saved.path)
         return saved
 
     def restore(self, saved: Saved) -> None:
         """The index as it was when SAVED was made."""
         shutil.copyfile(saved.path, self.index)
-        self._tree, self._at = saved.tree, saved.at
+        self._tree = saved.tree
 
     def tree(self) -> str:
         if self._tree is None:
