@@ -42,12 +42,10 @@ class Memo:
     def get(self, key: str) -> tuple[bool, Any]:
         with self._lock:
             value = self._values.get(key)
-        return key in self._values, value() if callable(value) else value
+        return key in self._values, value
 
     def put(self, key: str, value: Any) -> None:
-        """VALUE (JSON data), or a function that makes it: called when the memo is saved (or read back), so
-        a long run does not hold every new entry's encoding until then (a value read from JSON is never a
-        function)."""
+        """VALUE (JSON data) under KEY, the newest entry."""
         with self._lock:
             self._values.pop(key, None)  # newest last: what LIMIT keeps
             self._values[key] = value
@@ -64,7 +62,7 @@ class Memo:
         try:  # entry by entry: json.dumps(dict(KEPT), sort_keys=...) written without the whole text in memory
             with atomic_writer(self.path) as fh:
                 for i, (key, value) in enumerate(kept):
-                    data = json.dumps(value() if callable(value) else value, sort_keys=self.limit is None)
+                    data = json.dumps(value, sort_keys=self.limit is None)
                     fh.write(f"{', ' if i else '{'}{json.dumps(key)}: {data}".encode())
                 fh.write(b"}" if kept else b"{}")
         except OSError:  # a read-only cache only costs the next run the work
@@ -82,13 +80,17 @@ class Entries:
     def __init__(self, path: Path, limit: int) -> None:
         self.path, self.limit = path, limit
         self._lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
+        """The file as it is now: its index, nothing read or put yet."""
         self._hashes, self._offsets, self._lengths = array("q"), array("q"), array("i")
         self._hits = array("i")  # indexes into the above of the entries read, in the order read
         self._put = array("q")  # the hashes of the keys put, in order
         self._spill: Any = None  # a temporary file of the lines put, in order
         self._fd: int | None = None
         try:
-            self._fd = os.open(path, os.O_RDONLY)
+            self._fd = os.open(self.path, os.O_RDONLY)
             self._index(os.fdopen(os.dup(self._fd), "rb"))
         except OSError:
             pass
@@ -132,10 +134,10 @@ class Entries:
         return True, value
 
     def put(self, key: str, value: Any) -> None:
-        """VALUE (JSON data, or a function that makes it: called now), written to the spill file; read back only
-        after the memo is saved (a run puts what it did not find)."""
+        """VALUE (JSON data), written to the spill file at once; read back only after the memo is saved (a run puts
+        what it did not find)."""
         raw = json.dumps(key).encode()
-        line = raw + b": " + json.dumps(value() if callable(value) else value).encode() + b"\n"
+        line = raw + b": " + json.dumps(value).encode() + b"\n"
         with self._lock:
             if self._spill is None:
                 self._spill = tempfile.TemporaryFile(dir=self.path.parent if self.path.parent.is_dir() else None)
@@ -156,7 +158,7 @@ class Entries:
             finally:
                 spill.close()
             self.close()
-            self.__init__(self.path, self.limit)  # type: ignore[misc]  # the new file's index
+            self._open()  # the new file's index
 
     def _save(self, spill: Any) -> None:
         put = array("q", sorted(self._put))

@@ -11,7 +11,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from patchkit import memo
 from patchkit.errors import Diagnostic
@@ -19,8 +19,6 @@ from patchkit.manifest import PatchRef
 from patchkit.paths import display
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import unidiff
 
 _MBOX_FROM = re.compile(rb"^From [0-9a-f]{40} ", re.M)
@@ -186,15 +184,10 @@ def parse(patch: Patch, kept: memo.Entries | None = None, hold: bool = True,
         known = _kept(patch, kept, kept_key) if kept is not None else None
         found = (known, []) if known else _parse(patch)
         if kept is not None and found[0] and not known:
-            kept.put(kept_key, _encoding(found[0]))
+            kept.put(kept_key, memo.encode((found[0].subject, found[0].author, found[0].files)))
         if hold:
             _PARSED[key] = found
     return found
-
-
-def _encoding(parsed: ParsedPatch) -> Callable[[], Any]:
-    """How a memo keeps PARSED (made when the memo is saved): its subject, author and files."""
-    return lambda: memo.encode((parsed.subject, parsed.author, parsed.files))
 
 
 _DECODE = memo.decoder((FileChange, Hunk))
