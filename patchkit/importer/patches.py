@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from patchkit.errors import BadInput
-from patchkit.importer.model import Finding, Where
+from patchkit.importer.model import Finding
 
 _HUNK = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$", re.S)
 _INDEX = re.compile(rb"^index ([0-9a-f]+)\.\.([0-9a-f]+)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from patchkit import git, manifest as manifest_mod
+from patchkit import manifest as manifest_mod
 from patchkit.errors import BadInput, PatchkitError, PinNotFound
 from patchkit.importer import copyover, install, patcher, patches as patches_mod, pins, provenance
 from patchkit.importer import readme as readme_mod, scripts, upstreams as upstreams_mod
