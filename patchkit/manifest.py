@@ -290,7 +290,7 @@ def load(path: Path, kept: memo.Memo | None = None) -> Manifest:
         raise InvalidInput(reader.problems)
     assert manifest is not None
     if kept is not None:
-        kept.put(key, {"reads": _grouped(reader.reads), "manifest": memo.encode(manifest)})
+        kept.put(key, {"reads": reader.reads, "manifest": memo.encode(manifest)})
     return manifest
 
 
@@ -327,30 +327,10 @@ def _kept(kept: memo.Memo, key: str, path: Path) -> Manifest | None:
     return manifest if isinstance(manifest, Manifest) and manifest.path == path else None
 
 
-def _grouped(reads: list[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
-    """READS with each run of files of one folder found alike (a series' patch files) as one ("is_files", folder,
-    names a line, found): a long series is a few strings in the memo, not a list of three per patch."""
-    out: list[tuple[str, str, Any]] = []
-    run: list[str] = []
-    for i, (kind, name, found) in enumerate(reads):
-        folder, base = os.path.split(name)
-        if kind == "is_file" and "\n" not in base:
-            run.append(base)
-            nxt = reads[i + 1] if i + 1 < len(reads) else None
-            if nxt and nxt[0] == kind and nxt[2] == found and os.path.dirname(nxt[1]) == folder:
-                continue
-            grouped = ("is_files", folder, "\n".join(run), found)
-            out.append(grouped if len(run) > 1 else (kind, name, found))  # type: ignore[arg-type]
-            run = []
-        else:
-            out.append((kind, name, found))
-    return out
-
-
 def _unchanged(reads: list[Any]) -> bool:
     """Every file the reader looked at is as it found it."""
     for kind, name, *rest in reads:
-        if kind == "is_files":  # see _grouped
+        if kind == "is_files":  # a series' patch files (manifest_read.Reader._read_series)
             names, found = rest
             if any(os.path.isfile(os.path.join(name, base)) != found for base in names.split("\n")):
                 return False

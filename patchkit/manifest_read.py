@@ -40,7 +40,8 @@ class Reader(Checker):
 
     def __init__(self, path: Path, where: str) -> None:
         super().__init__(path, where)
-        self.reads: list[tuple[str, str, str | bool]] = []  # (kind, path, what was found): file, is_file, is_dir
+        # (kind, path, what was found): file, is_file, is_dir; ("is_files", folder, names a line, True)
+        self.reads: list[tuple[str, ...] | tuple[str, str, str | bool]] = []
         self._series: dict[tuple[str, str], list[PatchRef]] = {}  # a shared layer is read once
         self._broken: set[str] = set()  # upstreams declared with an error already reported
         self._v1_line = 0  # the line of an explicit `version: 1`: version-2 forms are refused then
@@ -354,15 +355,17 @@ class Reader(Checker):
         self.reads.append(("file", str(series_path), hashlib.sha256(data).hexdigest()))
         entries, problems = series_mod.parse_bytes(data, where)
         self.problems += problems
-        refs = []
+        refs, found = [], []
         base = str(folder)
         for entry in entries:
-            patch_file = os.path.join(base, entry.name)  # a string: no Path (nor its interned parts) per patch
-            if not self._is("is_file", patch_file):
+            if not os.path.isfile(os.path.join(base, entry.name)):  # a string: no Path (nor its parts) per patch
                 self.problems.append(Diagnostic(where, entry.line, f"patch file {entry.name} not found in {display(folder)} "
                                                 f"(layer {layer!r}, named in {self.where}:{node.start_mark.line + 1})"))
                 continue
+            found.append(entry.name)
             refs.append(PatchRef(layer, upstream, entry.name, "", series_path, entry.line))  # its file: PatchRef.file
+        if found:  # the series' patch files as one read: a folder and names a line (a missing one is a problem)
+            self.reads.append(("is_files", base, "\n".join(found), True))
         return refs
 
     def _is(self, kind: str, path: Path | str) -> bool:
