@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import dataclasses
 import hashlib
 import os
 import re
@@ -136,7 +135,7 @@ class _Unit:
 
     view: Effective
     upstream: str
-    refs: tuple[PatchRef, ...]  # its series (the patches are read when its upstream is replayed)
+    refs: Sequence[PatchRef]  # its series (the patches are read when its upstream is replayed)
     report: bool  # a series entry of its own (a variant's series identical to the model's is not repeated)
     overlays: tuple[list[static.Target], list[static.FileOverlay]] | None = None  # checked on this series
     target: str = ""  # the key of the target it is checked against (target_key)
@@ -299,7 +298,7 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
                 ) -> tuple[Target, list[tuple[_Unit, _Checks]], list[OverlayResult]]:
     """The series of MEMBERS, all made against UP's effective pin, replayed in one trie on its target
     (PARSES: the kept parses, where a patch's whole parse is read again)."""
-    loaded: dict[tuple[Path, str], Patch] = {}
+    loaded: dict[tuple[Path, str], _Held] = {}
     problems: dict[str, list[Diagnostic]] = {}
     sequences = [(u.label, _load(u.refs, loaded, parses, problems)) for u in members]
     _refuse(problems)  # checked before the replay; changed since (to something that cannot be used)
@@ -322,35 +321,52 @@ def _check_base(up: Upstream, members: list[_Unit], onto: str | None, fetch: boo
     return target, checks, overlay_checks
 
 
-def _load(refs: tuple[PatchRef, ...], loaded: dict[tuple[Path, str], Patch], kept: memo.Entries | None,
-          problems: dict[str, list[Diagnostic]]) -> list[Patch]:
-    """A series' patches, parsed and checked while their bytes are read, then held without their bytes and
-    parse: only the paths each file change touches (Patch.touched, one tuple for equal ones). The replay reads
-    a patch again only where it looks at it alone, and an upstream's patches are read when it is replayed, so
-    memory stays flat in the series' size. LOADED: the patches read so far, by series file and name (a patch of
-    a shared layer is read and hashed once; no path string made per patch); KEPT: the parses kept in the cache,
-    by content; PROBLEMS: why a patch cannot be used, by file, added to."""
+class _Held:
+    """A patch as the replay holds it: where it is in a series (its ref is made each time one is asked for), the
+    paths each of its file changes reads or writes (one tuple for equal ones), and the start of its sha256, to
+    refuse a file changed since it was read. Its bytes are read again where they are looked at (_bytes); no
+    name, path, hash string or bytes are held per patch, so memory stays flat in the series' length."""
+
+    __slots__ = ("series", "index", "touched", "digest")
+
+    def __init__(self, series: Sequence[PatchRef], index: int, touched: tuple[tuple[str, ...], ...],
+                 digest: bytes) -> None:
+        self.series, self.index, self.touched, self.digest = series, index, touched, digest
+
+    @property
+    def ref(self) -> PatchRef:
+        return self.series[self.index]
+
+
+_DIGEST = 8  # bytes of a patch's sha256 a check holds: enough to see that its file changed
+
+
+def _load(refs: Sequence[PatchRef], loaded: dict[tuple[Path, str], _Held], kept: memo.Entries | None,
+          problems: dict[str, list[Diagnostic]]) -> list[_Held]:
+    """A series' patches, parsed and checked while their bytes are read, then held as _Held. The replay reads
+    a patch again only where it looks at it alone, and an upstream's patches are read when it is replayed.
+    LOADED: the patches read so far, by series file and name (a patch of a shared layer is read and hashed once,
+    and is one object in every series that has it); KEPT: the parses kept in the cache, by content; PROBLEMS:
+    why a patch cannot be used, by file, added to."""
     shapes: dict[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]] = {}
     patches = []
-    for ref in refs:
+    for index, ref in enumerate(refs):
         key = (ref.series_path, ref.name)
         if key not in loaded:
             patch, parsed = _read_checked(ref, kept, problems)
             touched = tuple(c.paths for c in parsed.files) if parsed else ()
-            loaded[key] = dataclasses.replace(patch, data=b"", touched=shapes.setdefault(touched, touched))
+            loaded[key] = _Held(refs, index, shapes.setdefault(touched, touched), bytes.fromhex(patch.sha256[:2 * _DIGEST]))
         patches.append(loaded[key])
     return patches
 
 
-def _bytes(patch: Patch) -> bytes:
+def _bytes(patch: _Held) -> bytes:
     """PATCH's bytes, read again; refused when the file changed since the check read it."""
-    if not patch.data:
-        with open(patch.ref.file, "rb") as fh:  # no Path: pathlib interns every name it parses
-            data = fh.read()
-    else:
-        data = patch.data
-    if hashlib.sha256(data).hexdigest() != patch.sha256:
-        raise BadInput(f"{display(patch.ref.path)} changed while rebase --check ran; run it again")
+    ref = patch.ref
+    with open(ref.file, "rb") as fh:  # no Path: pathlib interns every name it parses
+        data = fh.read()
+    if hashlib.sha256(data).digest()[:_DIGEST] != patch.digest:
+        raise BadInput(f"{display(ref.path)} changed while rebase --check ran; run it again")
     return data
 
 
@@ -423,7 +439,7 @@ class _Node:
 
     __slots__ = ("patch", "_next", "result", "ends", "saved")
 
-    def __init__(self, patch: Patch | None) -> None:
+    def __init__(self, patch: _Held | None) -> None:
         self.patch = patch
         self._next: _Node | tuple[_Node, ...] | None = None  # the children: most nodes have one, held as itself
         self.result: Kept | None = None
@@ -440,14 +456,9 @@ class _Node:
         after = self._next
         self._next = child if after is None else (after, child) if isinstance(after, _Node) else (*after, child)
 
-    def child(self, patch: Patch) -> _Node | None:
-        """The child for PATCH: the same patch file and content."""
-        for node in self.children:
-            other = node.patch
-            assert other is not None
-            if other is patch or (other.sha256 == patch.sha256 and other.ref.id == patch.ref.id):
-                return node
-        return None
+    def child(self, patch: _Held) -> _Node | None:
+        """The child for PATCH: the same patch file (one _Held however many series have it, see _load)."""
+        return next((node for node in self.children if node.patch is patch), None)
 
 
 class _Checks(Sequence[PatchCheck]):
@@ -516,8 +527,8 @@ def _links(folder: str) -> frozenset[str]:
 
 @dataclass
 class _State:
-    history: list[Patch] = field(default_factory=list)  # every patch checked so far, in series order
-    broken: list[Patch] = field(default_factory=list)
+    history: list[_Held] = field(default_factory=list)  # every patch checked so far, in series order
+    broken: list[_Held] = field(default_factory=list)
 
     def copy(self) -> _State:
         return _State(list(self.history), list(self.broken))
@@ -541,7 +552,7 @@ class _Replayer:
         self.old = Scratch(mirror, within=within)  # the folder's objects, shared with self.new
         self.objects = git.Batch(mirror, self.new.env)  # reads both scratches' objects and the mirror's
         self._parsed: dict[str, ast.Module | None] = {}  # modules by blob, parsed once
-        self._pin_trees: dict[tuple[tuple[str, str], ...], str | None] = {}
+        self._pin_trees: dict[tuple[str, ...], str | None] = {}
         self.parses = parses
 
     def close(self) -> None:
@@ -555,7 +566,7 @@ class _Replayer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, target: str, sequences: list[tuple[str, list[Patch]]],
+    def run(self, target: str, sequences: list[tuple[str, list[_Held]]],
             overlays: dict[str, tuple[list[static.Target], list[static.FileOverlay]]] | None = None,
             ) -> tuple[dict[str, list[Kept]], list[OverlayResult]]:
         """Replay SEQUENCES (series by label) on TARGET and check their OVERLAYS; what was kept of each patch
@@ -589,7 +600,7 @@ class _Replayer:
         assert all(r is not None for kept in results.values() for r in kept)  # the walk reached every node
         return results, overlay_checks  # type: ignore[return-value]
 
-    def _overlays(self, model: str, patches: list[Patch], end: _Node, targets: list[static.Target],
+    def _overlays(self, model: str, patches: list[_Held], end: _Node, targets: list[static.Target],
                   files: list[static.FileOverlay]) -> OverlayResult:
         """The model's overlays against its series replayed on the target (broken patches left out).
         The pin side (what a drifted target is diffed against, where a file overlay's base blob may
@@ -602,7 +613,7 @@ class _Replayer:
         return OverlayResult(model, [drift.classify(t, new, pin) for t in targets],
                              [drift.check_file(f, new, [new, pin.reader(f.path)]) for f in files], self.up.name)
 
-    def _pin_tree(self, patches: list[Patch], paths: frozenset[str]) -> str | None:
+    def _pin_tree(self, patches: list[_Held], paths: frozenset[str]) -> str | None:
         """The pin with those of PATCHES that PATHS need, in series order (None: one does not apply)."""
         needed, chosen = set(paths), [False] * len(patches)
         grown = True
@@ -614,7 +625,7 @@ class _Replayer:
                     chosen[i], grown = True, True
                     needed |= touched
         selected = [p for p, keep in zip(patches, chosen) if keep]
-        key = tuple((p.ref.id, p.sha256) for p in selected)
+        key = tuple(p.ref.id for p in selected)  # on one upstream an id names one file, read once (_load)
         if key not in self._pin_trees:
             self._pin_trees[key] = replay(self.old, self.up.pin, [_bytes(p) for p in selected])
         return self._pin_trees[key]
@@ -689,13 +700,14 @@ class _Replayer:
 
     # one patch ------------------------------------------------------------------------------
 
-    def _step(self, patch: Patch, state: _State) -> Kept:
+    def _step(self, patch: _Held, state: _State) -> Kept:
         data = _bytes(patch)
         strict = self.new.apply(data)
         if strict.ok:
-            return self._clean(patch, strict)
+            return self._clean(patch, strict, data)
         parsed = self._parse(patch, data)
-        check = PatchCheck(patch.ref.id, patch.ref.layer, patch.ref.name, display(patch.ref.path), "clean")
+        ref = patch.ref
+        check = PatchCheck(ref.id, ref.layer, ref.name, display(ref.path), "clean")
         if self.new.apply(data, "--reverse", "--check").ok:
             check.outcome = "upstreamed"
             return check
@@ -711,21 +723,23 @@ class _Replayer:
             return check
         return self._merge_or_fuzz(patch, data, parsed, state, check, strict)
 
-    def _clean(self, patch: Patch, strict: git.Result) -> Kept:
-        """A patch that applied as it is (STRICT: git's report): clean, or (offset, lines) when a hunk moved."""
+    def _clean(self, patch: _Held, strict: git.Result, data: bytes | None = None) -> Kept:
+        """A patch that applied as it is (STRICT: git's report; DATA: its bytes, when read already): clean, or
+        (offset, lines) when a hunk moved."""
         moved = offsets(strict)
         if any(moved):
-            return max(moved, key=abs), "\n".join(_offset_lines(self._parse(patch), strict))  # no line holds a break
+            return max(moved, key=abs), "\n".join(_offset_lines(self._parse(patch, data), strict))  # no line holds a break
         return _CLEAN
 
-    def _parse(self, patch: Patch, data: bytes | None = None) -> ParsedPatch:
+    def _parse(self, patch: _Held, data: bytes | None = None) -> ParsedPatch:
         """PATCH's whole parse (its hunks), where one is looked at: from the kept parses, else made again from
-        its bytes (DATA, when read already). A check holds only what each patch touches (Patch.touched)."""
-        parsed, _ = patchfile.parse(dataclasses.replace(patch, data=data or _bytes(patch)), self.parses, hold=False)
+        its bytes (DATA, when read already). A check holds only what each patch touches (_Held.touched)."""
+        data = data or _bytes(patch)
+        parsed, _ = patchfile.parse(Patch(patch.ref, data, hashlib.sha256(data).hexdigest()), self.parses, hold=False)
         assert parsed is not None  # every series was checked to parse before the replay
         return parsed
 
-    def _merge_or_fuzz(self, patch: Patch, data: bytes, parsed: ParsedPatch, state: _State, check: PatchCheck,
+    def _merge_or_fuzz(self, patch: _Held, data: bytes, parsed: ParsedPatch, state: _State, check: PatchCheck,
                        strict: git.Result) -> PatchCheck:
         before = self.new.tree()
         self._old_blobs(patch, state)
@@ -748,26 +762,26 @@ class _Replayer:
         state.broken.append(patch)
         return check
 
-    def _old_world(self, patches: list[Patch]) -> None:
+    def _old_world(self, patches: list[_Held]) -> None:
         """The old scratch index: the pin with PATCHES applied (they all applied there)."""
         self.old.reset(self.up.pin)
         for patch in patches:
             self.old.apply(_bytes(patch))
 
-    def _needed_broken(self, patch: Patch, data: bytes, state: _State) -> Patch | None:
+    def _needed_broken(self, patch: _Held, data: bytes, state: _State) -> _Held | None:
         """The broken patch PATCH (its bytes: DATA) needs: it fails on the pin without the broken patches on its
         files."""
         files = _touched(patch)
         broken = _on(state.broken, files)
         if not broken:
             return None  # no broken patch touches its files, so it cannot need one
-        skip = {p.ref.id for p in state.broken}
-        self._old_world([p for p in _on(state.history, files) if p.ref.id not in skip])
+        skip = set(state.broken)
+        self._old_world([p for p in _on(state.history, files) if p not in skip])
         if self.old.apply(data, "--check").ok:
             return None
         return broken[-1]
 
-    def _old_blobs(self, patch: Patch, state: _State) -> None:
+    def _old_blobs(self, patch: _Held, state: _State) -> None:
         """Make the blobs PATCH was made against exist, so a three-way merge can use them.
 
         The first patch on a file was made against the pin's blob, which the mirror has; a later
@@ -843,7 +857,7 @@ class _Replayer:
                 last += delta
         return max(first, 1), max(last, first)
 
-    def _range_diff(self, patch: Patch, data: bytes, before: str, after: str) -> list[str]:
+    def _range_diff(self, patch: _Held, data: bytes, before: str, after: str) -> list[str]:
         paths = [p for paths in patch.touched for p in paths]
         new = self.new.run(["diff-tree", "-p", "-M", before, after, "--", *paths]).stdout
         old = data.decode("utf-8", "replace")
@@ -851,12 +865,12 @@ class _Replayer:
         return _diff_of_diffs(old, new)
 
 
-def _touched(patch: Patch) -> set[str]:
-    """The paths PATCH (as a check holds it: its `touched`) reads or writes."""
+def _touched(patch: _Held) -> set[str]:
+    """The paths PATCH reads or writes."""
     return {p for paths in patch.touched for p in paths}
 
 
-def _on(patches: list[Patch], files: set[str]) -> list[Patch]:
+def _on(patches: list[_Held], files: set[str]) -> list[_Held]:
     """Those of PATCHES that change one of FILES, in order."""
     return [p for p in patches if any(x in files for paths in p.touched for x in paths)]
 

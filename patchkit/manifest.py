@@ -47,9 +47,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from patchkit import __version__, memo
 from patchkit.errors import BadInput, InvalidInput
@@ -114,6 +117,123 @@ class PatchRef:
         return Path(self.file)
 
 
+@dataclass(frozen=True, slots=True)
+class SeriesFile:
+    """One layer's series file for one upstream, as read: its patch files' names and their lines, one string
+    each (a series of thousands is two strings, not an object per patch)."""
+
+    layer: str
+    upstream: str
+    path: Path  # the series file; each patch file is its name beside it
+    names: str  # the patch files' names in series order, "\n"-joined
+    lines: str  # the line of each in the series file, ","-joined
+
+    def __len__(self) -> int:
+        return self.names.count("\n") + 1 if self.names else 0
+
+    def __iter__(self) -> Iterator[PatchRef]:
+        for name, line in zip(_items(self.names, "\n"), _items(self.lines, ",")):
+            yield PatchRef(self.layer, self.upstream, name, "", self.path, int(line))
+
+    def ref(self, name: str, line: int) -> PatchRef:
+        return PatchRef(self.layer, self.upstream, name, "", self.path, line)
+
+
+def _items(text: str, sep: str) -> Iterator[str]:
+    """TEXT's SEP-separated items one at a time (no list of them all)."""
+    start = 0
+    while text:
+        end = text.find(sep, start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end]
+        start = end + 1
+
+
+@dataclass(frozen=True, eq=False)
+class Series(Sequence[PatchRef]):
+    """A model's patches on one upstream: its layers' series files in order, read as PatchRefs, each made when
+    it is read. It compares equal to any sequence of the same refs."""
+
+    files: tuple[SeriesFile, ...] = ()
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self.files else 0
+
+    def __iter__(self) -> Iterator[PatchRef]:
+        for part in self.files:
+            yield from part
+
+    @overload
+    def __getitem__(self, index: int) -> PatchRef: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[PatchRef, ...]: ...
+    def __getitem__(self, index: int | slice) -> PatchRef | tuple[PatchRef, ...]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        size = len(self)
+        if not -size <= index < size:
+            raise IndexError("series index out of range")
+        index %= size
+        at = bisect_right(self._ends, index)
+        part, first = self.files[at], self._ends[at - 1] if at else 0
+        starts, lines = self._index(at)
+        i = index - first
+        end = starts[i + 1] - 1 if i + 1 < len(starts) else len(part.names)
+        return part.ref(part.names[starts[i]:end], lines[i])
+
+    def __add__(self, other: Sequence[PatchRef]) -> Series:
+        if isinstance(other, Series):
+            return Series(self.files + other.files)
+        return NotImplemented
+
+    def __radd__(self, other: Sequence[PatchRef]) -> Series:
+        if isinstance(other, tuple) and not other:  # () + a series, as `dict.get(up, ())` gives
+            return self
+        return NotImplemented
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Series) and self.files == other.files:
+            return True
+        if not isinstance(other, (Series, tuple, list)) or len(other) != len(self):
+            return False
+        return all(a == b for a, b in zip(self, other))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Series({len(self)} patches: {', '.join(f'{p.layer}/{p.upstream}' for p in self.files)})"
+
+    @property
+    def _ends(self) -> list[int]:
+        """The index after each file's last patch."""
+        ends = self.__dict__.get("_ends_")
+        if ends is None:
+            ends, total = [], 0
+            for part in self.files:
+                total += len(part)
+                ends.append(total)
+            object.__setattr__(self, "_ends_", ends)
+        return ends
+
+    def _index(self, at: int) -> tuple[array[int], array[int]]:
+        """Where each name of file AT starts in its names, and each one's line (made once: 8 bytes a patch)."""
+        index = self.__dict__.setdefault("_index_", {})
+        if at not in index:
+            part = self.files[at]
+            starts, pos = array("I", [0]), part.names.find("\n")
+            while pos >= 0:
+                starts.append(pos + 1)
+                pos = part.names.find("\n", pos + 1)
+            index[at] = (starts, array("I", map(int, _items(part.lines, ","))))
+        return index[at]
+
+
+NO_PATCHES = Series()
+
+
 @dataclass(frozen=True)
 class Variant:
     """What a hardware/toolchain variant adds to its model (only the additions)."""
@@ -122,7 +242,7 @@ class Variant:
     line: int
     description: str = ""
     layers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # upstream -> layers appended
-    patches: dict[str, tuple[PatchRef, ...]] = field(default_factory=dict)  # upstream -> those layers' series
+    patches: dict[str, Series] = field(default_factory=dict)  # upstream -> those layers' series
     overlays: tuple[str, ...] = ()  # overlay sets appended
     requires: tuple[str, ...] = ()  # pip requirements `install` adds
 
@@ -133,7 +253,7 @@ class Model:
     line: int
     description: str
     layers: dict[str, tuple[str, ...]]  # upstream -> ordered layers
-    patches: dict[str, tuple[PatchRef, ...]] = field(default_factory=dict)  # upstream -> series
+    patches: dict[str, Series] = field(default_factory=dict)  # upstream -> series
     overlays: tuple[str, ...] = ()  # overlay sets: folders under overlays/
     pins: dict[str, str] = field(default_factory=dict)  # upstream -> the model's own pin (long form only)
     tracks: dict[str, str] = field(default_factory=dict)  # upstream -> the model's own track (long form only)
@@ -153,7 +273,7 @@ class Effective:
     variant: str | None
     upstreams: dict[str, Upstream]  # the model's upstreams, in its order
     layers: dict[str, tuple[str, ...]]
-    patches: dict[str, tuple[PatchRef, ...]]
+    patches: dict[str, Series]
     overlays: tuple[str, ...]
     requires: tuple[str, ...] = ()
 
@@ -231,7 +351,7 @@ class Manifest:
             return Effective(found, None, ups, dict(found.layers), dict(found.patches), found.overlays)
         v = found.variants[variant]
         layers = {up: found.layers[up] + v.layers.get(up, ()) for up in found.layers}
-        patches = {up: found.patches.get(up, ()) + v.patches.get(up, ()) for up in found.layers}
+        patches = {up: found.patches.get(up, NO_PATCHES) + v.patches.get(up, NO_PATCHES) for up in found.layers}
         return Effective(found, variant, ups, layers, patches, found.overlays + v.overlays, v.requires)
 
     def views(self, models: list[Model] | None = None) -> list[Effective]:
@@ -313,7 +433,7 @@ def manifests_memo(cache_root: Path, path: Path) -> memo.Memo:
     return memo.Memo(cache_root / f"manifests-v{MANIFESTS_VERSION}" / f"{name}.json", limit=1)
 
 
-_DECODE = memo.decoder((Manifest, Upstream, Model, Variant, PatchRef, Toolchain))
+_DECODE = memo.decoder((Manifest, Upstream, Model, Variant, Series, SeriesFile, Toolchain))
 
 
 def _kept(kept: memo.Memo, key: str, path: Path) -> Manifest | None:

@@ -16,7 +16,7 @@ import yaml
 from patchkit import series as series_mod
 from patchkit.errors import Diagnostic
 from patchkit.manifest import (DEVICES, INSTALL_BUILDS, INSTALL_KEYS, READABLE_VERSIONS, TOOLCHAIN_KEYS, Manifest,
-                               Model, PatchRef, Toolchain, Upstream, Variant, series_dir)
+                               Model, Series, SeriesFile, Toolchain, Upstream, Variant, series_dir)
 from patchkit.paths import display
 from patchkit.yamlcheck import Checker, name_problem, short
 
@@ -41,8 +41,8 @@ class Reader(Checker):
     def __init__(self, path: Path, where: str) -> None:
         super().__init__(path, where)
         # (kind, path, what was found): file, is_file, is_dir; ("is_files", folder, names a line, True)
-        self.reads: list[tuple[str, ...] | tuple[str, str, str | bool]] = []
-        self._series: dict[tuple[str, str], list[PatchRef]] = {}  # a shared layer is read once
+        self.reads: list[tuple[str, str, str | bool] | tuple[str, str, str, bool]] = []
+        self._series: dict[tuple[str, str], SeriesFile | None] = {}  # a shared layer is read once
         self._broken: set[str] = set()  # upstreams declared with an error already reported
         self._v1_line = 0  # the line of an explicit `version: 1`: version-2 forms are refused then
 
@@ -212,8 +212,8 @@ class Reader(Checker):
         return Model(key, knode.start_mark.line + 1, description, layers, patches, overlays, pins, tracks,
                      pin_lines, variants)
 
-    def series_of(self, up: str, names: list[tuple[str, yaml.Node]]) -> tuple[PatchRef, ...]:
-        return tuple(ref for name, node in names for ref in self.layer_series(name, up, node))
+    def series_of(self, up: str, names: list[tuple[str, yaml.Node]]) -> Series:
+        return Series(tuple(f for f in (self.layer_series(name, up, node) for name, node in names) if f is not None))
 
     def uses(self, node: yaml.Node, what: str, upstreams: dict[str, Upstream]) -> dict[str, _Use]:
         """The model's upstreams: each one's layers, and in the long form its own pin and track."""
@@ -334,39 +334,42 @@ class Reader(Checker):
                 names.append((value, item))
         return names
 
-    def layer_series(self, layer: str, upstream: str, node: yaml.Node) -> list[PatchRef]:
+    def layer_series(self, layer: str, upstream: str, node: yaml.Node) -> SeriesFile | None:
         if (layer, upstream) not in self._series:
             self._series[layer, upstream] = self._read_series(layer, upstream, node)
         return self._series[layer, upstream]
 
-    def _read_series(self, layer: str, upstream: str, node: yaml.Node) -> list[PatchRef]:
+    def _read_series(self, layer: str, upstream: str, node: yaml.Node) -> SeriesFile | None:
         folder = series_dir(self.path.parent, layer, upstream)
         series_path = folder / "series"
         if not self._is("is_file", series_path):
             self.error(node, f"layer {layer!r} has no series for upstream {upstream!r} "
                        f"({display(series_path)} not found)")
-            return []
+            return None
         where = display(series_path)
         try:
             data = series_path.read_bytes()
         except OSError as exc:
             self.problems.append(Diagnostic(where, 0, f"cannot read: {exc}"))
-            return []
+            return None
         self.reads.append(("file", str(series_path), hashlib.sha256(data).hexdigest()))
         entries, problems = series_mod.parse_bytes(data, where)
         self.problems += problems
-        refs, found = [], []
+        names, lines = [], []
         base = str(folder)
         for entry in entries:
             if not os.path.isfile(os.path.join(base, entry.name)):  # a string: no Path (nor its parts) per patch
                 self.problems.append(Diagnostic(where, entry.line, f"patch file {entry.name} not found in {display(folder)} "
                                                 f"(layer {layer!r}, named in {self.where}:{node.start_mark.line + 1})"))
                 continue
-            found.append(entry.name)
-            refs.append(PatchRef(layer, upstream, entry.name, "", series_path, entry.line))  # its file: PatchRef.file
-        if found:  # the series' patch files as one read: a folder and names a line (a missing one is a problem)
-            self.reads.append(("is_files", base, "\n".join(found), True))
-        return refs
+            names.append(entry.name)
+            lines.append(str(entry.line))
+        if not names:
+            return None
+        # the series' patch files as one read: a folder and names a line (a missing one is a problem)
+        joined = "\n".join(names)
+        self.reads.append(("is_files", base, joined, True))
+        return SeriesFile(layer, upstream, series_path, joined, ",".join(lines))
 
     def _is(self, kind: str, path: Path | str) -> bool:
         """PATH.is_file() or PATH.is_dir() (KIND), noted in `reads`."""

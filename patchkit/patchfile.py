@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -54,7 +54,6 @@ class Patch:
     data: bytes
     sha256: str
     files: tuple[tuple[str, bytes], ...] = ()  # whole-file overlays: (path, content), not a diff
-    touched: tuple[tuple[str, ...], ...] = ()  # each file change's paths, where its parse is not held (a check)
 
     @property
     def name(self) -> str:
@@ -205,14 +204,22 @@ def _kept(patch: Patch, kept: memo.Entries, key: str) -> ParsedPatch | None:
         return None
     if isinstance(subject, str) and isinstance(author, str) and isinstance(files, tuple) and files \
             and all(_is_change(f) for f in files):
-        return ParsedPatch(patch.ref, subject, sys.intern(author), tuple(map(_interned, files)))
+        return ParsedPatch(patch.ref, subject, _shared(author), tuple(map(_one_string, files)))
     return None
 
 
-def _interned(change: FileChange) -> FileChange:
+def _one_string(change: FileChange) -> FileChange:
     """CHANGE with one string per repository path, as _file_change makes it (a memo gives new strings)."""
-    return FileChange(sys.intern(change.path), tuple(map(sys.intern, change.paths)), change.hunks,
-                      change.creates_symlink)
+    return FileChange(_shared(change.path), tuple(map(_shared, change.paths)), change.hunks, change.creates_symlink)
+
+
+_SHARED: dict[str, str] = {}
+
+
+def _shared(text: str) -> str:
+    """One string for each repository path (and author), however many patches name it. Not sys.intern: the
+    interpreter's table of interned strings never shrinks, and doubling it past ~44,000 names costs ~1-2 MB."""
+    return _SHARED.setdefault(text, text)
 
 
 def _is_change(change: object) -> bool:
@@ -252,7 +259,7 @@ def _parse(patch: Patch) -> tuple[ParsedPatch | None, list[Diagnostic]]:
     if problems:
         return None, problems
     subject = re.sub(r"^\[PATCH[^\]]*\]\s*", "", headers["subject"])
-    return ParsedPatch(patch.ref, subject, sys.intern(headers["from"]), tuple(files)), []
+    return ParsedPatch(patch.ref, subject, _shared(headers["from"]), tuple(files)), []
 
 
 def _file_change(pf: unidiff.PatchedFile) -> FileChange:
@@ -260,21 +267,21 @@ def _file_change(pf: unidiff.PatchedFile) -> FileChange:
     for raw in (pf.source_file, pf.target_file):
         stripped = _strip_prefix(raw)
         if stripped is not None and stripped not in paths:
-            paths.append(sys.intern(stripped))  # one string for a file however many patches change it
+            paths.append(_shared(stripped))  # one string for a file however many patches change it
     info = str(pf.patch_info or "")
     for line in info.splitlines():
         for prefix in _EXTENDED:
             if line.startswith(prefix):
                 value = line[len(prefix):].rstrip("\r")
                 if value not in paths:
-                    paths.append(sys.intern(value))
+                    paths.append(_shared(value))
     hunks = tuple(
         Hunk(h.source_start, h.source_length, h.target_start, h.target_length, h.section_header.strip())
         for h in pf
     )
     symlink = any(line.strip() in (f"new file mode {SYMLINK_MODE}", f"new mode {SYMLINK_MODE}") for line in info.splitlines())
     main_path = _strip_prefix(pf.target_file) or _strip_prefix(pf.source_file) or (paths[0] if paths else "")
-    return FileChange(sys.intern(main_path), tuple(paths), hunks, symlink)
+    return FileChange(_shared(main_path), tuple(paths), hunks, symlink)
 
 
 def path_problem(path: str) -> str | None:
@@ -319,7 +326,7 @@ def symlink_prefixes(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def load_series(refs: tuple[PatchRef, ...]) -> list[Patch]:
+def load_series(refs: Iterable[PatchRef]) -> list[Patch]:
     return [read(ref) for ref in refs]
 
 

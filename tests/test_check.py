@@ -478,17 +478,18 @@ def test_replay_keeps_no_patch_bytes(runs: Path, monkeypatch: pytest.MonkeyPatch
     from patchkit.errors import BadInput
 
     port = manifest.load(runs / "upstreams.yaml")
-    seen: list[bytes] = []
+    seen: list[object] = []
     real = check._Replayer.run
 
     def spy(self: object, target: str, sequences: list, *rest: object):  # type: ignore[no-untyped-def]
-        seen.extend(p.data for _, patches in sequences for p in patches)
+        seen.extend(p for _, patches in sequences for p in patches)
         return real(self, target, sequences, *rest)  # type: ignore[arg-type]
 
     monkeypatch.setattr(check._Replayer, "run", spy)
     monkeypatch.chdir(runs)
     report = check.check(port, [], fetch=False, jobs=1)
-    assert len(seen) == 12 and set(seen) == {b""}
+    assert len(seen) == 12 and all(type(p) is check._Held and not hasattr(p, "__dict__") for p in seen)
+    assert {len(p.digest) for p in seen} == {check._DIGEST}  # a digest, no bytes, name or path string held
     assert [p.outcome for p in report.series[0].patches].count("conflict") == 1  # read again to classify it
     light = check._load(port.models["m"].patches["up"], {}, None, {})[5]
     assert check._bytes(light) == light.ref.path.read_bytes()

@@ -189,3 +189,44 @@ def test_fast_yaml_composes_the_same_tree_and_keeps_pyyaml_errors() -> None:
         with pytest.raises(yaml.YAMLError) as slow:
             yaml.compose(bad, Loader=yaml.SafeLoader)
         assert str(fast.value) == str(slow.value)
+
+
+def test_a_series_is_its_refs_without_an_object_per_patch(tmp_path: Path) -> None:
+    """A model's patches on an upstream are its layers' series files, each held as two strings: every way of
+    reading them (iteration, an index, a negative one, a slice) gives the refs a series file names, at their
+    lines; it equals any sequence of the same refs, and comes back from a memo exactly."""
+    import json
+
+    from patchkit import memo
+
+    root = tmp_path / "port"
+    for layer, names in {"base": ["0001-a.patch", "0002-b.patch"], "own": ["0001-c.patch", "0002-d.patch",
+                                                                         "0003-e.patch"]}.items():
+        folder = root / "patches" / layer / "up"
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_text("x")
+        (folder / "series").write_text("# a comment\n\n" + "\n".join(f"{n}  # why" for n in names) + "\n")
+    (root / "upstreams.yaml").write_text(f"upstreams:\n  up:\n    url: https://example.org/up.git\n    pin: {SHA}\n"
+                                         "    track: main\nmodels:\n  m:\n    upstreams:\n      up: [base, own]\n")
+    series = manifest.load(root / "upstreams.yaml").models["m"].patches["up"]
+    assert isinstance(series, manifest.Series) and len(series.files) == 2
+    expected = tuple(manifest.PatchRef(layer, "up", name, "", root / "patches" / layer / "up" / "series", line)
+                     for layer, names in (("base", ["0001-a.patch", "0002-b.patch"]),
+                                          ("own", ["0001-c.patch", "0002-d.patch", "0003-e.patch"]))
+                     for line, name in enumerate(names, 3))
+    assert len(series) == 5 and tuple(series) == expected and series == expected and list(series) == list(expected)
+    assert [series[i] for i in range(5)] == list(expected) and [series[i] for i in range(-5, 0)] == list(expected)
+    assert series[1:4] == expected[1:4] and series[::-2] == expected[::-2]
+    assert series[3].file == str(root / "patches" / "own" / "up" / "0002-d.patch")
+    for outside in (5, -6):
+        with pytest.raises(IndexError):
+            series[outside]
+    base, own = (manifest.Series((f,)) for f in series.files)
+    assert base + own == series and hash(base + own) == hash(series) and () + base == base
+    assert manifest.NO_PATCHES + base == base and len(manifest.NO_PATCHES) == 0 and list(manifest.NO_PATCHES) == []
+    assert series != expected[:4] and series != base and series != "not a series"
+    decode = memo.decoder([manifest.Series, manifest.SeriesFile])
+    back = decode(json.loads(json.dumps(memo.encode({"a": series, "b": series}))))
+    assert back["a"] == series and type(back["a"]) is manifest.Series
+    assert back["a"].files[1].names is back["b"].files[1].names  # one string for a series file however many use it
