@@ -355,7 +355,8 @@ def _load(refs: Sequence[PatchRef], loaded: dict[tuple[Path, str], _Held], kept:
         if key not in loaded:
             patch, parsed = _read_checked(ref, kept, problems)
             touched = tuple(c.paths for c in parsed.files) if parsed else ()
-            loaded[key] = _Held(refs, index, shapes.setdefault(touched, touched), bytes.fromhex(patch.sha256[:2 * _DIGEST]))
+            digest = bytes.fromhex(patch.sha256[:2 * _DIGEST])
+            loaded[key] = _Held(refs, index, shapes.setdefault(touched, touched), digest)
         patches.append(loaded[key])
     return patches
 
@@ -728,7 +729,8 @@ class _Replayer:
         (offset, lines) when a hunk moved."""
         moved = offsets(strict)
         if any(moved):
-            return max(moved, key=abs), "\n".join(_offset_lines(self._parse(patch, data), strict))  # no line holds a break
+            lines = _offset_lines(self._parse(patch, data), strict)
+            return max(moved, key=abs), "\n".join(lines)  # no line holds a break
         return _CLEAN
 
     def _parse(self, patch: _Held, data: bytes | None = None) -> ParsedPatch:

@@ -230,3 +230,15 @@ def test_a_series_is_its_refs_without_an_object_per_patch(tmp_path: Path) -> Non
     back = decode(json.loads(json.dumps(memo.encode({"a": series, "b": series}))))
     assert back["a"] == series and type(back["a"]) is manifest.Series
     assert back["a"].files[1].names is back["b"].files[1].names  # one string for a series file however many use it
+
+
+def test_a_series_name_outside_its_folder_is_refused_at_its_line() -> None:
+    from patchkit import series
+
+    text = "/abs.patch\n../up.patch\nsub/../../b.patch\nsub/ok.patch\n..x.patch\n./here.patch\n"
+    entries, problems = series.parse_text(text, "patches/npu/up/series")
+    assert [e.name for e in entries] == ["sub/ok.patch", "..x.patch", "./here.patch"]
+    assert [(p.line, p.message) for p in problems] == [
+        (1, "patch name '/abs.patch' points outside the series folder"),
+        (2, "patch name '../up.patch' points outside the series folder"),
+        (3, "patch name 'sub/../../b.patch' points outside the series folder")]
