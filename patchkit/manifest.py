@@ -133,7 +133,7 @@ class SeriesFile:
 
     def __iter__(self) -> Iterator[PatchRef]:
         for name, line in zip(_items(self.names, "\n"), _items(self.lines, ",")):
-            yield PatchRef(self.layer, self.upstream, name, "", self.path, int(line))
+            yield self.ref(name, int(line))
 
     def ref(self, name: str, line: int) -> PatchRef:
         return PatchRef(self.layer, self.upstream, name, "", self.path, line)
@@ -189,7 +189,7 @@ class Series(Sequence[PatchRef]):
         return NotImplemented
 
     def __radd__(self, other: Sequence[PatchRef]) -> Series:
-        if isinstance(other, tuple) and not other:  # () + a series, as `dict.get(up, ())` gives
+        if isinstance(other, tuple) and not other:  # () + a series: no patches before it
             return self
         return NotImplemented
 
