@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -341,6 +340,10 @@ class _Held:
 _DIGEST = 8  # bytes of a patch's sha256 a check holds: enough to see that its file changed
 
 
+def _digest(patch: Patch) -> bytes:
+    return bytes.fromhex(patch.sha256[:2 * _DIGEST])
+
+
 def _load(refs: Sequence[PatchRef], loaded: dict[tuple[Path, str], _Held], kept: memo.Entries | None,
           problems: dict[str, list[Diagnostic]]) -> list[_Held]:
     """A series' patches, parsed and checked while their bytes are read, then held as _Held. The replay reads
@@ -355,20 +358,21 @@ def _load(refs: Sequence[PatchRef], loaded: dict[tuple[Path, str], _Held], kept:
         if key not in loaded:
             patch, parsed = _read_checked(ref, kept, problems)
             touched = tuple(c.paths for c in parsed.files) if parsed else ()
-            digest = bytes.fromhex(patch.sha256[:2 * _DIGEST])
-            loaded[key] = _Held(refs, index, shapes.setdefault(touched, touched), digest)
+            loaded[key] = _Held(refs, index, shapes.setdefault(touched, touched), _digest(patch))
         patches.append(loaded[key])
     return patches
 
 
+def _read(patch: _Held) -> Patch:
+    """PATCH read again (its bytes and sha256); refused when the file changed since the check read it."""
+    read = patchfile.read(patch.ref)
+    if _digest(read) != patch.digest:
+        raise BadInput(f"{display(read.ref.path)} changed while rebase --check ran; run it again")
+    return read
+
+
 def _bytes(patch: _Held) -> bytes:
-    """PATCH's bytes, read again; refused when the file changed since the check read it."""
-    ref = patch.ref
-    with open(ref.file, "rb") as fh:  # no Path: pathlib interns every name it parses
-        data = fh.read()
-    if hashlib.sha256(data).digest()[:_DIGEST] != patch.digest:
-        raise BadInput(f"{display(ref.path)} changed while rebase --check ran; run it again")
-    return data
+    return _read(patch).data
 
 
 def resolve_ref(mirror: Path, ref: str, objects: git.Batch | None = None) -> str | None:
@@ -702,11 +706,12 @@ class _Replayer:
     # one patch ------------------------------------------------------------------------------
 
     def _step(self, patch: _Held, state: _State) -> Kept:
-        data = _bytes(patch)
+        read = _read(patch)
+        data = read.data
         strict = self.new.apply(data)
         if strict.ok:
-            return self._clean(patch, strict, data)
-        parsed = self._parse(patch, data)
+            return self._clean(patch, strict, read)
+        parsed = self._parse(patch, read)
         ref = patch.ref
         check = PatchCheck(ref.id, ref.layer, ref.name, display(ref.path), "clean")
         if self.new.apply(data, "--reverse", "--check").ok:
@@ -724,20 +729,20 @@ class _Replayer:
             return check
         return self._merge_or_fuzz(patch, data, parsed, state, check, strict)
 
-    def _clean(self, patch: _Held, strict: git.Result, data: bytes | None = None) -> Kept:
-        """A patch that applied as it is (STRICT: git's report; DATA: its bytes, when read already): clean, or
-        (offset, lines) when a hunk moved."""
+    def _clean(self, patch: _Held, strict: git.Result, read: Patch | None = None) -> Kept:
+        """A patch that applied as it is (STRICT: git's report; READ: the patch read, when it was already): clean,
+        or (offset, lines) when a hunk moved."""
         moved = offsets(strict)
         if any(moved):
-            lines = _offset_lines(self._parse(patch, data), strict)
+            lines = _offset_lines(self._parse(patch, read), strict)
             return max(moved, key=abs), "\n".join(lines)  # no line holds a break
         return _CLEAN
 
-    def _parse(self, patch: _Held, data: bytes | None = None) -> ParsedPatch:
+    def _parse(self, patch: _Held, read: Patch | None = None) -> ParsedPatch:
         """PATCH's whole parse (its hunks), where one is looked at: from the kept parses, else made again from
-        its bytes (DATA, when read already). A check holds only what each patch touches (_Held.touched)."""
-        data = data or _bytes(patch)
-        parsed, _ = patchfile.parse(Patch(patch.ref, data, hashlib.sha256(data).hexdigest()), self.parses, hold=False)
+        its bytes (READ: the patch read, when it was already). A check holds only what each patch touches
+        (_Held.touched)."""
+        parsed, _ = patchfile.parse(read or _read(patch), self.parses, hold=False)
         assert parsed is not None  # every series was checked to parse before the replay
         return parsed
 
