@@ -100,9 +100,9 @@ class Entries:
         at = 0
         with fh:
             for line in fh:
-                end = line.find(b'": ')
-                if line.startswith(b'"') and end > 0 and line.endswith((b",\n", b"\n")):
-                    hashes.append(hash(line[:end + 1]))
+                key = _key_hash(line)
+                if key is not None and line.endswith((b",\n", b"\n")):
+                    hashes.append(key)
                     offsets.append(at)
                     lengths.append(len(line))
                 at += len(line)
@@ -113,8 +113,9 @@ class Entries:
 
     def _find(self, raw: bytes) -> tuple[int, bytes] | None:
         """The index and value text of the line whose key (JSON text) is RAW."""
-        i = bisect.bisect_left(self._hashes, hash(raw))
-        while i < len(self._hashes) and self._hashes[i] == hash(raw) and self._fd is not None:
+        h = hash(raw)
+        i = bisect.bisect_left(self._hashes, h)
+        while i < len(self._hashes) and self._hashes[i] == h and self._fd is not None:
             line = os.pread(self._fd, self._lengths[i], self._offsets[i])
             if line.startswith(raw + b": "):
                 return i, line[len(raw) + 2:].rstrip(b"\n").rstrip(b",")
@@ -214,10 +215,9 @@ class Entries:
 
     def _at(self, line: bytes, at: int) -> int | None:
         """The index of LINE, read at offset AT (None: not an entry)."""
-        end = line.find(b'": ')
-        if end <= 0:
+        h = _key_hash(line)
+        if h is None:
             return None
-        h = hash(line[:end + 1])
         i = bisect.bisect_left(self._hashes, h)
         while i < len(self._hashes) and self._hashes[i] == h:
             if self._offsets[i] == at:
@@ -229,6 +229,12 @@ class Entries:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _key_hash(line: bytes) -> int | None:
+    """The hash of the key (its JSON text) of an entry's LINE in an Entries file, None for a line that is no entry."""
+    end = line.find(b'": ')
+    return hash(line[:end + 1]) if line.startswith(b'"') and end > 0 else None
 
 
 def code_key(*files: str) -> str:
