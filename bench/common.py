@@ -105,9 +105,7 @@ def run_once(case: Timed, round_no: int) -> None:
 def rounds(cases: list[Timed], repeat: int, label: str = "", warmup: bool = True) -> None:
     """Every case once per round, REPEAT rounds (one untimed warm-up round first, unless the caller warmed
     them up another way). Each round starts one case later than the one before (A B C, B C A, C A B, ...), so no
-    case always runs in one place: in the fixed order floor, patchkit, baseline the real port measured patchkit
-    1.66x the floor and 1.14x the baseline (12 rounds, load 0.7); rotated, three runs of 18 rounds gave
-    1.30-1.48x and 0.83-1.02x (load 0.8-1.2), and a plain alternating A/B of the same two commands 0.91x."""
+    case always runs in one place: a fixed order moved the real port's ratios by a fifth and more."""
     for case in cases if warmup else []:
         run_once(case, -1)
         case.walls.clear(), case.cpus.clear(), case.outputs.clear(), case.rss_kb.clear()

@@ -3,9 +3,9 @@
 The floor is the least git work that replays the same series: per upstream, one `rev-parse` of the
 target, one `read-tree` of it into a temporary index, then one `git apply --cached` per patch of
 the trie of all series on that upstream (a layer several models share is applied once; where the
-series part, the index file is copied aside and copied back before each other branch: no git process). New objects go to
-a temporary object directory (the mirror's objects are an alternate), so no mirror is written. No
-overlay is looked at: patchkit's overlay check is measured against this floor as it stands.
+series part, the index file is copied aside and copied back before each other branch: no git process).
+New objects go to a temporary object directory (the mirror's objects are an alternate), so no mirror is
+written. No overlay is looked at: patchkit's overlay check is measured against this floor as it stands.
 """
 
 from __future__ import annotations
