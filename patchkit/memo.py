@@ -283,8 +283,9 @@ def encode(value: Any) -> Any:
 
 
 def _columns(rows: tuple[Any, ...], kind: type) -> list[Any]:
-    """A tuple of dataclasses of one KIND by field (a column each, one value where all rows share it): a long
-    series' refs decode into their own fields, not into a list and ten objects each."""
+    """A tuple of dataclasses of one KIND by field (a column each, one value where all rows share it): a file
+    change's hunks, a parse's file changes and a series' files are kept with no list per row. It was made for
+    a manifest's tuple of refs, which a series no longer is (manifest.Series holds two strings a file)."""
     columns: list[Any] = []
     for f in dataclasses.fields(kind):
         values = [getattr(row, f.name) for row in rows]
@@ -299,8 +300,8 @@ def _columns(rows: tuple[Any, ...], kind: type) -> list[Any]:
 
 def decoder(kinds: Iterable[type]) -> Any:
     """decode(data): the value ENCODE made DATA from, with only the dataclasses KINDS. Equal strings of one
-    DATA come back as one string, and equal paths as one Path (a manifest's refs share their layer's and
-    upstream's names and their series file's Path)."""
+    DATA come back as one string, and equal paths as one Path (the series files of a shared layer, however
+    many models use it, share their names' string)."""
     known = {"@" + kind.__name__: (kind, len(dataclasses.fields(kind))) for kind in kinds}
 
     def decode(data: Any) -> Any:

@@ -61,7 +61,7 @@ def test_values_come_back_exactly() -> None:
 
 
 def test_a_tuple_of_dataclasses_comes_back_exactly_by_column() -> None:
-    """A series' refs are kept by field (one value where all share it): equal values of other types (1 and
+    """A tuple of dataclasses is kept by field (one value where all share it): equal values of other types (1 and
     True) stay apart, and a damaged column is refused."""
     refs = tuple(manifest.PatchRef("l", "u", f"{i:04d}.patch", f"/p/{i:04d}.patch", Path("/p/series"), i)
                  for i in range(300))
