@@ -433,10 +433,15 @@ class _PinSide(TreeReader):
         return self.reader(path).read(path)
 
 
-Kept = str | tuple[int, str] | PatchCheck
-_CLEAN = "clean"  # what the replay keeps of a patch that applied as it is; (offset, its lines joined by line breaks)
-# for one that moved (one string, not a tuple of them);
+Kept = str | PatchCheck
+_CLEAN = "clean"  # what the replay keeps of a patch that applied as it is; for one that moved, one string (_moved);
 # a whole PatchCheck for the other outcomes (see _Checks)
+
+
+def _moved(offset: int, lines: list[str]) -> str:
+    """What the replay keeps of a patch that moved: its offset and its lines, one string a line (no line holds a
+    break, and the first is a number, never _CLEAN): no tuple and no int a patch."""
+    return "\n".join([str(offset), *lines])
 
 
 class _Node:
@@ -492,7 +497,7 @@ class _Checks(Sequence[PatchCheck]):
             if isinstance(kept, PatchCheck):
                 yield kept.outcome, kept.broken
             else:
-                yield (_CLEAN if isinstance(kept, str) else "offset"), False
+                yield (_CLEAN if kept == _CLEAN else "offset"), False
 
 
 def _states(patches: Sequence[PatchCheck]) -> Iterator[tuple[str, bool]]:
@@ -504,8 +509,9 @@ def _check_of(ref: PatchRef, kept: Kept, folders: dict[str, tuple[str, frozenset
     if isinstance(kept, PatchCheck):
         return kept
     check = PatchCheck(ref.id, ref.layer, ref.name, _shown(ref.file, folders), _CLEAN)
-    if not isinstance(kept, str):
-        check.outcome, check.offset, check.range_diff = "offset", kept[0], kept[1].split("\n") if kept[1] else []
+    if kept != _CLEAN:
+        offset, _, lines = kept.partition("\n")
+        check.outcome, check.offset, check.range_diff = "offset", int(offset), lines.split("\n") if lines else []
     return check
 
 
@@ -731,11 +737,10 @@ class _Replayer:
 
     def _clean(self, patch: _Held, strict: git.Result, read: Patch | None = None) -> Kept:
         """A patch that applied as it is (STRICT: git's report; READ: the patch read, when it was already): clean,
-        or (offset, lines) when a hunk moved."""
+        or its offset and lines when a hunk moved."""
         moved = offsets(strict)
         if any(moved):
-            lines = _offset_lines(self._parse(patch, read), strict)
-            return max(moved, key=abs), "\n".join(lines)  # no line holds a break
+            return _moved(max(moved, key=abs), _offset_lines(self._parse(patch, read), strict))
         return _CLEAN
 
     def _parse(self, patch: _Held, read: Patch | None = None) -> ParsedPatch:

@@ -156,7 +156,7 @@ def test_check_memory_is_flat_in_the_series_length(tmp_path: Path) -> None:
 def test_checks_read_as_the_list_of_patch_checks(tmp_path: Path) -> None:
     """A check's series outcomes (_Checks, made when read from compact records) behave as the list of
     PatchChecks they stand for: length, order, indexes, slices, and the same record each time."""
-    from patchkit.check import PatchCheck, _Checks
+    from patchkit.check import PatchCheck, _Checks, _moved
     from patchkit.manifest import PatchRef
 
     folder = tmp_path / "patches" / "npu" / "up"
@@ -166,7 +166,7 @@ def test_checks_read_as_the_list_of_patch_checks(tmp_path: Path) -> None:
     for ref in refs:
         ref.path.write_text("patch\n")
     conflict = PatchCheck("npu/0003.patch", "npu", "0003.patch", "elsewhere/0003.patch", "conflict", broken=True)
-    checks = _Checks(refs, ["clean", (3, "a.py: hunk #1 moved +3 lines"), "clean", conflict])
+    checks = _Checks(refs, ["clean", _moved(3, ["a.py: hunk #1 moved +3 lines"]), "clean", conflict])
     expected = [(p.name, p.outcome, p.offset, p.range_diff, p.broken) for p in checks]
     assert len(checks) == 4 and expected == [
         ("0000.patch", "clean", 0, [], False), ("0001.patch", "offset", 3, ["a.py: hunk #1 moved +3 lines"], False),
