@@ -604,9 +604,10 @@ class _Replayer:
         series = dict(sequences)
         last = {id(ends[model]): model for model in overlays}  # the last model to read each saved index
         for model, declared in overlays.items():
-            overlay_checks.append(self._overlays(model, series[model], ends[model], *declared))
-            if last[id(ends[model])] == model and ends[model].saved is not None:
-                ends[model].saved.drop()
+            end = ends[model]
+            overlay_checks.append(self._overlays(model, series[model], end, *declared))
+            if last[id(end)] == model and end.saved is not None:
+                end.saved.drop()
         results = {model: [n.result for n in mine] for model, mine in nodes.items()}
         assert all(r is not None for kept in results.values() for r in kept)  # the walk reached every node
         return results, overlay_checks  # type: ignore[return-value]
